@@ -1,0 +1,116 @@
+"""Paged attention over the unified pool, in plain vectorised torch.
+
+The runner builds one ``AttentionMetadata`` per job and every layer reuses
+it (it travels with the job, never in a global: two models' forwards may
+run at once in one unit). Tokens are flat (``N`` new tokens of ``B``
+sequences, ragged); attention pads queries to ``[B, Tq]`` and gathers each
+sequence's K/V pages into ``[B, kv_heads, S, head_dim]`` with ``S = blocks x
+page_tokens``, masking what lies past a sequence's context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    num_seqs: int  # B
+    max_q: int  # Tq: the longest chunk of the job (1 for decode)
+    tables: torch.Tensor  # [L, B, Hkv, M] page ids per layer, padded with page 0
+    write_pages: torch.Tensor  # [L, N, Hkv] page of each new token per layer
+    write_slots: torch.Tensor  # [N] slot of each new token inside its page
+    masks: dict[int | None, torch.Tensor]  # sliding window -> additive [B, 1, 1, Tq, S]
+    pad_index: torch.Tensor | None  # [N] row of each token in [B * Tq]; None when no padding
+    positions: torch.Tensor  # [N] position of each new token in its sequence
+
+    @classmethod
+    def build(
+        cls,
+        starts: list[int],
+        ends: list[int],
+        block_tables: torch.Tensor,
+        page_tokens: int,
+        windows: set[int | None],
+        dtype: torch.dtype,
+    ) -> AttentionMetadata:
+        """Build the metadata of a job whose chunk ``b`` covers ``[starts[b], ends[b])``.
+
+        ``block_tables``: ``[B, M, L, Hkv]`` page ids of each sequence's blocks.
+        """
+        device = block_tables.device
+        B, M = block_tables.shape[:2]
+        q_lens = [e - s for s, e in zip(starts, ends)]
+        max_q = max(q_lens)
+        start = torch.tensor(starts, device=device)
+        end = torch.tensor(ends, device=device)
+        q_len = end - start
+        # Flat tokens: sequence index and position of each of the N new tokens.
+        seq_of = torch.repeat_interleave(torch.arange(B, device=device), q_len)
+        offset = torch.arange(seq_of.numel(), device=device) - torch.repeat_interleave(
+            torch.cumsum(q_len, 0) - q_len, q_len
+        )
+        positions = start[seq_of] + offset
+        write_pages = block_tables[seq_of, positions // page_tokens]  # [N, L, Hkv]
+        # Mask [B, Tq, S]: key j is visible to query t if j <= its position and j < context.
+        q_pos = start[:, None] + torch.arange(max_q, device=device)[None, :]  # [B, Tq]
+        keys = torch.arange(M * page_tokens, device=device)
+        visible = (keys[None, None, :] <= q_pos[:, :, None]) & (keys[None, None, :] < end[:, None, None])
+        masks = {}
+        for window in windows:
+            vis = visible if window is None else visible & (keys[None, None, :] > q_pos[:, :, None] - window)
+            zero = torch.zeros((), dtype=dtype, device=device)
+            masks[window] = torch.where(vis, zero, float("-inf")).to(dtype)[:, None, None]
+        pad_index = None if max_q == 1 else seq_of * max_q + offset
+        return cls(
+            num_seqs=B,
+            max_q=max_q,
+            tables=block_tables.permute(2, 0, 3, 1).contiguous(),
+            write_pages=write_pages.permute(1, 0, 2).contiguous(),
+            write_slots=(positions % page_tokens)[:, None],
+            masks=masks,
+            pad_index=pad_index,
+            positions=positions,
+        )
+
+
+def write_kv(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata, layer: int
+) -> None:
+    """Store the new tokens' ``k, v: [N, Hkv, D]`` into their pages."""
+    pages = meta.write_pages[layer]  # [N, Hkv]
+    k_cache[pages, meta.write_slots] = k
+    v_cache[pages, meta.write_slots] = v
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    layer: int,
+    scale: float,
+    window: int | None,
+) -> torch.Tensor:
+    """``q: [N, Hq, D]`` attending to its sequences' cached K/V -> ``[N, Hq * D]``."""
+    N, Hq, D = q.shape
+    B, Tq = meta.num_seqs, meta.max_q
+    tables = meta.tables[layer]  # [B, Hkv, M]
+    Hkv = tables.shape[1]
+    G = Hq // Hkv
+    k = k_cache[tables].flatten(2, 3)  # [B, Hkv, S, D]
+    v = v_cache[tables].flatten(2, 3)
+    if meta.pad_index is not None:
+        padded = q.new_zeros(B * Tq, Hq, D)
+        padded[meta.pad_index] = q
+        q = padded
+    # [B, Tq, Hkv, G, D] -> [B, Hkv, G * Tq, D]: grouped heads share their K/V.
+    q = q.view(B, Tq, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * Tq, D)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).view(B, Hkv, G, Tq, -1)
+    scores = scores + meta.masks[window]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    out = torch.matmul(probs.view(B, Hkv, G * Tq, -1), v)  # [B, Hkv, G * Tq, D]
+    out = out.view(B, Hkv, G, Tq, D).permute(0, 3, 1, 2, 4).reshape(B * Tq, Hq * D)
+    return out if meta.pad_index is None else out[meta.pad_index]

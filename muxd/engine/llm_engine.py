@@ -1,0 +1,212 @@
+"""An in-process engine: several models, one KV pool, continuous batching.
+
+The first driver of the engine (``muxd generate`` and ``muxd bench engine``
+use it): it runs one job at a time chosen by a scheduling policy (FCFS by
+default) and applies the results. The unit process wraps the same pieces
+with ADBS and concurrent jobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from muxd.core.detokenize import IncrementalDetokenizer
+from muxd.core.kv_manager import KVManager
+from muxd.core.pages import PagePool
+from muxd.core.sequence import FinishReason, SamplingParams, Sequence
+from muxd.engine.kv_cache import KVCache, KVLayout
+from muxd.engine.runner import ModelRunner
+from muxd.models.loader import LoadedModel
+from muxd.sched.base import Scheduler, SchedulerConfig
+from muxd.sched.fcfs import FCFSScheduler
+
+Decode = Callable[[list[int]], str]
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    model: str
+    prompt_ids: list[int]
+    output_ids: list[int]
+    logprobs: list[float]
+    text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None
+    new_text: str = ""  # text added by the last step
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    detok: IncrementalDetokenizer | None
+    emitted: int = 0  # output tokens already reported
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    busy_s: float = 0.0
+    step_times: dict[str, list[float]] = field(default_factory=lambda: {"prefill": [], "decode": []})
+
+
+class LLMEngine:
+    """Serve ``runners`` (name -> model) from one pool of ``num_pages`` pages."""
+
+    def __init__(
+        self,
+        models: dict[str, LoadedModel],
+        *,
+        kv_cache_bytes: int = 256 << 20,
+        page_tokens: int = 16,
+        scheduler_config: SchedulerConfig | None = None,
+        scheduler_cls: type[Scheduler] = FCFSScheduler,
+        decoders: dict[str, Decode] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int = 0,
+    ) -> None:
+        if not models:
+            raise ValueError("an engine needs at least one model")
+        devices = {m.device for m in models.values()}
+        if len(devices) != 1:
+            raise ValueError(f"all models of one engine share a device, got {sorted(map(str, devices))}")
+        layout = KVLayout.for_models(page_tokens, [(m.spec.head_dim, m.dtype) for m in models.values()])
+        self.kv_cache = KVCache.from_budget(layout, kv_cache_bytes, devices.pop())
+        self.pool = PagePool(self.kv_cache.num_pages)
+        self.kv = KVManager(self.pool, page_tokens)
+        self.scheduler = scheduler_cls(self.kv, scheduler_config)
+        self.models = models
+        self.runners: dict[str, ModelRunner] = {}
+        for name, loaded in models.items():
+            self.kv.add_model(name, loaded.spec.pages_per_block)
+            self.scheduler.add_model(name)
+            self.runners[name] = ModelRunner(name, loaded, self.kv_cache, seed=seed)
+        self.decoders = decoders or {}
+        self.clock = clock
+        self.stats = EngineStats()
+        self._requests: dict[str, _Request] = {}
+        self._ids = itertools.count()
+
+    # -- requests ----------------------------------------------------------
+    def add_request(
+        self,
+        model: str,
+        prompt_ids: list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        if model not in self.runners:
+            raise KeyError(f"model {model!r} not found; served models: {', '.join(self.runners)}")
+        params = params or SamplingParams()
+        spec = self.models[model].spec
+        request_id = request_id or f"req-{next(self._ids)}"
+        seq = Sequence(
+            request_id,
+            model,
+            list(prompt_ids),
+            params,
+            arrival=self.clock(),
+            eos_token_ids=spec.eos_token_ids,
+            max_model_len=spec.max_position,
+        )
+        if seq.num_tokens >= spec.max_position:
+            raise ValueError(f"prompt of {seq.num_tokens} tokens does not fit the context of {spec.max_position}")
+        if self.kv.pages_for_tokens(model, seq.num_tokens + 1) > self.pool.total:
+            raise ValueError(f"prompt of {seq.num_tokens} tokens does not fit the KV pool of {self.pool.total} pages")
+        decode = self.decoders.get(model)
+        detok = IncrementalDetokenizer(decode, params.stop, prompt_ids[-4:]) if decode else None
+        self.scheduler.add(seq)
+        self._requests[request_id] = _Request(seq, detok)
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        self.scheduler.abort(request_id)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work
+
+    # -- the loop ----------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run the jobs the policy picks now; report the requests they advanced."""
+        outputs = []
+        for job in self.scheduler.schedule(self.clock()):
+            result = self.runners[job.model].run(job)
+            self._account(job.kind.value, job.num_tokens, result.duration_s)
+            outputs.extend(self._report(seq) for seq in self.scheduler.complete(result))
+        reported = {o.request_id for o in outputs}
+        for request_id in [r for r, req in self._requests.items() if req.seq.is_finished]:
+            req = self._requests.pop(request_id)
+            if request_id not in reported:  # aborted, or ended by the scheduler (too long for the pool)
+                outputs.append(self._report(req.seq, req))
+        return outputs
+
+    def run_until_done(self) -> list[RequestOutput]:
+        """Step until no request is left; the final output of each, in finishing order."""
+        final = []
+        while self.has_unfinished:
+            final += [out for out in self.step() if out.finished]
+        return final
+
+    def generate(
+        self, model: str, prompts: Iterable[list[int]], params: SamplingParams | None = None
+    ) -> list[RequestOutput]:
+        """Blocking helper: run ``prompts`` to completion, results in prompt order."""
+        ids = [self.add_request(model, p, params) for p in prompts]
+        final = {out.request_id: out for out in self.run_until_done()}
+        return [final[i] for i in ids]
+
+    def _report(self, seq: Sequence, req: _Request | None = None) -> RequestOutput:
+        req = req or self._requests[seq.seq_id]
+        new_ids = seq.output_ids[req.emitted :]
+        req.emitted = len(seq.output_ids)
+        new_text = ""
+        if req.detok is not None:
+            new_text = req.detok.add(new_ids)
+            if req.detok.stopped and not seq.is_finished:
+                self.scheduler.finish(seq, FinishReason.STOP)
+            if seq.is_finished:
+                new_text += req.detok.flush()
+        return RequestOutput(
+            request_id=seq.seq_id,
+            model=seq.model,
+            prompt_ids=seq.prompt_ids,
+            output_ids=list(seq.output_ids),
+            logprobs=list(seq.output_logprobs),
+            text=req.detok.text if req.detok else "",
+            finished=seq.is_finished,
+            finish_reason=seq.finish_reason.value if seq.finish_reason else None,
+            new_text=new_text,
+        )
+
+    def _account(self, kind: str, tokens: int, seconds: float) -> None:
+        self.stats.steps += 1
+        self.stats.busy_s += seconds
+        self.stats.step_times[kind].append(seconds)
+        if kind == "prefill":
+            self.stats.prefill_tokens += tokens
+        else:
+            self.stats.decode_tokens += tokens
+
+
+def load_engine(
+    paths: dict[str, str],
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    **engine_kwargs,
+) -> LLMEngine:
+    """Load every model of ``paths`` (name -> local dir) and their tokenizers' decoders."""
+    from muxd.models.loader import load_model
+    from muxd.models.tokenizer import load_tokenizer
+
+    models = {name: load_model(path, dtype, device) for name, path in paths.items()}
+    decoders = {name: load_tokenizer(m.path).decode for name, m in models.items()}
+    return LLMEngine(models, decoders=decoders, **engine_kwargs)

@@ -1,0 +1,154 @@
+"""A compact forward for the Llama family (Llama, Mistral, Qwen2, Qwen3).
+
+Written out in the gpt-fast manner rather than driving transformers' modules
+because the hot path wants things those modules do not do: fused QKV and
+gate/up projections, flat ragged batches with no padding in the linears,
+K/V written straight into the shared page pool, and no per-layer mask
+construction. Parity with transformers' ``generate`` is tested per family.
+The linears are plain ``nn.Linear`` so quantized layers can take their place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from muxd.engine.attention import AttentionMetadata, paged_attention, write_kv
+from muxd.models.spec import ModelSpec
+
+
+class RMSNorm(nn.Module):
+    """As transformers' LlamaRMSNorm: normalise in fp32, scale in the input dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec, layer: int, qkv_bias: bool, o_bias: bool) -> None:
+        super().__init__()
+        self.spec = spec
+        self.layer = layer
+        self.window = spec.sliding_windows[layer]
+        self.scale = spec.head_dim**-0.5
+        self.qkv_proj = nn.Linear(spec.hidden_size, spec.q_size + 2 * spec.kv_size, bias=qkv_bias)
+        self.o_proj = nn.Linear(spec.q_size, spec.hidden_size, bias=o_bias)
+        if spec.qk_norm:
+            self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
+            self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [N, hidden]
+        cos: torch.Tensor,  # [N, 1, D]
+        sin: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        s = self.spec
+        q, k, v = self.qkv_proj(x).split([s.q_size, s.kv_size, s.kv_size], dim=-1)
+        q = q.view(-1, s.num_heads, s.head_dim)  # [N, Hq, D]
+        k = k.view(-1, s.num_kv_heads, s.head_dim)  # [N, Hkv, D]
+        v = v.view(-1, s.num_kv_heads, s.head_dim)
+        if s.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        write_kv(kv[0], kv[1], k, v, meta, self.layer)
+        out = paged_attention(q, kv[0], kv[1], meta, self.layer, self.scale, self.window)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ModelSpec, bias: bool) -> None:
+        super().__init__()
+        self.intermediate = spec.intermediate_size
+        self.gate_up_proj = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, layer: int, qkv_bias: bool, o_bias: bool, mlp_bias: bool) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.self_attn = Attention(spec, layer, qkv_bias, o_bias)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.mlp = MLP(spec, mlp_bias)
+
+    def forward(self, x, cos, sin, kv, meta) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """``forward(token_ids [N], meta, kv, sample_rows) -> logits [len(sample_rows), vocab]`` (fp32)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        qkv_bias: bool = False,
+        o_bias: bool = False,
+        mlp_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(Block(spec, i, qkv_bias, o_bias, mlp_bias) for i in range(spec.num_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.cos_table: torch.Tensor | None = None  # [max_position, D], set by set_rope
+        self.sin_table: torch.Tensor | None = None
+
+    def set_rope(self, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        self.cos_table, self.sin_table = cos, sin
+
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv: tuple[torch.Tensor, torch.Tensor],
+        sample_rows: torch.Tensor,
+    ) -> torch.Tensor:
+        x = self.embed_tokens(token_ids)  # [N, hidden]
+        cos = self.cos_table[meta.positions][:, None, :]  # [N, 1, D], shared by all heads
+        sin = self.sin_table[meta.positions][:, None, :]
+        for block in self.layers:
+            x = block(x, cos, sin, kv, meta)
+        x = self.norm(x[sample_rows])
+        return self.lm_head(x).float()
+
+
+def rope_tables(hf_config, spec: ModelSpec, dtype: torch.dtype, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin ``[max_position, head_dim]`` exactly as transformers computes them (fp32, then cast)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if spec.rope_type == "default":
+        base = hf_config.rope_parameters["rope_theta"]
+        d = spec.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float) / d))
+        scaling = 1.0
+    else:
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[spec.rope_type](hf_config, "cpu")
+    positions = torch.arange(spec.max_position, dtype=torch.float32)
+    freqs = positions[:, None] * inv_freq.float()[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos() * scaling, emb.sin() * scaling
+    return cos.to(dtype=dtype, device=device), sin.to(dtype=dtype, device=device)

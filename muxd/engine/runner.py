@@ -1,0 +1,91 @@
+"""One model's executor: turn a ``Job`` into one forward pass and sampled tokens.
+
+A runner owns its model's weights and a typed view of the unit's KV pool;
+prefill and decode jobs of that model both go through ``run``, so the
+weights are loaded once and shared by both kinds of work.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+import torch
+
+from muxd.core.job import Job, JobResult
+from muxd.core.sequence import Sequence
+from muxd.engine.attention import AttentionMetadata
+from muxd.engine.kv_cache import KVCache
+from muxd.engine.sampler import sample
+from muxd.models.loader import LoadedModel
+
+
+class ModelRunner:
+    """Runs one job at a time for one model (callers serialise per runner)."""
+
+    def __init__(self, name: str, loaded: LoadedModel, kv_cache: KVCache, seed: int = 0) -> None:
+        self.name = name
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.device = loaded.device
+        self.page_tokens = kv_cache.layout.page_tokens
+        self.kv = kv_cache.view(loaded.dtype, loaded.spec.head_dim)
+        self.windows = set(loaded.spec.sliding_windows)
+        self._seeder = torch.Generator().manual_seed(seed)
+        # A sampling generator per live sequence; dropped with the sequence.
+        self._generators: weakref.WeakKeyDictionary[Sequence, torch.Generator] = weakref.WeakKeyDictionary()
+
+    @torch.inference_mode()
+    def run(self, job: Job) -> JobResult:
+        t0 = time.perf_counter()
+        token_ids, meta, sample_rows = self._prepare(job)
+        logits = self.loaded.model(token_ids, meta, self.kv, sample_rows)
+        sampled = [c.seq for c in job.chunks if c.samples]
+        result = JobResult(job)
+        if sampled:
+            gens = [self._generator(s) for s in sampled]
+            tokens, logprobs = sample(logits, [s.params for s in sampled], gens)
+            for seq, tok, lp in zip(sampled, tokens.tolist(), logprobs.tolist()):
+                result.tokens[seq.seq_id] = tok
+                result.logprobs[seq.seq_id] = lp
+        result.duration_s = time.perf_counter() - t0
+        return result
+
+    def _prepare(self, job: Job) -> tuple[torch.Tensor, AttentionMetadata, torch.Tensor]:
+        """Flat token ids ``[N]``, attention metadata and the rows to sample."""
+        spec, P = self.spec, self.page_tokens
+        block = spec.pages_per_block
+        ids: list[int] = []
+        rows: list[int] = []
+        tables: list[list[int]] = []
+        max_blocks = max(-(-c.end // P) for c in job.chunks)
+        for c in job.chunks:
+            seq = c.seq
+            ids.extend(seq.token_ids[c.start : c.end])
+            if c.samples:
+                rows.append(len(ids) - 1)
+            pages = seq.pages[: -(-c.end // P) * block]
+            tables.append(pages + [0] * (max_blocks * block - len(pages)))
+        block_tables = torch.tensor(tables, dtype=torch.int64, device=self.device).view(
+            len(job.chunks), max_blocks, spec.num_layers, spec.num_kv_heads
+        )
+        meta = AttentionMetadata.build(
+            [c.start for c in job.chunks],
+            [c.end for c in job.chunks],
+            block_tables,
+            P,
+            self.windows,
+            self.loaded.dtype,
+        )
+        token_ids = torch.tensor(ids, dtype=torch.int64, device=self.device)
+        return token_ids, meta, torch.tensor(rows, dtype=torch.int64, device=self.device)
+
+    def _generator(self, seq: Sequence) -> torch.Generator:
+        gen = self._generators.get(seq)
+        if gen is None:
+            seed = seq.params.seed
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, (1,), generator=self._seeder))
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            self._generators[seq] = gen
+        return gen

@@ -1,0 +1,53 @@
+"""Turn a batch of logits into tokens: greedy, temperature, top-k, top-p, seeds.
+
+Batched on tensors; only the per-request random draw loops over rows, so that
+a request with a ``seed`` gets the same tokens whatever it is batched with.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from muxd.core.sequence import SamplingParams
+
+
+def sample(
+    logits: torch.Tensor,  # [B, V] fp32
+    params: list[SamplingParams],
+    generators: list[torch.Generator],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(tokens [B], logprobs [B])``; logprobs are of the model's raw distribution."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    tokens = logits.argmax(dim=-1)
+    rows = [i for i, p in enumerate(params) if not p.greedy]
+    if rows:
+        tokens[rows] = _sample_rows(logits[rows], [params[i] for i in rows], [generators[i] for i in rows])
+    return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
+
+
+def _sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> torch.Tensor:
+    R, V = logits.shape
+    temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=logits.device)
+    logits = logits / temps[:, None]
+    if any(p.top_k or p.top_p < 1.0 for p in params):
+        logits = _filter_top_k_top_p(logits, params)
+    # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits).
+    uniform = torch.stack([torch.rand(V, generator=g, device=g.device) for g in generators]).to(logits.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp_(min=1e-20, max=1.0 - 1e-7)))
+    return (logits + gumbel).argmax(dim=-1)
+
+
+def _filter_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    R, V = logits.shape
+    device = logits.device
+    top_k = torch.tensor([p.top_k or V for p in params], device=device)
+    top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype, device=device)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(V, device=device)[None, :]
+    sorted_logits = sorted_logits.masked_fill(ranks >= top_k[:, None], float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)  # renormalised over the top k, as transformers does
+    # Drop a token when the tokens ranked above it already cover top_p.
+    drop = probs.cumsum(dim=-1) - probs > top_p[:, None]
+    drop[:, 0] = False  # always keep the most likely token
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
