@@ -1,0 +1,1 @@
+"""Plain data shared by the scheduler and the engine: no torch, no clocks."""

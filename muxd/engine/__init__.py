@@ -1,0 +1,1 @@
+"""The engine: KV page tensors, paged attention, model forward, runners, sampling."""

@@ -1,0 +1,156 @@
+"""Load a local Hugging Face checkpoint into muxd's compact forward.
+
+A model is a local directory (config.json, safetensors, tokenizer files) or
+a repo id already in the local Hugging Face cache; nothing is downloaded
+(``HF_HUB_OFFLINE=1``), so a missing model is an immediate, clear error.
+Weights are read tensor by tensor and fused into muxd's layout
+(``q|k|v -> qkv_proj``, ``gate|up -> gate_up_proj``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from muxd.engine.model import Transformer, rope_tables
+from muxd.errors import ModelLoadError
+from muxd.models.spec import ModelSpec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    spec: ModelSpec
+    model: Transformer
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of all parameters (tied embeddings counted once)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    @property
+    def step_read_bytes(self) -> int:
+        """Bytes one decode step must read: every weight but an untied embedding table."""
+        embed = self.model.embed_tokens.weight
+        untied = embed is not self.model.lm_head.weight
+        return self.weight_bytes - (embed.numel() * embed.element_size() if untied else 0)
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+    key = aliases.get(name, name)
+    if key not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A local directory, or a repo id found in the local Hugging Face cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json; is it a Hugging Face model directory?")
+        return path
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file; give the model's directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), local_files_only=True))
+    except Exception:
+        raise ModelLoadError(
+            f"model {str(name_or_path)!r} is neither a local directory nor in the local Hugging Face cache "
+            "(muxd never downloads; give a path to a model directory)"
+        ) from None
+
+
+def load_hf_config(path: Path) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, local_files_only=True)
+
+
+def eos_token_ids(path: Path, hf_config: Any) -> tuple[int, ...]:
+    """EOS ids from generation_config.json, falling back to config.json."""
+    eos = None
+    gen = path / "generation_config.json"
+    if gen.is_file():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+    if eos is None:
+        eos = getattr(hf_config, "eos_token_id", None)
+    if eos is None:
+        return ()
+    return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str = "cpu") -> LoadedModel:
+    path = resolve_model_path(name_or_path)
+    hf_config = load_hf_config(path)
+    try:
+        spec = ModelSpec.from_hf_config(hf_config, eos_token_ids(path, hf_config))
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: {e}") from None
+    torch_dtype = parse_dtype(dtype)
+    state = _read_safetensors(path)
+    layer0 = "model.layers.0."
+    with torch.device("meta"):  # no random init: the checkpoint's tensors are assigned below
+        model = Transformer(
+            spec,
+            qkv_bias=layer0 + "self_attn.q_proj.bias" in state,
+            o_bias=layer0 + "self_attn.o_proj.bias" in state,
+            mlp_bias=layer0 + "mlp.gate_proj.bias" in state,
+        )
+    model.load_state_dict(_to_muxd_layout(state, spec), strict=True, assign=True)
+    model = model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
+    if spec.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.set_rope(*rope_tables(hf_config, spec, torch_dtype, device))
+    return LoadedModel(path, spec, model, torch_dtype, torch.device(device))
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{path} holds no *.safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(f, device="cpu"))
+    return state
+
+
+def _to_muxd_layout(state: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """Rename and fuse Hugging Face weights into ``Transformer``'s parameters."""
+    out = {
+        "embed_tokens.weight": state["model.embed_tokens.weight"],
+        "norm.weight": state["model.norm.weight"],
+        "lm_head.weight": state.get("lm_head.weight", state["model.embed_tokens.weight"]),
+    }
+    for i in range(spec.num_layers):
+        src, dst = f"model.layers.{i}.", f"layers.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [state.get(f"{src}self_attn.{p}_proj.{kind}") for p in "qkv"]
+            if qkv[0] is not None:
+                out[f"{dst}self_attn.qkv_proj.{kind}"] = torch.cat(qkv, dim=0)
+            gate_up = [state.get(f"{src}mlp.{p}_proj.{kind}") for p in ("gate", "up")]
+            if gate_up[0] is not None:
+                out[f"{dst}mlp.gate_up_proj.{kind}"] = torch.cat(gate_up, dim=0)
+            for name in ("self_attn.o_proj", "mlp.down_proj"):
+                if f"{src}{name}.{kind}" in state:
+                    out[f"{dst}{name}.{kind}"] = state[f"{src}{name}.{kind}"]
+        for name in ("input_layernorm", "post_attention_layernorm", "self_attn.q_norm", "self_attn.k_norm"):
+            if f"{src}{name}.weight" in state:
+                out[f"{dst}{name}.weight"] = state[f"{src}{name}.weight"]
+    return out

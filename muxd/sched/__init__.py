@@ -1,0 +1,1 @@
+"""Scheduling policies: which jobs of which models run next (no torch, no clocks)."""

@@ -1,0 +1,46 @@
+"""muxd's greedy tokens equal transformers' generate, token for token (fp32)."""
+
+import pytest
+
+from muxd.core.sequence import SamplingParams
+from muxd.engine.llm_engine import LLMEngine
+from muxd.models.loader import load_model
+
+from .conftest import hf_greedy
+
+PROMPTS = [[5, 17, 99, 3, 42, 8], [7], list(range(30, 70)), [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
+NEW_TOKENS = 12
+GREEDY = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
+
+
+@pytest.mark.parametrize("family", ["llama", "llama3", "mistral", "mistral-window", "qwen2", "qwen3"])
+def test_greedy_tokens_match_transformers_while_another_model_shares_the_pool(family, family_dirs):
+    other = "qwen3" if family != "qwen3" else "llama"
+    models = {"m": load_model(family_dirs[family]), "other": load_model(family_dirs[other])}
+    engine = LLMEngine(models, kv_cache_bytes=8 << 20, page_tokens=8)
+    ids = {}
+    for i, prompt in enumerate(PROMPTS):  # interleaved: both models' sequences are live together
+        ids[i] = engine.add_request("m", prompt, GREEDY)
+        engine.add_request("other", prompt[::-1], GREEDY)
+    outputs = {}
+    while engine.has_unfinished:
+        outputs.update({o.request_id: o for o in engine.step() if o.finished})
+    for i, prompt in enumerate(PROMPTS):
+        assert outputs[ids[i]].output_ids == hf_greedy(family_dirs[family], prompt, NEW_TOKENS), f"prompt {i}"
+    assert engine.pool.num_free == engine.pool.total
+
+
+def test_bf16_and_fp16_models_run_from_the_same_pool(family_dirs):
+    models = {
+        "f32": load_model(family_dirs["llama"], "float32"),
+        "bf16": load_model(family_dirs["qwen3"], "bfloat16"),
+        "f16": load_model(family_dirs["qwen2"], "float16"),
+    }
+    engine = LLMEngine(models, kv_cache_bytes=4 << 20, page_tokens=4)
+    for name in models:
+        engine.add_request(name, PROMPTS[0], GREEDY)
+    done = []
+    while engine.has_unfinished:
+        done += [o for o in engine.step() if o.finished]
+    assert sorted(o.model for o in done) == ["bf16", "f16", "f32"]
+    assert all(len(o.output_ids) == NEW_TOKENS for o in done)

@@ -1,0 +1,71 @@
+import torch
+
+from muxd.core.sequence import SamplingParams
+from muxd.engine.llm_engine import LLMEngine
+from muxd.engine.sampler import sample
+from muxd.models.loader import load_model
+
+
+def gens(n, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_greedy_picks_the_argmax_and_reports_its_logprob():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 0.0]])
+    tokens, logprobs = sample(logits, [SamplingParams(), SamplingParams()], gens(2))
+    assert tokens.tolist() == [1, 0]
+    assert torch.allclose(logprobs, torch.log_softmax(logits, -1)[[0, 1], [1, 0]])
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(1))
+    params = [SamplingParams(temperature=1.5, top_k=1)] * 4 + [SamplingParams(temperature=1.5, top_p=1e-6)] * 4
+    tokens, _ = sample(logits, params, gens(8))
+    assert tokens.tolist() == logits.argmax(-1).tolist()
+
+
+def test_top_k_never_samples_outside_the_k_best():
+    logits = torch.randn(1, 100, generator=torch.Generator().manual_seed(2))
+    best5 = set(logits[0].topk(5).indices.tolist())
+    g = torch.Generator().manual_seed(3)
+    for _ in range(200):
+        token, _ = sample(logits, [SamplingParams(temperature=5.0, top_k=5)], [g])
+        assert token.item() in best5
+
+
+def test_sampling_follows_the_softmax_distribution():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
+    g = torch.Generator().manual_seed(4)
+    counts = torch.zeros(3)
+    for _ in range(3000):
+        token, _ = sample(logits, [SamplingParams(temperature=1.0)], [g])
+        counts[token] += 1
+    assert torch.allclose(counts / counts.sum(), torch.tensor([0.7, 0.2, 0.1]), atol=0.04)
+
+
+def test_a_seeded_request_gets_the_same_tokens_whatever_it_is_batched_with(family_dirs):
+    model = load_model(family_dirs["llama"])
+    seeded = SamplingParams(max_tokens=10, temperature=1.0, seed=1234, ignore_eos=True)
+
+    def run(batch_mates):
+        engine = LLMEngine({"m": model}, kv_cache_bytes=4 << 20)
+        rid = engine.add_request("m", [5, 6, 7], seeded)
+        for i in range(batch_mates):
+            engine.add_request("m", [9, i + 1], SamplingParams(max_tokens=10, temperature=1.0))
+        return {o.request_id: o.output_ids for o in engine.run_until_done()}[rid]
+
+    assert run(0) == run(3)
+
+
+def test_logprobs_of_greedy_tokens_match_a_full_forward(family_dirs):
+    model = load_model(family_dirs["qwen2"])
+    engine = LLMEngine({"m": model}, kv_cache_bytes=4 << 20)
+    (out,) = engine.generate("m", [[4, 8, 15, 16, 23, 42]], SamplingParams(max_tokens=5, ignore_eos=True))
+    assert len(out.logprobs) == 5 and all(lp <= 0 for lp in out.logprobs)
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(family_dirs["qwen2"])
+    ids = torch.tensor([[4, 8, 15, 16, 23, 42] + out.output_ids])
+    ref = torch.log_softmax(hf(ids).logits[0, 5:-1].float(), -1)
+    expected = ref[torch.arange(5), torch.tensor(out.output_ids)]
+    assert torch.allclose(torch.tensor(out.logprobs), expected, atol=1e-4)
