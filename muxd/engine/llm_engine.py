@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 
+from muxd import ipc
 from muxd.core.detokenize import IncrementalDetokenizer
 from muxd.core.kv_manager import KVManager
 from muxd.core.pages import PagePool
@@ -55,6 +57,9 @@ class EngineStats:
     decode_tokens: int = 0
     busy_s: float = 0.0
     step_times: dict[str, list[float]] = field(default_factory=lambda: {"prefill": [], "decode": []})
+    finished: Counter[str] = field(default_factory=Counter)  # per model
+    prompt_tokens: Counter[str] = field(default_factory=Counter)
+    generated_tokens: Counter[str] = field(default_factory=Counter)
 
 
 class LLMEngine:
@@ -131,7 +136,8 @@ class LLMEngine:
 
     @property
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work
+        """True while some request has not yet been reported finished (aborts included)."""
+        return bool(self._requests)
 
     # -- the loop ----------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -146,7 +152,29 @@ class LLMEngine:
             req = self._requests.pop(request_id)
             if request_id not in reported:  # aborted, or ended by the scheduler (too long for the pool)
                 outputs.append(self._report(req.seq, req))
+            self.stats.finished[req.seq.model] += 1
+            self.stats.prompt_tokens[req.seq.model] += len(req.seq.prompt_ids)
+            self.stats.generated_tokens[req.seq.model] += len(req.seq.output_ids)
         return outputs
+
+    def snapshot(self, unit: str) -> ipc.StatsSnapshot:
+        """Counters and pool usage per model, for the front end's /stats."""
+        sched, pool = self.scheduler, self.pool
+        models = {
+            name: ipc.ModelStats(
+                running=sched.num_running(name),
+                waiting=sched.num_waiting(name),
+                finished=self.stats.finished[name],
+                pages_held=pool.held(name),
+                pages_quota=pool.quota(name),
+                prompt_tokens=self.stats.prompt_tokens[name],
+                generated_tokens=self.stats.generated_tokens[name],
+            )
+            for name in self.runners
+        }
+        return ipc.StatsSnapshot(
+            unit, self.clock(), pool.total, pool.num_free, models, self.stats.busy_s, self.stats.steps, sched.num_preemptions
+        )
 
     def run_until_done(self) -> list[RequestOutput]:
         """Step until no request is left; the final output of each, in finishing order."""

@@ -14,9 +14,9 @@ GREEDY = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
 
 
 @pytest.mark.parametrize("family", ["llama", "llama3", "mistral", "mistral-window", "qwen2", "qwen3"])
-def test_greedy_tokens_match_transformers_while_another_model_shares_the_pool(family, family_dirs):
+def test_greedy_tokens_match_transformers_while_another_model_shares_the_pool(family, tiny_model_dirs):
     other = "qwen3" if family != "qwen3" else "llama"
-    models = {"m": load_model(family_dirs[family]), "other": load_model(family_dirs[other])}
+    models = {"m": load_model(tiny_model_dirs[family]), "other": load_model(tiny_model_dirs[other])}
     engine = LLMEngine(models, kv_cache_bytes=8 << 20, page_tokens=8)
     ids = {}
     for i, prompt in enumerate(PROMPTS):  # interleaved: both models' sequences are live together
@@ -26,15 +26,15 @@ def test_greedy_tokens_match_transformers_while_another_model_shares_the_pool(fa
     while engine.has_unfinished:
         outputs.update({o.request_id: o for o in engine.step() if o.finished})
     for i, prompt in enumerate(PROMPTS):
-        assert outputs[ids[i]].output_ids == hf_greedy(family_dirs[family], prompt, NEW_TOKENS), f"prompt {i}"
+        assert outputs[ids[i]].output_ids == hf_greedy(tiny_model_dirs[family], prompt, NEW_TOKENS), f"prompt {i}"
     assert engine.pool.num_free == engine.pool.total
 
 
-def test_bf16_and_fp16_models_run_from_the_same_pool(family_dirs):
+def test_bf16_and_fp16_models_run_from_the_same_pool(tiny_model_dirs):
     models = {
-        "f32": load_model(family_dirs["llama"], "float32"),
-        "bf16": load_model(family_dirs["qwen3"], "bfloat16"),
-        "f16": load_model(family_dirs["qwen2"], "float16"),
+        "f32": load_model(tiny_model_dirs["llama"], "float32"),
+        "bf16": load_model(tiny_model_dirs["qwen3"], "bfloat16"),
+        "f16": load_model(tiny_model_dirs["qwen2"], "float16"),
     }
     engine = LLMEngine(models, kv_cache_bytes=4 << 20, page_tokens=4)
     for name in models:

@@ -43,8 +43,8 @@ def test_sampling_follows_the_softmax_distribution():
     assert torch.allclose(counts / counts.sum(), torch.tensor([0.7, 0.2, 0.1]), atol=0.04)
 
 
-def test_a_seeded_request_gets_the_same_tokens_whatever_it_is_batched_with(family_dirs):
-    model = load_model(family_dirs["llama"])
+def test_a_seeded_request_gets_the_same_tokens_whatever_it_is_batched_with(tiny_model_dirs):
+    model = load_model(tiny_model_dirs["llama"])
     seeded = SamplingParams(max_tokens=10, temperature=1.0, seed=1234, ignore_eos=True)
 
     def run(batch_mates):
@@ -57,14 +57,14 @@ def test_a_seeded_request_gets_the_same_tokens_whatever_it_is_batched_with(famil
     assert run(0) == run(3)
 
 
-def test_logprobs_of_greedy_tokens_match_a_full_forward(family_dirs):
-    model = load_model(family_dirs["qwen2"])
+def test_logprobs_of_greedy_tokens_match_a_full_forward(tiny_model_dirs):
+    model = load_model(tiny_model_dirs["qwen2"])
     engine = LLMEngine({"m": model}, kv_cache_bytes=4 << 20)
     (out,) = engine.generate("m", [[4, 8, 15, 16, 23, 42]], SamplingParams(max_tokens=5, ignore_eos=True))
     assert len(out.logprobs) == 5 and all(lp <= 0 for lp in out.logprobs)
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(family_dirs["qwen2"])
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["qwen2"])
     ids = torch.tensor([[4, 8, 15, 16, 23, 42] + out.output_ids])
     ref = torch.log_softmax(hf(ids).logits[0, 5:-1].float(), -1)
     expected = ref[torch.arange(5), torch.tensor(out.output_ids)]

@@ -1,0 +1,101 @@
+"""Messages between the front end and a unit process (token ids only).
+
+Plain picklable dataclasses sent over a ``multiprocessing`` pipe: the front
+end sends ``AddRequest`` / ``AbortRequest`` / ``StatsRequest`` /
+``Shutdown``; the unit answers ``Ready`` once its models are loaded, then
+batches of ``TokenEvent`` (one list per engine step, so a pipe round trip
+is paid per step, not per token) and ``StatsSnapshot``. No torch here: the
+front end imports this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+# -- front end -> unit -------------------------------------------------------
+@dataclass
+class AddRequest:
+    request_id: str
+    model: str
+    prompt_ids: list[int]
+    params: dict[str, Any]  # keyword arguments of core.sequence.SamplingParams
+
+
+@dataclass
+class AbortRequest:
+    request_id: str
+
+
+@dataclass
+class StatsRequest:
+    pass
+
+
+@dataclass
+class Shutdown:
+    pass
+
+
+# -- unit -> front end -------------------------------------------------------
+@dataclass
+class ModelInfo:
+    name: str
+    max_position: int
+    eos_token_ids: tuple[int, ...]
+    weight_bytes: int
+    dtype: str
+    device: str
+
+
+@dataclass
+class Ready:
+    unit: str
+    models: list[ModelInfo]
+    kv_pages: int
+    kv_bytes: int
+
+
+@dataclass
+class StartFailed:
+    """The unit could not load its models; the process exits after sending it."""
+
+    unit: str
+    error: str
+
+
+@dataclass
+class TokenEvent:
+    """New tokens of one request since its last event; ``finished`` ends the stream."""
+
+    request_id: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finished: bool = False
+    finish_reason: str | None = None
+    num_prompt_tokens: int = 0
+    error: str | None = None  # set when the unit rejected or failed the request
+
+
+@dataclass
+class ModelStats:
+    running: int
+    waiting: int
+    finished: int
+    pages_held: int
+    pages_quota: int
+    prompt_tokens: int
+    generated_tokens: int
+
+
+@dataclass
+class StatsSnapshot:
+    unit: str
+    time: float
+    kv_pages_total: int
+    kv_pages_free: int
+    models: dict[str, ModelStats] = field(default_factory=dict)
+    busy_s: float = 0.0
+    steps: int = 0
+    preemptions: int = 0
