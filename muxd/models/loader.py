@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from muxd.engine.model import Transformer, rope_tables
+from muxd.engine.model import Transformer, can_pack, pack_linears, rope_tables
 from muxd.errors import ModelLoadError
 from muxd.models.spec import ModelSpec
 
@@ -34,15 +34,18 @@ class LoadedModel:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of all parameters (tied embeddings counted once)."""
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+        """Bytes the weights take in memory (parameters and packed weights, each once)."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     @property
     def step_read_bytes(self) -> int:
-        """Bytes one decode step must read: every weight but an untied embedding table."""
+        """Bytes one decode step must read: every weight but the embedding table,
+        which a step only indexes (unless it is also the output layer)."""
         embed = self.model.embed_tokens.weight
-        untied = embed is not self.model.lm_head.weight
-        return self.weight_bytes - (embed.numel() * embed.element_size() if untied else 0)
+        if getattr(self.model.lm_head, "weight", None) is embed:
+            return self.weight_bytes
+        return self.weight_bytes - embed.numel() * embed.element_size()
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -94,7 +97,14 @@ def eos_token_ids(path: Path, hf_config: Any) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str = "cpu") -> LoadedModel:
+def load_model(
+    name_or_path: str | os.PathLike,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    *,
+    pack: bool = True,
+) -> LoadedModel:
+    """Load a checkpoint; ``pack`` pre-packs CPU linears for oneDNN (see ``PackedLinear``)."""
     path = resolve_model_path(name_or_path)
     hf_config = load_hf_config(path)
     try:
@@ -116,6 +126,8 @@ def load_model(name_or_path: str | os.PathLike, dtype: str | torch.dtype = "floa
     if spec.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.set_rope(*rope_tables(hf_config, spec, torch_dtype, device))
+    if pack and can_pack(torch.device(device), torch_dtype):
+        pack_linears(model)
     return LoadedModel(path, spec, model, torch_dtype, torch.device(device))
 
 
