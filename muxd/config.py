@@ -1,17 +1,53 @@
-"""Typed configuration of models and units, validated once at the edge.
+"""Typed configuration of models, units and the daemon, resolved once at the edge.
 
-The daemon resolves TOML, environment and flags into these; inside muxd they
-are trusted. They are plain picklable dataclasses: a ``UnitConfig`` is what a
-unit process is started with.
+``resolve`` merges the TOML file, the environment and the command line's
+flags (file < env < flags) into a ``DaemonConfig``; inside muxd the result
+is trusted. ``ModelConfig`` and ``UnitConfig`` are plain picklable
+dataclasses: a ``UnitConfig`` is what a unit process is started with.
+
+The TOML file (``$XDG_CONFIG_HOME/muxd/muxd.toml``)::
+
+    socket = "/run/user/1000/muxd/muxd.sock"   # default: $XDG_RUNTIME_DIR/muxd/muxd.sock
+    tcp = "127.0.0.1:8000"                     # optional extra listener, off by default
+    allow_uids = [1001]                        # peers besides the daemon's own uid and root
+    log_level = "info"
+    policy = "adbs"                            # unit defaults: policy, device, kv_cache_mb,
+    kv_cache_mb = 256                          # page_tokens, max_batch_seqs, max_prefill_tokens, threads
+
+    [limits]
+    queue_per_model = 256                      # admitted, unfinished requests per model; then 429
+    drain_timeout_s = 30                       # SIGTERM: how long in-flight requests may finish
+
+    [[models]]
+    name = "smollm2"
+    path = "~/.cache/muxd/models/smollm2-135m-instruct"
+    dtype = "float32"
+    device = "cpu"
+    rate = 2.0                                 # expected requests/s
+    slo_ttft_ms = 1000
+    slo_tpot_ms = 200
+
+    [[units]]                                  # optional: without it, one unit per device
+    name = "cpu0"
+    models = ["smollm2"]
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from muxd import paths
+from muxd.errors import ConfigError
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "nf4", "fp4")
-POLICIES = ("fcfs",)
+POLICIES = ("adbs", "spatial", "temporal")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEVICE_AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -21,6 +57,9 @@ class ModelConfig:
     dtype: str = "float32"
     quantization: str = "none"
     rate: float = 1.0  # expected requests per second: placement and initial KV quotas
+    device: str = DEVICE_AUTO  # the device of its unit when units are grouped by device
+    slo_ttft_ms: float | None = None  # targets for /stats' SLO attainment
+    slo_tpot_ms: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -33,6 +72,10 @@ class ModelConfig:
             )
         if self.rate < 0:
             raise ValueError(f"model {self.name!r}: rate must be >= 0, got {self.rate}")
+        for slo in ("slo_ttft_ms", "slo_tpot_ms"):
+            value = getattr(self, slo)
+            if value is not None and value <= 0:
+                raise ValueError(f"model {self.name!r}: {slo} must be > 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -44,7 +87,7 @@ class UnitConfig:
     device: str = "cpu"
     kv_cache_bytes: int = 256 << 20
     page_tokens: int = 16
-    policy: str = "fcfs"
+    policy: str = "adbs"
     max_batch_seqs: int = 64
     max_prefill_tokens: int = 512
     threads: int | None = None  # intra-op threads of the unit process (None: torch's default)
@@ -60,3 +103,251 @@ class UnitConfig:
             raise ValueError(f"unit {self.name!r}: policy {self.policy!r} is not one of {', '.join(POLICIES)}")
         if self.page_tokens < 1 or self.kv_cache_bytes < 1:
             raise ValueError(f"unit {self.name!r}: page_tokens and kv_cache_bytes must be positive")
+
+
+@dataclass(frozen=True)
+class Limits:
+    queue_per_model: int = 256  # requests of one model admitted and not finished; beyond: 429
+    drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may run on
+
+    def __post_init__(self) -> None:
+        if self.queue_per_model < 1:
+            raise ValueError(f"limits.queue_per_model must be >= 1, got {self.queue_per_model}")
+        if self.drain_timeout_s < 0:
+            raise ValueError(f"limits.drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything ``muxd serve`` runs with."""
+
+    units: tuple[UnitConfig, ...]
+    socket: Path
+    tcp: tuple[str, int] | None = None
+    allow_uids: tuple[int, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    log_level: str = "info"
+    placement: str = "manual"  # "manual" ([[units]]), "per-device" (grouped by device) or "demo"
+
+    def __post_init__(self) -> None:
+        names = [m.name for u in self.units for m in u.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a model is in two units: {sorted(n for n in set(names) if names.count(n) > 1)}")
+
+    @property
+    def models(self) -> tuple[ModelConfig, ...]:
+        return tuple(m for u in self.units for m in u.models)
+
+
+@dataclass(frozen=True)
+class Flags:
+    """What ``muxd serve``'s command line may set (None: not given)."""
+
+    config: Path | None = None
+    models: tuple[str, ...] = ()  # NAME=PATH
+    socket: Path | None = None
+    tcp: str | None = None
+    log_level: str | None = None
+    queue_per_model: int | None = None
+    drain_timeout_s: float | None = None
+    device: str | None = None
+    kv_cache_mb: int | None = None
+    policy: str | None = None
+    threads: int | None = None
+
+
+# Keys of the TOML file: top level, unit defaults (also allowed in [[units]]), models, limits.
+_TOP_KEYS = {"socket", "tcp", "allow_uids", "log_level", "placement", "limits", "models", "units"}
+_UNIT_KEYS = {"policy", "device", "kv_cache_mb", "page_tokens", "max_batch_seqs", "max_prefill_tokens", "threads"}
+_MODEL_KEYS = {f.name for f in fields(ModelConfig)}
+_LIMIT_KEYS = {f.name for f in fields(Limits)}
+# Environment variables: name -> (settings key, parser).
+_ENV = {
+    "MUXD_SOCKET": ("socket", str),
+    "MUXD_TCP": ("tcp", str),
+    "MUXD_LOG_LEVEL": ("log_level", str),
+    "MUXD_QUEUE_PER_MODEL": ("queue_per_model", int),
+    "MUXD_DRAIN_TIMEOUT_S": ("drain_timeout_s", float),
+    "MUXD_DEVICE": ("device", str),
+}
+
+
+def resolve(
+    flags: Flags | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    demo: Callable[[], dict[str, str]] | None = None,
+) -> DaemonConfig:
+    """Merge file < env < flags into a ``DaemonConfig``; raise ``ConfigError`` saying what to fix.
+
+    With no models in the file nor the flags, ``demo()`` supplies them
+    (name -> path) and they share one unit: the embedded demo default.
+    """
+    flags = flags or Flags()
+    env = os.environ if env is None else env
+    file_path = flags.config or paths.config_path(env)
+    settings = _read_file(file_path, required=flags.config is not None)
+    base_dir = file_path.parent
+    for var, (key, parse) in _ENV.items():
+        if env.get(var):
+            settings[key] = _parse_env(var, env[var], parse)
+    for f in fields(Flags):
+        value = getattr(flags, f.name)
+        if f.name not in ("config", "models") and value is not None:
+            settings[f.name] = value
+    if flags.models:
+        settings["models"] = [dict(zip(("name", "path"), parse_model_flag(spec))) for spec in flags.models]
+        settings.pop("units", None)  # units named in a file refer to the file's models
+        base_dir = Path.cwd()
+    try:
+        return _build(settings, base_dir, env, demo)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid configuration ({file_path if file_path.is_file() else 'flags'}): {e}") from e
+
+
+def parse_model_flag(spec: str) -> tuple[str, str]:
+    """``"smol=/models/smol" -> ("smol", "/models/smol")``."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise ConfigError(f"--model {spec!r} is not NAME=PATH (e.g. --model smol=/models/SmolLM2-135M)")
+    return name.strip(), path.strip()
+
+
+def detect_device() -> str:
+    """``cuda:0`` where an NVIDIA driver shows a GPU, else ``cpu`` (no torch import: the front end runs this)."""
+    return "cuda:0" if Path("/dev/nvidia0").exists() and Path("/dev/nvidiactl").exists() else "cpu"
+
+
+def unit_name_for(device: str) -> str:
+    """``cpu -> cpu0``, ``cuda:1 -> cuda1``."""
+    kind, _, index = device.partition(":")
+    return f"{kind}{index or 0}"
+
+
+# -- internals -----------------------------------------------------------------
+def _read_file(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist; create it or leave out --config") from None
+        return {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    unknown = set(data) - _TOP_KEYS - _UNIT_KEYS
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    settings = {k: v for k, v in data.items() if k != "limits"}
+    limits = data.get("limits", {})
+    if set(limits) - _LIMIT_KEYS:
+        raise ConfigError(f"config file {path}: unknown key(s) in [limits]: {', '.join(sorted(set(limits) - _LIMIT_KEYS))}")
+    settings.update(limits)
+    return settings
+
+
+def _parse_env(var: str, value: str, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(value)
+    except ValueError:
+        raise ConfigError(f"${var}={value!r} is not a valid {parse.__name__}") from None
+
+
+def _build(
+    s: dict[str, Any], base_dir: Path, env: Mapping[str, str], demo: Callable[[], dict[str, str]] | None
+) -> DaemonConfig:
+    placement = "manual" if s.get("units") else "per-device"
+    model_tables = s.get("models") or []
+    if not model_tables:
+        if demo is None:
+            raise ConfigError("no models configured: add [[models]] to the config file or pass --model NAME=PATH")
+        model_tables = [{"name": n, "path": p} for n, p in demo().items()]
+        placement = "demo"
+    default_device = s.get("device") or DEVICE_AUTO
+    models = [_model(t, base_dir, default_device) for t in model_tables]
+    unit_defaults = {k: s[k] for k in _UNIT_KEYS if k in s and k != "device"}
+    if placement == "manual":
+        units = _units(s["units"], models, unit_defaults, default_device)
+    else:
+        units = _group(models, unit_defaults)
+    socket = Path(str(s["socket"])).expanduser() if s.get("socket") else paths.socket_path(env)
+    if not socket.is_absolute():
+        socket = base_dir / socket
+    level = str(s.get("log_level", "info")).lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log_level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    limits = Limits(**{k: s[k] for k in _LIMIT_KEYS if k in s})
+    uids = tuple(int(u) for u in s.get("allow_uids", ()))
+    return DaemonConfig(tuple(units), socket, _tcp(s.get("tcp")), uids, limits, level, placement)
+
+
+def _model(table: dict[str, Any], base_dir: Path, default_device: str) -> ModelConfig:
+    unknown = set(table) - _MODEL_KEYS
+    if unknown:
+        raise ValueError(f"model {table.get('name', '?')!r}: unknown key(s) {', '.join(sorted(unknown))}")
+    if "name" not in table or "path" not in table:
+        raise ValueError(f"every model needs a name and a path, got {table}")
+    path = Path(str(table["path"])).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"model {table['name']!r}: {path} is not a Hugging Face model directory (no config.json); "
+            "give the local directory that holds config.json, the weights and tokenizer.json"
+        )
+    device = str(table.get("device", default_device))
+    return ModelConfig(**{**table, "path": str(path), "device": device})
+
+
+def _unit(name: str, models: tuple[ModelConfig, ...], device: str, settings: dict[str, Any]) -> UnitConfig:
+    s = dict(settings)
+    if "kv_cache_mb" in s:
+        s["kv_cache_bytes"] = int(s.pop("kv_cache_mb")) << 20
+    return UnitConfig(name, models, device=device, **s)
+
+
+def _group(models: list[ModelConfig], defaults: dict[str, Any]) -> list[UnitConfig]:
+    """One unit per device, holding every model of that device."""
+    by_device: dict[str, list[ModelConfig]] = {}
+    for m in models:
+        device = detect_device() if m.device == DEVICE_AUTO else m.device
+        by_device.setdefault(device, []).append(replace(m, device=device))
+    return [_unit(unit_name_for(d), tuple(ms), d, defaults) for d, ms in by_device.items()]
+
+
+def _units(
+    tables: list[dict[str, Any]], models: list[ModelConfig], defaults: dict[str, Any], default_device: str
+) -> list[UnitConfig]:
+    by_name = {m.name: m for m in models}
+    units, placed = [], set()
+    for t in tables:
+        unknown = set(t) - _UNIT_KEYS - {"name", "models"}
+        if unknown:
+            raise ValueError(f"unit {t.get('name', '?')!r}: unknown key(s) {', '.join(sorted(unknown))}")
+        missing = [n for n in t.get("models", []) if n not in by_name]
+        if missing:
+            raise ValueError(f"unit {t.get('name')!r} names unknown model(s) {missing}; models: {sorted(by_name)}")
+        device = str(t.get("device", default_device))
+        device = detect_device() if device == DEVICE_AUTO else device
+        ms = tuple(replace(by_name[n], device=device) for n in t.get("models", []))
+        placed.update(m.name for m in ms)
+        settings = {**defaults, **{k: v for k, v in t.items() if k in _UNIT_KEYS and k != "device"}}
+        units.append(_unit(str(t.get("name", unit_name_for(device))), ms, device, settings))
+    if set(by_name) - placed:
+        raise ValueError(f"model(s) {sorted(set(by_name) - placed)} are in no [[units]] entry")
+    return units
+
+
+def _tcp(value: Any) -> tuple[str, int] | None:
+    if not value:
+        return None
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"tcp {value!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+    return host or "127.0.0.1", int(port)

@@ -20,6 +20,7 @@ from muxd.engine.llm_engine import LLMEngine, RequestOutput
 log = logging.getLogger("muxd.unit")
 
 IDLE_POLL_S = 0.5
+STALLED_POLL_S = 0.005
 
 
 def build_engine(config: UnitConfig) -> LLMEngine:
@@ -35,6 +36,9 @@ def build_engine(config: UnitConfig) -> LLMEngine:
         models,
         kv_cache_bytes=config.kv_cache_bytes,
         page_tokens=config.page_tokens,
+        policy=config.policy,
+        cores=config.threads,
+        rates={m.name: m.rate for m in config.models},
         scheduler_config=SchedulerConfig(config.max_batch_seqs, config.max_prefill_tokens),
         seed=config.seed,
     )
@@ -76,6 +80,8 @@ class Unit:
                 events = [self._event(out) for out in self.engine.step()]
                 if events:
                     self.conn.send(events)
+                elif not self.engine.executor.busy:
+                    self.conn.poll(STALLED_POLL_S)  # nothing could run (e.g. quotas): don't spin
 
     def handle(self, msg: object) -> None:
         if isinstance(msg, ipc.AddRequest):

@@ -42,6 +42,7 @@ class Job:
     chunks: list[Chunk]
     share: float = 1.0  # fraction of the unit's compute this job may use
     job_id: int = 0
+    slots: int = 1  # the same share in the unit's indivisible compute slots (CPU: cores)
 
     @property
     def num_tokens(self) -> int:

@@ -69,6 +69,7 @@ class Sequence:
     arrival: float = 0.0
     eos_token_ids: tuple[int, ...] = ()
     max_model_len: int | None = None
+    deadline: float | None = None  # arrival + SLO: the scheduler favours requests at risk
 
     output_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)

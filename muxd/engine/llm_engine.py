@@ -12,7 +12,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -24,10 +24,12 @@ from muxd.core.sequence import FinishReason, SamplingParams, Sequence
 from muxd.engine.kv_cache import KVCache, KVLayout
 from muxd.engine.runner import ModelRunner
 from muxd.models.loader import LoadedModel
-from muxd.sched.base import Scheduler, SchedulerConfig
-from muxd.sched.fcfs import FCFSScheduler
+from muxd.engine.executor import Executor
+from muxd.sched import POLICIES, SchedulerConfig
 
 Decode = Callable[[list[int]], str]
+
+CUDA_SHARE_LEVELS = 10  # a GPU's compute in tenths, as MuxServe's MPS shares
 
 
 @dataclass
@@ -56,6 +58,7 @@ class EngineStats:
     prefill_tokens: int = 0
     decode_tokens: int = 0
     busy_s: float = 0.0
+    peak_jobs: int = 0  # most jobs in flight at once
     step_times: dict[str, list[float]] = field(default_factory=lambda: {"prefill": [], "decode": []})
     finished: Counter[str] = field(default_factory=Counter)  # per model
     prompt_tokens: Counter[str] = field(default_factory=Counter)
@@ -71,8 +74,10 @@ class LLMEngine:
         *,
         kv_cache_bytes: int = 256 << 20,
         page_tokens: int = 16,
+        policy: str = "temporal",
+        cores: int | None = None,
+        rates: dict[str, float] | None = None,
         scheduler_config: SchedulerConfig | None = None,
-        scheduler_cls: type[Scheduler] = FCFSScheduler,
         decoders: dict[str, Decode] | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
@@ -83,10 +88,16 @@ class LLMEngine:
         if len(devices) != 1:
             raise ValueError(f"all models of one engine share a device, got {sorted(map(str, devices))}")
         layout = KVLayout.for_models(page_tokens, [(m.spec.head_dim, m.dtype) for m in models.values()])
-        self.kv_cache = KVCache.from_budget(layout, kv_cache_bytes, devices.pop())
+        device = devices.pop()
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        slots = cores or (torch.get_num_threads() if device.type == "cpu" else CUDA_SHARE_LEVELS)
+        self.kv_cache = KVCache.from_budget(layout, kv_cache_bytes, device)
         self.pool = PagePool(self.kv_cache.num_pages)
         self.kv = KVManager(self.pool, page_tokens)
-        self.scheduler = scheduler_cls(self.kv, scheduler_config)
+        config = replace(scheduler_config or SchedulerConfig(), compute_slots=slots, rates=dict(rates or {}))
+        self.scheduler = POLICIES[policy](self.kv, config)
+        self.executor = Executor(slots, device)
         self.models = models
         self.runners: dict[str, ModelRunner] = {}
         for name, loaded in models.items():
@@ -106,7 +117,9 @@ class LLMEngine:
         prompt_ids: list[int],
         params: SamplingParams | None = None,
         request_id: str | None = None,
+        slo_s: float | None = None,
     ) -> str:
+        """Queue a request; ``slo_s`` (seconds to finish) lets ADBS favour it when at risk."""
         if model not in self.runners:
             raise KeyError(f"model {model!r} not found; served models: {', '.join(self.runners)}")
         params = params or SamplingParams()
@@ -121,6 +134,8 @@ class LLMEngine:
             eos_token_ids=spec.eos_token_ids,
             max_model_len=spec.max_position,
         )
+        if slo_s is not None:
+            seq.deadline = seq.arrival + slo_s
         if seq.num_tokens >= spec.max_position:
             raise ValueError(f"prompt of {seq.num_tokens} tokens does not fit the context of {spec.max_position}")
         if self.kv.pages_for_tokens(model, seq.num_tokens + 1) > self.pool.total:
@@ -141,10 +156,14 @@ class LLMEngine:
 
     # -- the loop ----------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run the jobs the policy picks now; report the requests they advanced."""
-        outputs = []
+        """Launch the jobs the policy picks now, wait for at least one job to
+        finish (when any runs), and report the requests that advanced."""
         for job in self.scheduler.schedule(self.clock()):
-            result = self.runners[job.model].run(job)
+            self.executor.submit(job, self.runners[job.model].run)
+        self.stats.peak_jobs = max(self.stats.peak_jobs, len(self.scheduler.in_flight))
+        outputs = []
+        for result in self.executor.wait():
+            job = result.job
             self._account(job.kind.value, job.num_tokens, result.duration_s)
             outputs.extend(self._report(seq) for seq in self.scheduler.complete(result))
         reported = {o.request_id for o in outputs}

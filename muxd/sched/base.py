@@ -1,8 +1,9 @@
 """What every policy shares: queues, page allocation, preemption, bookkeeping.
 
-A policy decides *which* chunks go into the next jobs (``schedule``); this
-base keeps the per-model queues and applies a job's results (``complete``),
-so the FCFS driver, ADBS and the spatial/temporal baselines differ only in
+A policy decides *which* chunks go into the next jobs and with what share
+of the unit's compute (``schedule``); this base keeps the per-model queues,
+tracks which sequences are inside a running job, and applies a job's results
+(``complete``). ADBS and the spatial and temporal baselines differ only in
 their ``schedule``. Time comes in as an argument, never from a clock read,
 so the cluster simulator can drive the same objects.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from muxd.core.job import Chunk, Job, JobKind, JobResult
 from muxd.core.kv_manager import KVManager
@@ -22,13 +23,16 @@ from muxd.core.sequence import FinishReason, Sequence, SequenceStatus
 class SchedulerConfig:
     max_batch_seqs: int = 64  # sequences in one decode job
     max_prefill_tokens: int = 512  # tokens in one prefill job; longer prompts are chunked
+    compute_slots: int = 1  # the unit's compute in indivisible slots (CPU: cores)
+    rates: dict[str, float] = field(default_factory=dict)  # expected req/s per model (quotas, partitions)
 
 
 class Scheduler(ABC):
     """Queues per model: ``waiting`` (not yet fully prefilled) and ``running``.
 
-    Invariants: a sequence is in at most one queue; only waiting or running
-    sequences hold pages; finished ones hold none.
+    Invariants: a sequence is in at most one queue and at most one in-flight
+    job; only waiting or running sequences hold pages; finished ones hold
+    none once no job that reads their pages is still running.
     """
 
     def __init__(self, kv: KVManager, config: SchedulerConfig | None = None) -> None:
@@ -36,16 +40,22 @@ class Scheduler(ABC):
         self.config = config or SchedulerConfig()
         self.waiting: dict[str, deque[Sequence]] = {}
         self.running: dict[str, list[Sequence]] = {}
+        self.in_flight: dict[int, Job] = {}  # job id -> job launched and not yet completed
+        self._busy: set[int] = set()  # id() of sequences inside an in-flight job
         self._by_id: dict[str, Sequence] = {}
-        self._next_job_id = 0
         self._order: dict[str, int] = {}  # admission order breaks arrival-time ties
         self._next_order = 0
+        self._next_job_id = 0
         self.num_preemptions = 0  # total so far, for stats and tests
 
     # -- requests ----------------------------------------------------------
     def add_model(self, model: str) -> None:
         self.waiting.setdefault(model, deque())
         self.running.setdefault(model, [])
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.waiting)
 
     def add(self, seq: Sequence) -> None:
         if seq.model not in self.waiting:
@@ -61,8 +71,9 @@ class Scheduler(ABC):
         return self._by_id.get(seq_id)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
-        """End ``seq`` now (abort, stop string): its pages return to the pool."""
-        if seq.is_finished and seq.seq_id not in self._by_id:
+        """End ``seq`` now (abort, stop string). Its pages return to the pool
+        at once, or when the job now reading them completes."""
+        if seq.seq_id not in self._by_id:
             return
         seq.finish(reason)
         self._retire(seq)
@@ -75,7 +86,7 @@ class Scheduler(ABC):
 
     @property
     def has_work(self) -> bool:
-        return bool(self._by_id)
+        return bool(self._by_id) or bool(self.in_flight)
 
     def num_waiting(self, model: str) -> int:
         return len(self.waiting[model])
@@ -83,23 +94,43 @@ class Scheduler(ABC):
     def num_running(self, model: str) -> int:
         return len(self.running[model])
 
+    def is_busy(self, seq: Sequence) -> bool:
+        return id(seq) in self._busy
+
+    def free_slots(self) -> int:
+        return self.config.compute_slots - sum(job.slots for job in self.in_flight.values())
+
     # -- the policy --------------------------------------------------------
     @abstractmethod
     def schedule(self, now: float) -> list[Job]:
-        """Return the jobs to launch now (possibly none)."""
+        """Return the jobs to launch now (possibly none); they count as in flight."""
 
     # -- shared mechanics --------------------------------------------------
+    def launch(self, kind: JobKind, model: str, chunks: list[Chunk], slots: int) -> Job:
+        """Make a job and mark its sequences busy until ``complete``."""
+        self._next_job_id += 1
+        share = slots / self.config.compute_slots
+        job = Job(kind, model, chunks, share, self._next_job_id, slots)
+        self.in_flight[job.job_id] = job
+        self._busy.update(id(c.seq) for c in chunks)
+        return job
+
     def complete(self, result: JobResult) -> list[Sequence]:
         """Apply a finished job: advance computed tokens, append samples.
 
-        Returns the sequences of the job that are still live or just
-        finished, in job order (aborted ones are skipped).
+        Returns the job's sequences that are still live or just finished, in
+        job order (those aborted while it ran are skipped; their pages are
+        freed now that nothing reads them).
         """
+        job = result.job
+        self.in_flight.pop(job.job_id, None)
         touched = []
-        for chunk in result.job.chunks:
+        for chunk in job.chunks:
             seq = chunk.seq
-            if seq.is_finished or seq.seq_id not in self._by_id:
-                continue  # aborted while the job ran
+            self._busy.discard(id(seq))
+            if seq.seq_id not in self._by_id:
+                self.kv.free(seq)  # finished while the job ran
+                continue
             seq.num_computed = chunk.end
             if chunk.samples:
                 seq.append_token(result.tokens[seq.seq_id], result.logprobs.get(seq.seq_id, 0.0))
@@ -113,7 +144,8 @@ class Scheduler(ABC):
         return touched
 
     def _retire(self, seq: Sequence) -> None:
-        self.kv.free(seq)
+        if id(seq) not in self._busy:
+            self.kv.free(seq)
         self._by_id.pop(seq.seq_id, None)
         self._order.pop(seq.seq_id, None)
         if seq in self.waiting[seq.model]:
@@ -136,26 +168,38 @@ class Scheduler(ABC):
         return (seq.arrival, self._order.get(seq.seq_id, -1))
 
     def youngest_holder(self, exclude: set[int]) -> Sequence | None:
-        """The youngest sequence holding pages, not in ``exclude`` (ids): the preemption victim."""
+        """The youngest idle sequence holding pages, not in ``exclude`` (ids): the preemption victim."""
         holders = [
             s
             for q in (*self.running.values(), *self.waiting.values())
             for s in q
-            if s.pages and id(s) not in exclude
+            if s.pages and id(s) not in exclude and id(s) not in self._busy
         ]
         return max(holders, key=self.age, default=None)
 
-    def reserve(self, seq: Sequence, upto: int, protect: set[int], may_preempt_self: bool) -> bool:
+    def reserve(
+        self,
+        seq: Sequence,
+        upto: int,
+        protect: set[int],
+        may_preempt_self: bool,
+        enforce_quota: bool = False,
+    ) -> bool:
         """Get slots for ``seq``'s first ``upto`` tokens, preempting younger holders.
 
         Returns False when ``seq`` must wait: the pool cannot serve it without
-        preempting an older or protected sequence (then, with
-        ``may_preempt_self``, ``seq`` itself is preempted). A request that
+        preempting an older, busy or protected sequence (then, with
+        ``may_preempt_self``, ``seq`` itself is preempted), or its model is
+        over quota (``enforce_quota``; quota never preempts). A request that
         cannot fit even alone in the pool is finished with ``length``.
         """
         if not self.fits_alone(seq, upto):
             self.finish(seq, FinishReason.LENGTH)
             return False
+        if enforce_quota:
+            need = self.kv.pages_needed(seq, upto)
+            if self.kv.pool.held(seq.model) + need > self.kv.pool.quota(seq.model):
+                return False
         while not self.kv.allocate_slots(seq, upto):
             victim = self.youngest_holder(exclude=protect | {id(seq)})
             if victim is None or self.age(victim) < self.age(seq):
@@ -172,9 +216,48 @@ class Scheduler(ABC):
     def decode_chunk(self, seq: Sequence) -> Chunk:
         return Chunk(seq, seq.num_tokens - 1, seq.num_tokens)
 
-    def make_job(self, kind: JobKind, model: str, chunks: list[Chunk], share: float = 1.0) -> Job:
-        self._next_job_id += 1
-        return Job(kind, model, chunks, share, self._next_job_id)
-
     def fits_alone(self, seq: Sequence, upto: int) -> bool:
         return self.kv.pages_for_tokens(seq.model, upto) <= self.kv.pool.total
+
+    # -- building blocks for policies ----------------------------------------
+    def build_prefill(self, model: str, enforce_quota: bool = False) -> list[Chunk]:
+        """Chunks of ``model``'s waiting sequences, oldest first, within the token budget.
+
+        The first sequence may preempt younger ones for pages; later ones
+        only take free pages.
+        """
+        chunks: list[Chunk] = []
+        budget = self.config.max_prefill_tokens
+        for seq in sorted((s for s in self.waiting[model] if not self.is_busy(s)), key=self.age):
+            if budget <= 0 or len(chunks) >= self.config.max_batch_seqs:
+                break
+            chunk = self.prefill_chunk(seq, budget)
+            if chunks:
+                ok = not enforce_quota or self.kv.pool.held(model) + self.kv.pages_needed(seq, chunk.end) <= (
+                    self.kv.pool.quota(model)
+                )
+                ok = ok and self.kv.allocate_slots(seq, chunk.end)
+            else:
+                ok = self.reserve(seq, chunk.end, set(), may_preempt_self=False, enforce_quota=enforce_quota)
+            if not ok:
+                break
+            chunks.append(chunk)
+            budget -= chunk.num_tokens
+        return chunks
+
+    def build_decode(self, model: str) -> list[Chunk]:
+        """One-token chunks of ``model``'s idle running sequences, oldest first."""
+        chunks: list[Chunk] = []
+        batch = sorted((s for s in self.running[model] if not self.is_busy(s)), key=self.age)
+        for seq in batch[: self.config.max_batch_seqs]:
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted to make room for an older one
+            if self.reserve(seq, seq.num_tokens, {id(c.seq) for c in chunks}, may_preempt_self=True):
+                chunks.append(self.decode_chunk(seq))
+        return chunks
+
+    def oldest_waiting(self, models: list[str] | None = None) -> Sequence | None:
+        heads = [
+            s for m in (models or self.models) for s in self.waiting[m] if not self.is_busy(s)
+        ]
+        return min(heads, key=self.age, default=None)

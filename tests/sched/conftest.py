@@ -8,8 +8,7 @@ from muxd.core.job import Job, JobResult
 from muxd.core.kv_manager import KVManager
 from muxd.core.pages import PagePool
 from muxd.core.sequence import SamplingParams, Sequence
-from muxd.sched.base import SchedulerConfig
-from muxd.sched.fcfs import FCFSScheduler
+from muxd.sched import POLICIES, SchedulerConfig
 
 EOS = 0
 
@@ -28,10 +27,12 @@ def run_job(job: Job) -> JobResult:
 
 
 class Harness:
-    def __init__(self, pages: int, page_tokens: int = 4, models: dict[str, int] | None = None, **cfg):
+    def __init__(
+        self, pages: int, page_tokens: int = 4, models: dict[str, int] | None = None, policy: str = "temporal", **cfg
+    ):
         self.pool = PagePool(pages)
         self.kv = KVManager(self.pool, page_tokens)
-        self.sched = FCFSScheduler(self.kv, SchedulerConfig(**cfg))
+        self.sched = POLICIES[policy](self.kv, SchedulerConfig(**cfg))
         for name, pages_per_block in (models or {"a": 2, "b": 3}).items():
             self.kv.add_model(name, pages_per_block)
             self.sched.add_model(name)
@@ -47,11 +48,20 @@ class Harness:
         self.sched.add(seq)
         return seq
 
-    def step(self) -> list[Job]:
+    def launch(self) -> list[Job]:
+        """Jobs the policy starts now; they stay in flight until ``finish``."""
         jobs = self.sched.schedule(self.now)
-        for job in jobs:
-            self.sched.complete(run_job(job))
         self.jobs.extend(jobs)
+        return jobs
+
+    def finish(self, job: Job) -> None:
+        self.sched.complete(run_job(job))
+        self.pool.check_integrity()
+
+    def step(self) -> list[Job]:
+        jobs = self.launch()
+        for job in jobs:
+            self.finish(job)
         self.pool.check_integrity()
         return jobs
 
@@ -59,6 +69,7 @@ class Harness:
         for _ in range(limit):
             if not self.sched.has_work:
                 return
+            self.now += 0.01
             self.step()
         raise AssertionError("the scheduler did not finish its work")
 

@@ -1,0 +1,1 @@
+"""Benchmarks that live with the code: ``muxd bench ...`` runs them."""

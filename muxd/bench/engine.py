@@ -1,0 +1,282 @@
+"""``muxd bench engine``: muxd's engine against transformers on the same prompts.
+
+For each batch size the same token ids (fixed real-text prompts, cut to one
+length) go through three engines, each warmed up once and then timed on the
+whole generation, prefill included:
+
+- muxd's ``LLMEngine`` (paged KV pool, continuous batching, fused forward);
+- transformers' ``generate`` (greedy, one padded batch);
+- transformers' continuous batching ``generate_batch`` (paged cache, FIFO).
+
+Each engine is timed ``repeats`` times after its warm-up and its fastest run
+counts. Every engine generates exactly ``max_tokens`` tokens per prompt (EOS is
+ignored), so ``tok/s = generated tokens / wall seconds`` compares like with
+like. Beside the throughputs the report places muxd's median decode step
+against the roofline of this machine: one step must read every weight once,
+so it cannot beat ``step_read_bytes / measured read bandwidth``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from muxd.bench.bandwidth import measure_read_bandwidth
+
+DEFAULT_BATCHES = (1, 16)
+DEFAULT_PROMPT_TOKENS = 64
+DEFAULT_MAX_TOKENS = 64
+DEFAULT_REPEATS = 2
+WARMUP_TOKENS = 4
+PAGE_TOKENS = 16
+MAX_BATCH_TOKENS = 512  # prefill token budget per step, the same for muxd and transformers' CB
+
+# Real text, so attention sees realistic token statistics; row i of a batch
+# starts at paragraph i, so the rows differ.
+PARAGRAPHS = (
+    "The city of Paris sits on the river Seine in the north of France. It has been the capital "
+    "of the country for most of the last thousand years, and its museums, bridges and cafes draw "
+    "visitors from every part of the world.",
+    "A language model reads a sequence of tokens and predicts the next one. Serving such a model "
+    "means running two kinds of work: prefill, which reads the whole prompt at once, and decode, "
+    "which adds one token at a time to every sequence in the batch.",
+    "The sea was calm that morning. Small boats left the harbour before sunrise, and by noon the "
+    "fishermen were back on the quay, sorting their catch while gulls circled overhead and the "
+    "market slowly filled with people.",
+    "Water boils at one hundred degrees Celsius at sea level, but on a high mountain it boils at a "
+    "lower temperature, because the air pressure is lower. This is why cooking takes longer in the "
+    "mountains than it does by the coast.",
+    "Once upon a time, a small grey cat lived in a library. It slept between the shelves during the "
+    "day, and at night it walked along the rows of books, as if it were reading the titles one by one.",
+)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One engine's timed run: tokens generated and the wall time of the whole generate."""
+
+    tokens: int
+    seconds: float
+    output_ids: list[list[int]]
+    step_times: dict[str, list[float]] = field(default_factory=dict)  # muxd only: seconds per step kind
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def bench_prompts(encode, batch: int, prompt_tokens: int) -> list[list[int]]:
+    """``batch`` prompts of exactly ``prompt_tokens`` ids each, from the fixed paragraphs."""
+    if prompt_tokens < 1:
+        raise ValueError(f"prompt_tokens must be >= 1, got {prompt_tokens}")
+    prompts = []
+    for row in range(batch):
+        ids: list[int] = []
+        i = row
+        while len(ids) < prompt_tokens:
+            ids += encode(PARAGRAPHS[i % len(PARAGRAPHS)] + " ")
+            i += 1
+        prompts.append(ids[:prompt_tokens])
+    return prompts
+
+
+def run_engine_bench(
+    model_path: str | Path,
+    batches: tuple[int, ...] | list[int] = DEFAULT_BATCHES,
+    prompt_len: int = DEFAULT_PROMPT_TOKENS,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    dtype: str = "float32",
+    quantization: str | None = None,
+    repeats: int = DEFAULT_REPEATS,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Benchmark ``model_path`` at each batch size; one result dict per batch size.
+
+    Each engine is warmed up once, then timed ``repeats`` times; the fastest
+    run counts (best-of guards against a burst of other work on a shared
+    machine). ``progress`` receives one line per phase.
+    """
+    import torch
+
+    from muxd.models.loader import load_model, parse_dtype
+    from muxd.models.tokenizer import load_tokenizer
+
+    if quantization is not None:
+        raise ValueError(f"quantization {quantization!r} is not supported yet: muxd's loader serves dense weights only")
+    if prompt_len < 1 or max_tokens < 1 or repeats < 1:
+        raise ValueError(f"prompt tokens, max tokens and repeats must be >= 1, got {prompt_len}, {max_tokens}, {repeats}")
+    if not batches or min(batches) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {list(batches)}")
+    say = progress or (lambda _msg: None)
+    torch_dtype = parse_dtype(dtype)
+
+    with _quiet_transformers():
+        say("measuring memory read bandwidth")
+        bandwidth = measure_read_bandwidth(threads=torch.get_num_threads())
+        say(f"loading {model_path}")
+        loaded = load_model(model_path, torch_dtype)
+        tokenizer = load_tokenizer(loaded.path)
+        hf_model = _load_hf(loaded.path, torch_dtype)
+        roofline_ms = loaded.step_read_bytes / (bandwidth * 1e9) * 1e3
+        results = []
+        for batch in batches:
+            prompts = bench_prompts(tokenizer.encode, batch, prompt_len)
+            say(f"batch {batch}: muxd engine")
+            muxd = _time_muxd(loaded, prompts, max_tokens, repeats)
+            say(f"batch {batch}: transformers generate")
+            hf_gen = _time_hf_generate(hf_model, prompts, max_tokens, repeats)
+            say(f"batch {batch}: transformers continuous batching")
+            hf_cb = _time_hf_cb(hf_model, prompts, max_tokens, repeats)
+            decode_s = muxd.step_times["decode"]  # empty when max_tokens == 1
+            decode_ms = statistics.median(decode_s) * 1e3 if decode_s else None
+            results.append(
+                {
+                    "model": loaded.path.name,
+                    "dtype": str(torch_dtype).removeprefix("torch."),
+                    "quantization": quantization,
+                    "batch": batch,
+                    "prompt_tokens": prompt_len,
+                    "max_tokens": max_tokens,
+                    "threads": torch.get_num_threads(),
+                    "repeats": repeats,
+                    "muxd_tok_s": round(muxd.tok_s, 2),
+                    "hf_generate_tok_s": round(hf_gen.tok_s, 2),
+                    "hf_cb_tok_s": round(hf_cb.tok_s, 2),
+                    "ratio_vs_hf_cb": round(muxd.tok_s / hf_cb.tok_s, 3),
+                    "ratio_vs_hf_generate": round(muxd.tok_s / hf_gen.tok_s, 3),
+                    "decode_step_ms": _round(decode_ms),
+                    "prefill_ms": round(sum(muxd.step_times["prefill"]) * 1e3, 3),
+                    "roofline_step_ms": round(roofline_ms, 3),
+                    "step_vs_roofline": _round(decode_ms and decode_ms / roofline_ms),
+                    "bandwidth_gb_s": round(bandwidth, 2),
+                    "weight_bytes": loaded.weight_bytes,
+                    "step_read_bytes": loaded.step_read_bytes,
+                    "tokens_match_hf_generate": _match_fraction(muxd.output_ids, hf_gen.output_ids),
+                }
+            )
+    return results
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def _best(runs: list[Timing]) -> Timing:
+    return min(runs, key=lambda t: t.seconds)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars and the CB manager's per-call warnings, then restore them."""
+    from transformers.utils import logging as hf_logging
+
+    loggers = [logging.getLogger(n) for n in ("transformers", "ContinuousBatchingLogger")]
+    levels = [lg.level for lg in loggers]
+    bars = hf_logging.is_progress_bar_enabled()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_hf(path: Path, dtype) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).eval()
+
+
+def _time_muxd(loaded, prompts: list[list[int]], max_tokens: int, repeats: int) -> Timing:
+    """Time ``LLMEngine.generate``; the timing carries that run's per-step seconds."""
+    from muxd.core.sequence import SamplingParams
+    from muxd.engine.llm_engine import LLMEngine
+    from muxd.sched.base import SchedulerConfig
+
+    spec = loaded.spec
+    tokens = len(prompts) * (len(prompts[0]) + max_tokens + 2 * PAGE_TOKENS)
+    per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * loaded.dtype.itemsize
+    engine = LLMEngine(
+        {"bench": loaded},
+        kv_cache_bytes=max(64 << 20, 2 * tokens * per_token),
+        page_tokens=PAGE_TOKENS,
+        scheduler_config=SchedulerConfig(max_batch_seqs=max(64, len(prompts)), max_prefill_tokens=MAX_BATCH_TOKENS),
+    )
+
+    def run(n: int) -> Timing:
+        engine.stats.step_times = {"prefill": [], "decode": []}
+        t0 = time.perf_counter()
+        outs = engine.generate("bench", prompts, SamplingParams(max_tokens=n, ignore_eos=True))
+        seconds = time.perf_counter() - t0
+        ids = [o.output_ids for o in outs]
+        return Timing(sum(map(len, ids)), seconds, ids, engine.stats.step_times)
+
+    run(WARMUP_TOKENS)
+    return _best([run(max_tokens) for _ in range(repeats)])
+
+
+def _time_hf_generate(model, prompts: list[list[int]], max_tokens: int, repeats: int) -> Timing:
+    """Greedy ``generate`` on one batch (equal-length prompts: left padding is a no-op)."""
+    import torch
+    from transformers import GenerationConfig
+
+    input_ids = torch.tensor(prompts, dtype=torch.int64)  # [B, T]
+    mask = torch.ones_like(input_ids)
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        pad = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
+
+    def run(n: int) -> Timing:
+        config = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        seconds = time.perf_counter() - t0
+        new = out[:, input_ids.shape[1] :].tolist()
+        return Timing(sum(map(len, new)), seconds, new)
+
+    run(WARMUP_TOKENS)
+    return _best([run(max_tokens) for _ in range(repeats)])
+
+
+def _time_hf_cb(model, prompts: list[list[int]], max_tokens: int, repeats: int) -> Timing:
+    """``generate_batch`` with a persistent manager: the warm-up builds it, the timed runs reuse it."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    pages_per_seq = -(-(len(prompts[0]) + max_tokens) // PAGE_TOKENS) + 1
+    cb_config = ContinuousBatchingConfig(
+        page_size=PAGE_TOKENS,
+        num_blocks=len(prompts) * pages_per_seq + 8,
+        max_batch_tokens=MAX_BATCH_TOKENS,
+    )
+    # eos_token_id=None: the manager disables EOS, so every request runs to max_new_tokens.
+    gen_config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=None)
+
+    def run(n: int) -> Timing:
+        t0 = time.perf_counter()
+        out = model.generate_batch(prompts, gen_config, cb_config, persistent_manager=True, max_new_tokens=n)
+        seconds = time.perf_counter() - t0
+        ids = [list(r.generated_tokens) for r in out.values()]
+        return Timing(sum(map(len, ids)), seconds, ids)
+
+    try:
+        run(WARMUP_TOKENS)
+        return _best([run(max_tokens) for _ in range(repeats)])
+    finally:
+        model.destroy_cached_continuous_batching_manager()
+
+
+def _match_fraction(a: list[list[int]], b: list[list[int]]) -> float:
+    """Share of rows whose greedy tokens agree exactly (a parity check, not a speed figure)."""
+    return round(sum(x == y for x, y in zip(a, b)) / max(len(a), 1), 3)

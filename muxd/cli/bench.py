@@ -1,0 +1,117 @@
+"""``muxd bench ...``: benchmarks as commands, a table for people and one JSON line for machines.
+
+Heavy imports (torch, transformers, the bench code) happen inside command
+bodies, so registering this sub-app costs ``muxd --help`` nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from muxd.errors import MuxdError
+
+app = typer.Typer(help="Measure muxd against the engines people use today.", no_args_is_help=True)
+
+USAGE_ERROR = 2  # the exit code typer gives bad flags: the user can fix the command line
+
+
+def exit_with(message: str) -> NoReturn:
+    """Print one line saying what was wrong and exit with the usage-error code."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=USAGE_ERROR)
+
+
+def parse_batches(values: list[str]) -> list[int]:
+    """``["1,16", "4"] -> [1, 16, 4]``: ``--batch`` is repeatable and takes comma lists."""
+    batches = []
+    for item in (part.strip() for value in values for part in value.split(",")):
+        if not item:
+            continue
+        if not item.isdigit() or int(item) < 1:
+            raise ValueError(f"--batch {item!r} is not a positive integer")
+        batches.append(int(item))
+    if not batches:
+        raise ValueError("--batch needs at least one batch size, e.g. --batch 1,16")
+    return batches
+
+
+@app.command()
+def engine(
+    model: Annotated[
+        Path | None, typer.Option(help="Model directory (default: the SmolLM2-135M-Instruct demo model).")
+    ] = None,
+    batch: Annotated[list[str] | None, typer.Option(help="Batch size; repeat or give a comma list.")] = None,
+    dtype: Annotated[str, typer.Option(help="Weight dtype: float32, bfloat16 or float16.")] = "float32",
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length in tokens.")] = 64,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per prompt.")] = 64,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per engine; the fastest counts.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Also print the results as one JSON line, last.")] = False,
+) -> None:
+    """muxd's engine vs transformers' generate and continuous batching, on the same prompts."""
+    from rich.console import Console
+
+    from muxd.bench.engine import run_engine_bench
+
+    try:
+        batches = parse_batches(batch or ["1,16"])
+    except ValueError as e:
+        exit_with(str(e))
+    status_console = Console(stderr=True)
+    try:
+        with status_console.status("preparing") as status:
+            say = lambda msg: status.update(msg)  # noqa: E731
+            path = model if model is not None else _demo_model(say)
+            results = run_engine_bench(
+                path, batches, prompt_tokens, max_tokens, dtype=dtype, repeats=repeats, progress=say
+            )
+    except (MuxdError, ValueError) as e:
+        exit_with(getattr(e, "message", None) or str(e))
+    Console().print(results_table(results))
+    if as_json:
+        typer.echo(json.dumps(results))
+
+
+def _demo_model(say) -> Path:
+    from muxd.models.smollm2 import ensure_smollm2
+
+    return ensure_smollm2(progress=say)
+
+
+def results_table(results: list[dict[str, Any]]):
+    """One row per batch size: throughputs, the ratios, and the decode step against its roofline."""
+    from rich.table import Table
+
+    first = results[0]
+    table = Table(
+        title=f"{first['model']} {first['dtype']}: {first['prompt_tokens']} prompt + {first['max_tokens']} new tokens",
+        caption=(
+            f"tok/s = generated tokens / wall time of the whole generate (best of {first['repeats']}); "
+            f"roofline = {first['step_read_bytes'] / 1e6:.0f} MB read / {first['bandwidth_gb_s']} GB/s measured"
+        ),
+    )
+    columns = [
+        ("batch", "batch", "{}"),
+        ("muxd tok/s", "muxd_tok_s", "{:.1f}"),
+        ("HF generate", "hf_generate_tok_s", "{:.1f}"),
+        ("HF CB", "hf_cb_tok_s", "{:.1f}"),
+        ("vs CB", "ratio_vs_hf_cb", "{:.2f}x"),
+        ("vs generate", "ratio_vs_hf_generate", "{:.2f}x"),
+        ("decode step ms", "decode_step_ms", "{:.1f}"),
+        ("roofline ms", "roofline_step_ms", "{:.1f}"),
+        ("step/roofline", "step_vs_roofline", "{:.2f}"),
+        ("prefill ms", "prefill_ms", "{:.0f}"),
+    ]
+    for header, _, _ in columns:
+        table.add_column(header, justify="right")
+    for row in results:
+        table.add_row(*("-" if row[key] is None else fmt.format(row[key]) for _, key, fmt in columns))
+    return table
+
+
+from muxd.cli.bench_mux import register as register_mux  # noqa: E402  (needs `app` above)
+
+register_mux(app)

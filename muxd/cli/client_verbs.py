@@ -1,0 +1,198 @@
+"""The client verbs: ``muxd run``, ``muxd ps``, ``muxd stats``, ``muxd stop``.
+
+They talk to a running daemon through ``muxd.client`` only, imported in the
+command bodies: no torch, and ``muxd ps`` answers in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from muxd.client import Client
+
+SocketOption = Annotated[
+    Path | None, typer.Option("--socket", help="The daemon's socket (default: found as `muxd serve` picks it).")
+]
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def run(
+    model: Annotated[str, typer.Argument(help="A served model (see `muxd ps`).")],
+    prompt: Annotated[str | None, typer.Argument(help="Answer this and exit; without it, chat.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per answer at most.")] = 512,
+    temperature: Annotated[float | None, typer.Option(min=0, help="0 for greedy (default: the model's).")] = None,
+    system: Annotated[str | None, typer.Option(help="A system message to start the conversation.")] = None,
+    socket: SocketOption = None,
+) -> None:
+    """Chat with MODEL, streaming its answers. With no PROMPT, read one message per line until EOF or /bye."""
+    from muxd.client import Client
+    from muxd.errors import MuxdError
+
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    try:
+        with Client(socket) as client:
+            if prompt is not None:
+                _answer(client, model, [*history, {"role": "user", "content": prompt}], max_tokens, temperature)
+                return
+            interactive = sys.stdin.isatty()
+            if interactive:
+                typer.secho(f"chatting with {model}; /bye or Ctrl-D to end", dim=True, err=True)
+            for line in _lines(interactive):
+                if line in ("/bye", "/exit", "/quit"):
+                    break
+                history.append({"role": "user", "content": line})
+                history.append({"role": "assistant", "content": _answer(client, model, history, max_tokens, temperature)})
+    except MuxdError as e:
+        _fail(e.message)
+
+
+def _lines(interactive: bool):
+    while True:
+        try:
+            line = input(">>> ") if interactive else sys.stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if not interactive and not line:
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def _answer(client: Client, model: str, messages: list[dict[str, str]], max_tokens: int, temperature: float | None) -> str:
+    parts = []
+    with client.chat(model, messages, stream=True, max_tokens=max_tokens, temperature=temperature) as stream:
+        for chunk in stream:
+            if chunk.text:
+                parts.append(chunk.text)
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+    sys.stdout.write("\n")
+    return "".join(parts)
+
+
+def ps(socket: SocketOption = None) -> None:
+    """The served models: unit, state, memory, expected rate and tokens/s."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from muxd.client import Client
+    from muxd.errors import MuxdError
+
+    try:
+        with Client(socket) as client:
+            status, stats = client.status(), client.stats()
+    except MuxdError as e:
+        _fail(e.message)
+    page_bytes = {u.name: (u.pool.bytes / u.pool.pages_total if u.pool and u.pool.pages_total else 0) for u in status.units}
+    table = Table(title=f"muxd {status.version} (pid {status.pid}) on {status.socket}, up {_duration(status.uptime_s)}")
+    for header in ("MODEL", "UNIT", "STATE", "MEMORY", "RATE", "TOKENS/S", "RUNNING", "QUEUED"):
+        table.add_column(header, justify="left" if header in ("MODEL", "UNIT", "STATE") else "right")
+    for m in status.models:
+        s = stats.models.get(m.name)
+        kv = (s.pages_held or 0) * page_bytes.get(m.unit, 0) if s else 0
+        memory = _bytes((m.weight_bytes or 0) + kv) if m.weight_bytes is not None else "-"
+        table.add_row(
+            m.name, m.unit, m.state, memory, f"{m.rate:g} r/s",
+            f"{s.tokens_per_s:.1f}" if s else "-", str(s.running) if s else "-", str(s.queued) if s else "-",
+        )  # fmt: skip
+    Console().print(table)
+
+
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print /muxd/v1/stats as JSON.")] = False,
+    socket: SocketOption = None,
+) -> None:
+    """Per-model requests, tokens/s, latencies and KV pages; per-unit pool and device figures."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from muxd.client import Client
+    from muxd.errors import MuxdError
+
+    try:
+        with Client(socket) as client:
+            doc = client.stats()
+    except MuxdError as e:
+        _fail(e.message)
+    if as_json:
+        typer.echo(json.dumps(doc.model_dump(mode="json")))
+        return
+    models = Table(title="models")
+    heads = ("MODEL", "RUNNING", "QUEUED", "DONE", "ERRORS", "429s", "TOK/S", "TTFT p50/p99 ms", "TPOT p50/p99 ms",
+             "PAGES/QUOTA", "SLO")  # fmt: skip
+    for h in heads:
+        models.add_column(h, justify="left" if h == "MODEL" else "right")
+    for name, m in doc.models.items():
+        models.add_row(
+            name, str(m.running), str(m.queued), str(m.done), str(m.errors), str(m.rejected), f"{m.tokens_per_s:.1f}",
+            _pair(m.ttft_ms.p50, m.ttft_ms.p99), _pair(m.tpot_ms.p50, m.tpot_ms.p99),
+            f"{_num(m.pages_held)}/{_num(m.pages_quota)}",
+            "-" if m.slo_attainment is None else f"{m.slo_attainment:.0%}",
+        )  # fmt: skip
+    units = Table(title="units")
+    for h in ("UNIT", "STATE", "PAGES FREE/TOTAL", "STEPS", "PREEMPTIONS", "DEVICE", "UTIL", "MEMORY"):
+        units.add_column(h, justify="left" if h in ("UNIT", "STATE", "DEVICE") else "right")
+    for name, u in doc.units.items():
+        device, d = next(((k, v) for k, v in doc.devices.items() if v.unit == name), ("-", None))
+        util = "-" if d is None or d.utilization is None else f"{d.utilization:.0%}"
+        memory = "-" if d is None or d.memory_used_bytes is None else _bytes(d.memory_used_bytes)
+        units.add_row(name, u.state, f"{_num(u.pages_free)}/{_num(u.pages_total)}", _num(u.steps),
+                      _num(u.preemptions), device, util, memory)  # fmt: skip
+    console = Console()
+    console.print(models)
+    console.print(units)
+
+
+def stop(
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for the daemon to exit.")] = 60.0,
+    socket: SocketOption = None,
+) -> None:
+    """Stop the daemon gracefully: it stops accepting, finishes in-flight requests, and exits."""
+    from muxd.client import Client
+    from muxd.errors import MuxdError
+
+    try:
+        with Client(socket) as client:
+            client.shutdown()
+            path = client.socket
+    except MuxdError as e:
+        _fail(e.message)
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        if time.monotonic() > deadline:
+            _fail(f"the daemon is still draining after {timeout:.0f} s; its socket {path} is still there")
+        time.sleep(0.05)
+    typer.echo("muxd stopped")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    return f"{_num(None if a is None else round(a, 1))}/{_num(None if b is None else round(b, 1))}"

@@ -1,0 +1,102 @@
+"""``muxd serve``: resolve the configuration, prepare the demo if needed, run the daemon.
+
+With no models configured (no ``[[models]]`` in the config file, no
+``--model``), the embedded demo default is served. Its models are built,
+once, in a *child process*: building needs torch and transformers, and the
+daemon's front end must not hold them (about 300 MB and 2 s of start-up,
+for nothing: it only tokenizes and routes). Every later start finds the
+models on disk and spawns nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from muxd.errors import MuxdError
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def serve(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML config (default: $XDG_CONFIG_HOME/muxd/muxd.toml).")
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="NAME=PATH of a model directory; repeatable.")
+    ] = None,
+    socket: Annotated[Path | None, typer.Option(help="Unix socket (default: $XDG_RUNTIME_DIR/muxd/muxd.sock).")] = None,
+    tcp: Annotated[str | None, typer.Option(help="Also listen on HOST:PORT (no authentication).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda:N or auto (the default).")] = None,
+    kv_cache_mb: Annotated[int | None, typer.Option(min=1, help="KV-cache pool of each unit, MiB.")] = None,
+    queue_per_model: Annotated[int | None, typer.Option(min=1, help="Requests in flight per model before 429.")] = None,
+    drain_timeout: Annotated[float | None, typer.Option(min=0, help="Seconds in-flight requests get on SIGTERM.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Compute threads of each unit process.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+) -> None:
+    """Start the daemon: an OpenAI-compatible API on a Unix socket, one process per unit."""
+    from muxd.config import Flags, resolve
+    from muxd.server.daemon import serve as run_daemon
+    from muxd.server.uds import claim
+
+    flags = Flags(
+        config=config, models=tuple(model or ()), socket=socket, tcp=tcp, log_level=log_level,
+        queue_per_model=queue_per_model, drain_timeout_s=drain_timeout, device=device, kv_cache_mb=kv_cache_mb,
+        threads=threads,
+    )  # fmt: skip
+    try:
+        daemon_config = resolve(flags, demo=prepare_demo)
+        held = claim(daemon_config.socket)
+    except MuxdError as e:
+        _fail(e.message)
+    try:
+        code = run_daemon(daemon_config, held)
+    except MuxdError as e:
+        _fail(e.message)
+    raise typer.Exit(code=code)
+
+
+def prepare_demo() -> dict[str, str]:
+    """The demo models' paths, building any that is missing in a child process (with a progress line)."""
+    import multiprocessing as mp
+
+    from rich.console import Console
+
+    from muxd.models.demo import demo_ready, prepare_in_child
+
+    ready = demo_ready()
+    if ready is not None:
+        return ready
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=prepare_in_child, args=(None, child), name="muxd-demo-prepare")
+    console = Console(stderr=True)
+    with console.status("preparing the demo models (first run only)") as status:
+        proc.start()
+        child.close()
+        result: tuple[str, object] = ("error", "the preparing process died")
+        while True:
+            try:
+                kind, payload = parent.recv()
+            except EOFError:
+                break
+            if kind == "progress":
+                status.update(str(payload))
+                if str(payload).startswith("note:"):
+                    console.print(str(payload))
+            else:
+                result = (kind, payload)
+        proc.join()
+    kind, payload = result
+    if kind != "done":
+        raise MuxdErrorFromChild(f"could not prepare the demo models: {payload}")
+    return dict(payload)  # type: ignore[arg-type]
+
+
+class MuxdErrorFromChild(MuxdError):
+    code = "demo_prepare_failed"

@@ -1,0 +1,135 @@
+"""``AsyncClient``: the daemon's API over its Unix socket, for asyncio."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from muxd.client._base import (
+    BASE_URL, DONE, Messages, chat_body, completion_body, lost, not_running, parse_event, raise_for_status,
+    resolve_socket,
+)  # fmt: skip
+from muxd.protocol import ChatCompletion, ChatCompletionChunk, Completion, Health, Model, ModelList, Stats, Status
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class AsyncStream(Generic[T]):
+    """Typed chunks of a streamed completion; ``aclose`` (or leaving ``async with``) cancels the request."""
+
+    def __init__(self, response: httpx.Response, chunk_type: type[T]) -> None:
+        self.response = response
+        self.chunk_type = chunk_type
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        try:
+            async for line in self.response.aiter_lines():
+                event = parse_event(line)
+                if event is DONE:
+                    break
+                if event is not None:
+                    yield self.chunk_type.model_validate(event)
+        except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+            raise lost(e) from e
+        finally:
+            await self.aclose()
+
+    async def text(self) -> str:
+        return "".join([getattr(chunk, "text", "") async for chunk in self])
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+    async def __aenter__(self) -> AsyncStream[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncClient:
+    """The asyncio twin of ``muxd.client.Client``: same methods, awaited."""
+
+    def __init__(self, socket: str | Path | None = None, *, timeout: float | None = 600.0) -> None:
+        self.socket = resolve_socket(socket)
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
+        self._http = httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=timeout)
+
+    async def models(self) -> list[Model]:
+        return ModelList.model_validate(await self._get("/v1/models")).data
+
+    async def complete(self, model: str, prompt: str | list[int], *, stream: bool = False,
+                       max_tokens: int | None = None, temperature: float | None = None,
+                       **params: Any) -> Completion | AsyncStream[Completion]:  # fmt: skip
+        params.update(max_tokens=max_tokens, temperature=temperature)
+        body = completion_body(model, prompt, stream, params)
+        if stream:
+            return AsyncStream(await self._stream("/v1/completions", body), Completion)
+        return Completion.model_validate(await self._post("/v1/completions", body))
+
+    async def chat(self, model: str, messages: Messages, *, stream: bool = False, max_tokens: int | None = None,
+                   temperature: float | None = None,
+                   **params: Any) -> ChatCompletion | AsyncStream[ChatCompletionChunk]:  # fmt: skip
+        params.update(max_tokens=max_tokens, temperature=temperature)
+        body = chat_body(model, messages, stream, params)
+        if stream:
+            return AsyncStream(await self._stream("/v1/chat/completions", body), ChatCompletionChunk)
+        return ChatCompletion.model_validate(await self._post("/v1/chat/completions", body))
+
+    async def health(self) -> Health:
+        return Health.model_validate((await self._call("GET", "/healthz", ok_statuses=(503,))).json())
+
+    async def status(self) -> Status:
+        return Status.model_validate(await self._get("/muxd/v1/status"))
+
+    async def stats(self) -> Stats:
+        return Stats.model_validate(await self._get("/muxd/v1/stats"))
+
+    async def metrics(self) -> str:
+        return (await self._call("GET", "/metrics")).text
+
+    async def openapi(self) -> dict[str, Any]:
+        return await self._get("/openapi.json")
+
+    async def shutdown(self) -> None:
+        await self._post("/muxd/v1/shutdown", None)
+
+    async def _get(self, path: str) -> Any:
+        return (await self._call("GET", path)).json()
+
+    async def _post(self, path: str, body: dict[str, Any] | None) -> Any:
+        return (await self._call("POST", path, body)).json()
+
+    async def _call(self, method: str, path: str, body: Any = None, ok_statuses: tuple[int, ...] = ()) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, json=body)
+        except (httpx.ConnectError, FileNotFoundError) as e:
+            raise not_running(self.socket, e) from e
+        except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+            raise lost(e) from e
+        if response.status_code not in ok_statuses:
+            raise_for_status(response, response.content)
+        return response
+
+    async def _stream(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        request = self._http.build_request("POST", path, json=body)
+        try:
+            response = await self._http.send(request, stream=True)
+        except (httpx.ConnectError, FileNotFoundError) as e:
+            raise not_running(self.socket, e) from e
+        if response.status_code >= 400:
+            raise_for_status(response, await response.aread())
+        return response
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,141 @@
+"""``Client``: the daemon's API over its Unix socket, blocking."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from muxd.client._base import (
+    BASE_URL, DONE, Messages, chat_body, completion_body, lost, not_running, parse_event, raise_for_status,
+    resolve_socket,
+)  # fmt: skip
+from muxd.protocol import ChatCompletion, ChatCompletionChunk, Completion, Health, Model, ModelList, Stats, Status
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class Stream(Generic[T]):
+    """Chunks of a streamed completion, typed; closing it (or leaving its ``with``) cancels the request."""
+
+    def __init__(self, response: httpx.Response, chunk_type: type[T]) -> None:
+        self.response = response
+        self.chunk_type = chunk_type
+
+    def __iter__(self) -> Iterator[T]:
+        try:
+            for line in self.response.iter_lines():
+                event = parse_event(line)
+                if event is DONE:
+                    break
+                if event is not None:
+                    yield self.chunk_type.model_validate(event)
+        except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+            raise lost(e) from e
+        finally:
+            self.close()
+
+    def text(self) -> str:
+        """Read the whole stream; the first choice's text."""
+        return "".join(getattr(chunk, "text", "") for chunk in self)
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> Stream[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """``Client()`` finds the socket as the daemon picks it; ``Client("/path/to/muxd.sock")`` names one."""
+
+    def __init__(self, socket: str | Path | None = None, *, timeout: float | None = 600.0) -> None:
+        self.socket = resolve_socket(socket)
+        transport = httpx.HTTPTransport(uds=str(self.socket))
+        self._http = httpx.Client(transport=transport, base_url=BASE_URL, timeout=timeout)
+
+    # -- OpenAI-compatible ---------------------------------------------------------
+    def models(self) -> list[Model]:
+        return ModelList.model_validate(self._get("/v1/models")).data
+
+    def complete(self, model: str, prompt: str | list[int], *, stream: bool = False, max_tokens: int | None = None,
+                 temperature: float | None = None, **params: Any) -> Completion | Stream[Completion]:  # fmt: skip
+        """``/v1/completions``; other OpenAI parameters (top_p, seed, stop, n, ...) as keywords."""
+        params.update(max_tokens=max_tokens, temperature=temperature)
+        body = completion_body(model, prompt, stream, params)
+        if stream:
+            return Stream(self._stream("/v1/completions", body), Completion)
+        return Completion.model_validate(self._post("/v1/completions", body))
+
+    def chat(self, model: str, messages: Messages, *, stream: bool = False, max_tokens: int | None = None,
+             temperature: float | None = None, **params: Any) -> ChatCompletion | Stream[ChatCompletionChunk]:  # fmt: skip
+        """``/v1/chat/completions``; ``messages`` may be a plain string (one user message)."""
+        params.update(max_tokens=max_tokens, temperature=temperature)
+        body = chat_body(model, messages, stream, params)
+        if stream:
+            return Stream(self._stream("/v1/chat/completions", body), ChatCompletionChunk)
+        return ChatCompletion.model_validate(self._post("/v1/chat/completions", body))
+
+    # -- muxd's own ------------------------------------------------------------------
+    def health(self) -> Health:
+        """Never raises for a 503: a starting or degraded daemon still says how it is."""
+        return Health.model_validate(self._call("GET", "/healthz", ok_statuses=(503,)).json())
+
+    def status(self) -> Status:
+        return Status.model_validate(self._get("/muxd/v1/status"))
+
+    def stats(self) -> Stats:
+        return Stats.model_validate(self._get("/muxd/v1/stats"))
+
+    def metrics(self) -> str:
+        return self._call("GET", "/metrics").text
+
+    def openapi(self) -> dict[str, Any]:
+        return self._get("/openapi.json")
+
+    def shutdown(self) -> None:
+        """Ask the daemon to drain its requests and exit."""
+        self._post("/muxd/v1/shutdown", None)
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _get(self, path: str) -> Any:
+        return self._call("GET", path).json()
+
+    def _post(self, path: str, body: dict[str, Any] | None) -> Any:
+        return self._call("POST", path, body).json()
+
+    def _call(self, method: str, path: str, body: Any = None, ok_statuses: tuple[int, ...] = ()) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=body)
+        except (httpx.ConnectError, FileNotFoundError) as e:
+            raise not_running(self.socket, e) from e
+        except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+            raise lost(e) from e
+        if response.status_code not in ok_statuses:
+            raise_for_status(response, response.content)
+        return response
+
+    def _stream(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        request = self._http.build_request("POST", path, json=body)
+        try:
+            response = self._http.send(request, stream=True)
+        except (httpx.ConnectError, FileNotFoundError) as e:
+            raise not_running(self.socket, e) from e
+        if response.status_code >= 400:
+            raise_for_status(response, response.read())
+        return response
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

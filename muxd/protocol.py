@@ -1,0 +1,385 @@
+"""The HTTP API's request and response models (OpenAI-compatible, plus muxd's own).
+
+Requests are validated here once, at the edge, in strict mode: a string
+where a number belongs is a 400 naming the field, never a silent coercion.
+Unknown fields are ignored, as OpenAI-compatible servers do, but the OpenAI
+fields muxd cannot honour (``echo``, penalties, tools, top logprobs) are
+rejected with a message saying so rather than ignored.
+
+Responses are typed for the client library (``muxd.client`` parses into
+them) and for ``/openapi.json``; they accept extra fields, so an older
+client reads a newer daemon. The daemon builds its hot-path responses as
+plain dicts of the same shape (tests check the two agree).
+
+No torch, no muxd imports: the client loads this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+MAX_N = 16  # choices per request; each is a request to the unit
+NO_ALTERNATIVES = (
+    "{name} > 0 asks for the top alternative tokens, which muxd does not report; "
+    "use 0 (or logprobs=true in chat) for the sampled tokens' logprobs"
+)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _SamplingFields(_Request):
+    """Fields shared by both generation endpoints."""
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=-1, description="muxd extension: 0 or -1 disables it")
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = Field(default=False, description="muxd extension: generate max_tokens whatever the EOS")
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and any(not s for s in value):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    @field_validator("presence_penalty", "frequency_penalty", "logit_bias")
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        if value:
+            raise ValueError(f"{info.field_name} is not supported by muxd; leave it unset")
+        return value
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_SamplingFields):
+    """``POST /v1/completions``: one prompt, as text or token ids."""
+
+    prompt: str | list[int] | list[str]
+    logprobs: int | None = Field(default=None, ge=0, description="0: the sampled tokens' logprobs (no alternatives)")
+    echo: bool = False
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[int] | list[str]) -> str | list[int] | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("prompt must not be empty")
+            if all(isinstance(v, str) for v in value):
+                if len(value) != 1:
+                    raise ValueError("send one prompt per request (a list of several prompts is not supported)")
+        elif not value:
+            raise ValueError("prompt must not be empty")
+        return value
+
+    @field_validator("echo", "suffix")
+    @classmethod
+    def _unsupported_completion(cls, value: Any, info: ValidationInfo) -> Any:
+        if value:
+            raise ValueError(f"{info.field_name} is not supported by muxd; leave it unset")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_alternatives(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value:
+            raise ValueError(NO_ALTERNATIVES.format(name=info.field_name))
+        return value
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """``POST /v1/chat/completions``: messages rendered with the model's chat template."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, description="must be 0: alternatives are not reported")
+    tools: list[dict[str, Any]] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("tools are not supported by muxd; leave tools unset")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_alternatives(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value:
+            raise ValueError(NO_ALTERNATIVES.format(name=info.field_name))
+        return value
+
+    @property
+    def output_limit(self) -> int | None:
+        """``max_completion_tokens`` (the newer name) wins over ``max_tokens``."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+# -- responses ---------------------------------------------------------------
+class Usage(_Response):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Model(_Response):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "muxd"
+    unit: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(_Response):
+    object: str = "list"
+    data: list[Model]
+
+
+class CompletionLogprobs(_Response):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int] = []
+
+
+class CompletionChoice(_Response):
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: CompletionLogprobs | None = None
+
+
+class Completion(_Response):
+    """A ``/v1/completions`` response, or one chunk of its stream (``object`` tells which)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        """The first choice's text: the common case of ``n == 1``."""
+        return self.choices[0].text if self.choices else ""
+
+
+class TokenLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[dict[str, Any]] = []
+
+
+class ChoiceLogprobs(_Response):
+    content: list[TokenLogprob] | None = None
+
+
+class AssistantMessage(_Response):
+    role: str = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(_Response):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletion(_Response):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        return (self.choices[0].message.content or "") if self.choices else ""
+
+
+class Delta(_Response):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Response):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletionChunk(_Response):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        """The first choice's new text (empty for role-only, final and usage chunks)."""
+        return (self.choices[0].delta.content or "") if self.choices else ""
+
+
+class ErrorDetail(_Response):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(_Response):
+    error: ErrorDetail
+
+
+# -- muxd's own endpoints ----------------------------------------------------
+class Health(_Response):
+    status: str  # "ok", "starting", "degraded" or "stopping"
+    units: dict[str, str] = {}
+
+
+class PoolStatus(_Response):
+    pages_total: int
+    pages_free: int | None = None
+    page_tokens: int
+    bytes: int
+
+
+class UnitStatus(_Response):
+    name: str
+    device: str
+    state: str  # starting, ready, restarting, failed, stopping, stopped
+    pid: int | None = None
+    policy: str
+    restarts: int = 0
+    models: list[str]
+    pool: PoolStatus | None = None
+    last_error: str | None = None
+
+
+class ModelStatus(_Response):
+    name: str
+    unit: str
+    state: str
+    path: str
+    dtype: str
+    device: str
+    max_model_len: int | None = None
+    weight_bytes: int | None = None
+    rate: float = 0.0
+
+
+class Status(_Response):
+    version: str
+    pid: int
+    socket: str
+    uptime_s: float
+    placement: str
+    policy: str
+    units: list[UnitStatus]
+    models: list[ModelStatus]
+
+
+class Percentiles(_Response):
+    p50: float | None = None
+    p99: float | None = None
+
+
+class ModelStats(_Response):
+    unit: str
+    running: int
+    queued: int
+    in_flight: int
+    done: int
+    errors: int
+    rejected: int
+    prompt_tokens: int
+    generated_tokens: int
+    tokens_per_s: float
+    pages_held: int | None = None
+    pages_quota: int | None = None
+    ttft_ms: Percentiles
+    tpot_ms: Percentiles
+    slo_attainment: float | None = None
+
+
+class UnitStats(_Response):
+    state: str
+    pages_total: int | None = None
+    pages_free: int | None = None
+    steps: int | None = None
+    preemptions: int | None = None
+    busy_s: float | None = None
+
+
+class DeviceStats(_Response):
+    unit: str
+    utilization: float | None = None  # busy fraction of the unit's engine since the previous /stats
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+
+
+class Stats(_Response):
+    time: float
+    models: dict[str, ModelStats]
+    units: dict[str, UnitStats]
+    devices: dict[str, DeviceStats]

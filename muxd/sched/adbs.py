@@ -1,0 +1,110 @@
+"""Adaptive batch scheduling (ADBS), after MuxServe (Duan et al., 2024, §3.3).
+
+Every tick, with the compute slots left free by running jobs:
+1. Prefill first. Models with waiting requests are taken round-robin, those
+   whose oldest request is nearest its SLO deadline first; each prefill is
+   admitted only within the model's KV quota. While a prefill waits for
+   compute, no new decode is launched, so freed slots go to it.
+2. Decode fills the remaining slots, one job per model, round-robin.
+3. Every ``adapt_interval_s``, KV quota moves from models using under 90 %
+   of theirs to models whose prefills are blocked by quota (never below the
+   pages a model holds).
+Unlike the reference, which splits a GPU into ten fixed 10 % slices, a job's
+share follows the work: when fewer jobs are ready than slots are free, the
+spare slots go to the prefill (compute-bound) rather than idling.
+"""
+
+from __future__ import annotations
+
+from muxd.core.job import Job, JobKind
+from muxd.core.sequence import Sequence
+from muxd.sched.base import Scheduler
+from muxd.sched.quota import adapt_quotas, initial_quotas
+
+ADAPT_INTERVAL_S = 0.5
+
+
+class ADBSScheduler(Scheduler):
+    """Invariants: at most one prefill and one decode job per model in flight;
+    the jobs in flight never hold more slots than the unit has."""
+
+    def __init__(self, *args, adapt_interval_s: float = ADAPT_INTERVAL_S, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.adapt_interval_s = adapt_interval_s
+        self._rr = 0
+        self._next_adapt: float | None = None
+        self.quota_moves = 0  # adaptations that moved pages, for stats and tests
+
+    def schedule(self, now: float) -> list[Job]:
+        self._adapt(now)
+        running = {(job.model, job.kind) for job in self.in_flight.values()}
+        prefills = [
+            m for m in self._rotation()
+            if (m, JobKind.PREFILL) not in running and any(not self.is_busy(s) for s in self.waiting[m])
+        ]
+        prefills.sort(key=lambda m: self._slack(m, now))
+        decodes = [
+            m for m in self._rotation()
+            if (m, JobKind.DECODE) not in running and any(not self.is_busy(s) for s in self.running[m])
+        ]
+        free = self.free_slots()
+        spare = max(0, free - len(prefills) - len(decodes))
+        jobs: list[Job] = []
+        for model in prefills:
+            if free == 0:
+                return jobs  # a prefill waits for compute: hold back new decodes
+            chunks = self.build_prefill(model, enforce_quota=True)
+            if chunks:
+                slots = 1 + spare
+                spare = 0
+                jobs.append(self.launch(JobKind.PREFILL, model, chunks, slots))
+                free -= slots
+        for model in decodes:
+            if free == 0:
+                break
+            chunks = self.build_decode(model)
+            if chunks:
+                slots = 1 + spare
+                spare = 0
+                jobs.append(self.launch(JobKind.DECODE, model, chunks, slots))
+                free -= slots
+        if not jobs and not self.in_flight:
+            # Quotas are soft: an idle unit never keeps a request waiting on one.
+            head = self.oldest_waiting()
+            chunks = self.build_prefill(head.model) if head else []
+            if chunks:
+                jobs.append(self.launch(JobKind.PREFILL, head.model, chunks, free))
+        if jobs:
+            self._rr += 1
+        return jobs
+
+    def _rotation(self) -> list[str]:
+        models = self.models
+        k = self._rr % len(models) if models else 0
+        return models[k:] + models[:k]
+
+    def _slack(self, model: str, now: float) -> float:
+        """Time left before the oldest waiting request of ``model`` misses its SLO."""
+        deadlines = [s.deadline for s in self.waiting[model] if s.deadline is not None]
+        return min(deadlines) - now if deadlines else float("inf")
+
+    def _adapt(self, now: float) -> None:
+        pool = self.kv.pool
+        if self._next_adapt is None:  # first tick: quotas in proportion to expected demand
+            weights = {m: self.config.rates.get(m, 1.0) * self.kv.pages_per_block[m] for m in self.models}
+            for model, quota in initial_quotas(pool.total, weights).items():
+                pool.set_quota(model, quota)
+            self._next_adapt = now + self.adapt_interval_s
+            return
+        if now < self._next_adapt:
+            return
+        self._next_adapt = now + self.adapt_interval_s
+        if adapt_quotas(pool, {m for m in self.models if self._blocked_by_quota(m)}):
+            self.quota_moves += 1
+
+    def _blocked_by_quota(self, model: str) -> bool:
+        head: Sequence | None = self.oldest_waiting([model])
+        if head is None:
+            return False
+        need = self.kv.pages_needed(head, min(head.num_tokens, head.num_computed + self.config.max_prefill_tokens))
+        return self.kv.pool.held(model) + need > self.kv.pool.quota(model)

@@ -1,0 +1,287 @@
+"""Unit processes: spawn each, read its pipe, notice its death at once, restart it.
+
+One ``UnitProcess`` per LLM unit. Its process is started with the
+``spawn`` context (a fork of a process with threads and an event loop is
+not safe, and the unit must import torch afresh). A reader thread blocks on
+the pipe *and* the process sentinel, so a unit killed by a signal is
+noticed the instant the kernel reaps it, not at the next timeout; every
+message it reads is handed to the event loop with ``call_soon_threadsafe``.
+Everything else (state, callbacks, restarts) runs on the event loop thread.
+
+The spawn target is named by a string and imported in the child
+(``UnitEntry("muxd.unit:run_unit")``): the front end never imports the
+unit's module, which imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import importlib
+import logging
+import multiprocessing as mp
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_ready
+from typing import Any, Protocol
+
+from muxd import ipc
+from muxd.config import UnitConfig
+from muxd.errors import UnitUnavailableError
+
+log = logging.getLogger("muxd.supervisor")
+
+STOP_TIMEOUT_S = 10.0
+CRASH_WINDOW_S = 60.0  # crashes closer together than this back off: 1, 2, 4 ... 30 s
+MAX_BACKOFF_S = 30.0
+
+
+class UnitEntry:
+    """A picklable spawn target named ``"module:function"``, imported only in the child."""
+
+    def __init__(self, target: str = "muxd.unit:run_unit") -> None:
+        self.target = target
+
+    def __call__(self, *args: Any) -> None:
+        module, _, name = self.target.partition(":")
+        getattr(importlib.import_module(module), name)(*args)
+
+
+class UnitState(str, enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    FAILED = "failed"  # could not load its models; retried with back-off
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class UnitListener(Protocol):
+    """What the front end does with a unit's news (called on the event loop thread)."""
+
+    def unit_ready(self, unit: UnitProcess, ready: ipc.Ready) -> None: ...
+    def unit_events(self, unit: UnitProcess, events: list[ipc.TokenEvent]) -> None: ...
+    def unit_down(self, unit: UnitProcess, reason: str) -> None: ...
+    def unit_start_failed(self, unit: UnitProcess, error: str) -> None: ...
+
+
+class UnitProcess:
+    """One unit's process and pipe, across restarts (each start is a new *generation*)."""
+
+    def __init__(
+        self,
+        config: UnitConfig,
+        listener: UnitListener,
+        loop: asyncio.AbstractEventLoop,
+        entry: Callable[..., None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.listener = listener
+        self.loop = loop
+        self.entry = entry or UnitEntry()
+        self.clock = clock
+        self.state = UnitState.STOPPED
+        self.ready: ipc.Ready | None = None  # the latest Ready (models and pool of the live generation)
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self._gen = 0
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._stats_waiters: list[asyncio.Future[ipc.StatsSnapshot | None]] = []
+        self._crashes: deque[float] = deque(maxlen=8)
+        self._stopped = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        if self.state in (UnitState.STOPPING, UnitState.STOPPED) and self._gen:
+            return  # stopped while a restart was scheduled
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=self.entry, args=(self.config, child), name=f"muxd-unit-{self.name}", daemon=True)
+        proc.start()
+        child.close()  # else the pipe never reports EOF when the unit dies
+        self._gen += 1
+        self._proc, self._conn = proc, parent
+        self.state = UnitState.STARTING if self.restarts == 0 else UnitState.RESTARTING
+        self.started_at = self.clock()
+        self._stopped.clear()
+        log.info("unit %s: started process %d (%s)", self.name, proc.pid, ", ".join(m.name for m in self.config.models))
+        threading.Thread(target=self._read, args=(self._gen, proc, parent), name=f"muxd-read-{self.name}", daemon=True).start()
+
+    def send(self, msg: object) -> None:
+        """Send to the live unit, or raise ``UnitUnavailableError`` (503) if it is not serving."""
+        if self.state is not UnitState.READY or self._conn is None:
+            raise UnitUnavailableError(self.unavailable_reason())
+        try:
+            self._conn.send(msg)
+        except OSError as e:  # it died a moment ago; the reader thread reports it
+            raise UnitUnavailableError(f"unit {self.name} is down ({e}); it is being restarted") from None
+
+    def try_send(self, msg: object) -> None:
+        """Send if the unit is up; drop the message otherwise (aborts of a dead unit's requests)."""
+        if self.state is UnitState.READY and self._conn is not None:
+            try:
+                self._conn.send(msg)
+            except OSError:
+                pass
+
+    def unavailable_reason(self) -> str:
+        if self.state is UnitState.STARTING:
+            return f"unit {self.name} is starting (loading its models); retry in a few seconds"
+        if self.state in (UnitState.RESTARTING, UnitState.FAILED):
+            detail = f": {self.last_error}" if self.last_error else ""
+            return f"unit {self.name} is restarting after a failure{detail}; retry in a few seconds"
+        return f"unit {self.name} is {self.state.value}; the daemon is shutting down"
+
+    async def stats(self, timeout: float = 5.0) -> ipc.StatsSnapshot | None:
+        """A fresh snapshot from the unit, or None if it is not serving or does not answer in time."""
+        if self.state is not UnitState.READY:
+            return None
+        future: asyncio.Future[ipc.StatsSnapshot | None] = self.loop.create_future()
+        if not self._stats_waiters:
+            try:
+                self.send(ipc.StatsRequest())
+            except UnitUnavailableError:
+                return None
+        self._stats_waiters.append(future)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            if future in self._stats_waiters:
+                self._stats_waiters.remove(future)
+
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Ask the unit to shut down; kill it if it has not exited within ``timeout``."""
+        proc = self._proc
+        self.state = UnitState.STOPPING
+        if proc is None or not proc.is_alive():
+            self.state = UnitState.STOPPED
+            return
+        if self._conn is not None:
+            try:
+                self._conn.send(ipc.Shutdown())
+            except OSError:
+                pass
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("unit %s did not stop within %.0f s; killing process %d", self.name, timeout, proc.pid)
+            proc.kill()
+            await self._stopped.wait()
+        self.state = UnitState.STOPPED
+
+    # -- the reader thread -----------------------------------------------------
+    def _read(self, gen: int, proc: Any, conn: Connection) -> None:
+        """Block on the pipe and the process sentinel; hand every message to the loop."""
+        try:
+            while True:
+                ready = wait_ready([conn, proc.sentinel])
+                if conn not in ready:
+                    break  # the process is gone and nothing is left to read
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    break
+                self._to_loop(self._on_message, gen, msg)
+        finally:
+            proc.join(timeout=STOP_TIMEOUT_S)
+            self._to_loop(self._on_exit, gen, proc.exitcode)
+
+    def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop has closed: the daemon is exiting
+            pass
+
+    # -- on the event loop -------------------------------------------------------
+    def _on_message(self, gen: int, msg: object) -> None:
+        if gen != self._gen:
+            return
+        if isinstance(msg, list):
+            self.listener.unit_events(self, msg)
+        elif isinstance(msg, ipc.StatsSnapshot):
+            waiters, self._stats_waiters = self._stats_waiters, []
+            for f in waiters:
+                if not f.done():
+                    f.set_result(msg)
+        elif isinstance(msg, ipc.Ready):
+            self._on_ready(msg)
+        elif isinstance(msg, ipc.StartFailed):
+            self.last_error = msg.error
+            log.error("unit %s could not load its models: %s", self.name, msg.error)
+            first = self.restarts == 0
+            self.state = UnitState.FAILED
+            if first:
+                self.listener.unit_start_failed(self, msg.error)
+        else:
+            log.error("unit %s sent an unknown message %r", self.name, msg)
+
+    def _on_ready(self, ready: ipc.Ready) -> None:
+        self.ready = ready
+        self.state = UnitState.READY
+        self.ready_at = self.clock()
+        took = self.ready_at - (self.started_at or self.ready_at)
+        what = "restarted" if self.restarts else "ready"
+        log.info("unit %s %s in %.2f s: %d KV pages (%d MiB)", self.name, what, took, ready.kv_pages, ready.kv_bytes >> 20)
+        self.listener.unit_ready(self, ready)
+
+    def _on_exit(self, gen: int, exitcode: int | None) -> None:
+        if gen != self._gen:
+            return
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        for f in self._stats_waiters:
+            if not f.done():
+                f.set_result(None)
+        self._stats_waiters = []
+        self._stopped.set()
+        if self.state in (UnitState.STOPPING, UnitState.STOPPED):
+            self.state = UnitState.STOPPED
+            log.info("unit %s stopped", self.name)
+            return
+        reason = f"unit {self.name} {describe_exit(exitcode)}"
+        if self.state is UnitState.READY:
+            self.last_error = reason
+        failed_to_load = self.state is UnitState.FAILED
+        log.error("%s; failing its in-flight requests and restarting it", reason)
+        self.listener.unit_down(self, reason)
+        if failed_to_load and self.restarts == 0:
+            return  # the first start failed: the daemon reports it and exits
+        self.state = UnitState.RESTARTING
+        self.restarts += 1
+        delay = self._backoff()
+        if delay:
+            log.warning("unit %s crashed %d times in %.0f s; restarting in %.0f s", self.name, len(self._crashes), CRASH_WINDOW_S, delay)
+        self.loop.call_later(delay, self.start)
+
+    def _backoff(self) -> float:
+        now = self.clock()
+        self._crashes.append(now)
+        recent = [t for t in self._crashes if now - t < CRASH_WINDOW_S]
+        return 0.0 if len(recent) <= 1 else min(MAX_BACKOFF_S, 2.0 ** (len(recent) - 2))
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "process vanished"
+    if exitcode < 0:
+        try:
+            return f"process was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"process was killed by signal {-exitcode}"
+    return f"process exited with code {exitcode}"
