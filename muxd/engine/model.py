@@ -19,7 +19,9 @@ from muxd.models.spec import ModelSpec
 
 
 class RMSNorm(nn.Module):
-    """transformers' LlamaRMSNorm, through torch's fused kernel (one op instead of eight)."""
+    """transformers' LlamaRMSNorm in two ops: normalise (fp32 inside, rounded to
+    the input dtype), then scale. Scaling after the rounding, as transformers
+    does, matters in bf16: SmolLM2's first answer token is a near-tie there."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -27,7 +29,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return self.weight * F.rms_norm(x, self.weight.shape, None, self.eps)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
