@@ -22,7 +22,7 @@ class AttentionMetadata:
     tables: torch.Tensor  # [L, B, Hkv, M] page ids per layer, padded with page 0
     write_pages: torch.Tensor  # [L, N, Hkv] page of each new token per layer
     write_slots: torch.Tensor  # [N] slot of each new token inside its page
-    masks: dict[int | None, torch.Tensor]  # sliding window -> additive [B, 1, 1, Tq, S]
+    masks: dict[int | None, torch.Tensor]  # sliding window -> additive fp32 [B, 1, 1, Tq, S]
     pad_index: torch.Tensor | None  # [N] row of each token in [B * Tq]; None when no padding
     positions: torch.Tensor  # [N] position of each new token in its sequence
 
@@ -34,7 +34,6 @@ class AttentionMetadata:
         block_tables: torch.Tensor,
         page_tokens: int,
         windows: set[int | None],
-        dtype: torch.dtype,
     ) -> AttentionMetadata:
         """Build the metadata of a job whose chunk ``b`` covers ``[starts[b], ends[b])``.
 
@@ -61,8 +60,8 @@ class AttentionMetadata:
         masks = {}
         for window in windows:
             vis = visible if window is None else visible & (keys[None, None, :] > q_pos[:, :, None] - window)
-            zero = torch.zeros((), dtype=dtype, device=device)
-            masks[window] = torch.where(vis, zero, float("-inf")).to(dtype)[:, None, None]
+            zero = torch.zeros((), dtype=torch.float32, device=device)
+            masks[window] = torch.where(vis, zero, float("-inf"))[:, None, None]
         pad_index = None if max_q == 1 else seq_of * max_q + offset
         return cls(
             num_seqs=B,
@@ -100,8 +99,12 @@ def paged_attention(
     tables = meta.tables[layer]  # [B, Hkv, M]
     Hkv = tables.shape[1]
     G = Hq // Hkv
-    k = k_cache[tables].flatten(2, 3)  # [B, Hkv, S, D]
-    v = v_cache[tables].flatten(2, 3)
+    # Attention math in fp32: CPU bf16 batched matmuls of these small shapes are
+    # slower than fp32 ones, and scores rounded to bf16 lose the SDPA accuracy.
+    out_dtype = q.dtype
+    q = q.float()
+    k = k_cache[tables].flatten(2, 3).float()  # [B, Hkv, S, D]
+    v = v_cache[tables].flatten(2, 3).float()
     if meta.pad_index is not None:
         padded = q.new_zeros(B * Tq, Hq, D)
         padded[meta.pad_index] = q
@@ -110,7 +113,7 @@ def paged_attention(
     q = q.view(B, Tq, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * Tq, D)
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).view(B, Hkv, G, Tq, -1)
     scores = scores + meta.masks[window]
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs.view(B, Hkv, G * Tq, -1), v)  # [B, Hkv, G * Tq, D]
-    out = out.view(B, Hkv, G, Tq, D).permute(0, 3, 1, 2, 4).reshape(B * Tq, Hq * D)
+    out = out.view(B, Hkv, G, Tq, D).permute(0, 3, 1, 2, 4).reshape(B * Tq, Hq * D).to(out_dtype)
     return out if meta.pad_index is None else out[meta.pad_index]

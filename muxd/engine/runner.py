@@ -75,7 +75,6 @@ class ModelRunner:
             block_tables,
             P,
             self.windows,
-            self.loaded.dtype,
         )
         token_ids = torch.tensor(ids, dtype=torch.int64, device=self.device)
         return token_ids, meta, torch.tensor(rows, dtype=torch.int64, device=self.device)
