@@ -11,7 +11,8 @@ on the stream of their share.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import queue
+import threading
 from collections.abc import Callable
 
 import torch
@@ -22,46 +23,89 @@ RunFn = Callable[[Job], JobResult]
 
 
 class Executor:
-    """``submit`` jobs, ``wait`` for finished ones; at most ``slots`` jobs at once."""
+    """``submit`` jobs, ``wait`` for finished ones; slot ``i`` is always worker thread ``i``.
+
+    Fixed workers matter on CPU: every thread that runs a parallel op keeps
+    its own OpenMP team, and idle teams spin for a while. Jobs handed to
+    whichever pool thread is free made teams pile up and fight for the cores
+    (steps 1x to 10x slower, at random); with one thread per slot, a job of
+    ``k`` slots runs on the thread of its first slot with ``k`` intra-op
+    threads, and at most ``slots`` threads ever compute.
+    """
 
     def __init__(self, slots: int, device: torch.device | str = "cpu") -> None:
         if slots < 1:
             raise ValueError(f"an executor needs at least one slot, got {slots}")
         self.slots = slots
         self.device = torch.device(device)
-        self._pool = cf.ThreadPoolExecutor(max_workers=slots, thread_name_prefix="muxd-job")
-        self._running: dict[cf.Future, Job] = {}
+        self._free = set(range(slots))
+        self._held: dict[int, list[int]] = {}  # job id -> slot ids
+        self._inboxes = [queue.SimpleQueue() for _ in range(slots)]
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._streams = _ShareStreams(self.device, slots) if self.device.type == "cuda" else None
+        self._threads = [
+            threading.Thread(target=self._worker, args=(i,), name=f"muxd-slot-{i}", daemon=True) for i in range(slots)
+        ]
+        for t in self._threads:
+            t.start()
 
     @property
     def busy(self) -> bool:
-        return bool(self._running)
+        return bool(self._held)
 
     def submit(self, job: Job, run: RunFn) -> None:
-        self._running[self._pool.submit(self._run, job, run)] = job
+        want = min(max(job.slots, 1), self.slots)
+        if want > len(self._free):
+            raise RuntimeError(f"job {job.job_id} wants {want} slots, {len(self._free)} are free")
+        ids = sorted(self._free)[:want]
+        self._free.difference_update(ids)
+        self._held[job.job_id] = ids
+        self._inboxes[ids[0]].put((job, run, len(ids)))
 
     def wait(self, timeout: float | None = None) -> list[JobResult]:
         """Results of finished jobs; blocks until at least one finishes (or ``timeout``)."""
-        if not self._running:
+        if not self._held:
             return []
-        done, _ = cf.wait(self._running, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        try:
+            items = [self._done.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while not self._done.empty():
+            items.append(self._done.get())
         results = []
-        for future in done:
-            self._running.pop(future)
-            results.append(future.result())  # a failed job raises here, in the engine's thread
+        for job, result, error in items:
+            self._free.update(self._held.pop(job.job_id))
+            if error is not None:
+                raise error  # a failed job raises here, in the engine's thread
+            results.append(result)
         return results
 
-    def _run(self, job: Job, run: RunFn) -> JobResult:
+    def _worker(self, slot: int) -> None:
+        while True:
+            item = self._inboxes[slot].get()
+            if item is None:
+                return
+            job, run, threads = item
+            try:
+                self._done.put((job, self._run(job, run, threads), None))
+            except BaseException as e:  # reported to the engine, the worker lives on
+                self._done.put((job, None, e))
+
+    def _run(self, job: Job, run: RunFn, threads: int) -> JobResult:
         if self._streams is None:
-            torch.set_num_threads(max(1, job.slots))
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
             return run(job)
-        with self._streams.context(job.slots):
+        with self._streams.context(threads):
             result = run(job)
             torch.cuda.current_stream().synchronize()
             return result
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for inbox in self._inboxes:
+            inbox.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
 
 
 class _ShareStreams:
