@@ -40,7 +40,7 @@ class ADBSScheduler(Scheduler):
         running = {(job.model, job.kind) for job in self.in_flight.values()}
         prefills = [
             m for m in self._rotation()
-            if (m, JobKind.PREFILL) not in running and any(not self.is_busy(s) for s in self.waiting[m])
+            if (m, JobKind.PREFILL) not in running and self._admissible(m)
         ]
         prefills.sort(key=lambda m: self._slack(m, now))
         decodes = [
@@ -77,6 +77,15 @@ class ADBSScheduler(Scheduler):
         if jobs:
             self._rr += 1
         return jobs
+
+    def _admissible(self, model: str) -> bool:
+        """A prefill of ``model`` could start now: an idle waiting request, a
+        free seat in its decode batch, and room in its KV quota. Only such a
+        prefill holds back decodes."""
+        idle = [s for s in self.waiting[model] if not self.is_busy(s)]
+        if not idle or not (self.open_seats(model) or any(s.num_computed for s in idle)):
+            return False
+        return not self._blocked_by_quota(model)
 
     def _rotation(self) -> list[str]:
         models = self.models

@@ -228,9 +228,14 @@ class Scheduler(ABC):
         """
         chunks: list[Chunk] = []
         budget = self.config.max_prefill_tokens
+        seats = self.open_seats(model)  # running plus prefilling stay within one decode batch
         for seq in sorted((s for s in self.waiting[model] if not self.is_busy(s)), key=self.age):
             if budget <= 0 or len(chunks) >= self.config.max_batch_seqs:
                 break
+            if seq.num_computed == 0:  # a new sequence takes a seat; a partly prefilled one has one
+                if seats == 0:
+                    continue
+                seats -= 1
             chunk = self.prefill_chunk(seq, budget)
             if chunks:
                 ok = not enforce_quota or self.kv.pool.held(model) + self.kv.pages_needed(seq, chunk.end) <= (
@@ -244,6 +249,13 @@ class Scheduler(ABC):
             chunks.append(chunk)
             budget -= chunk.num_tokens
         return chunks
+
+    def open_seats(self, model: str) -> int:
+        """How many more sequences ``model`` may start: running and partly
+        prefilled ones together never exceed one decode batch (vLLM's
+        ``max_num_seqs``), so admitting prefills cannot starve decode."""
+        started = len(self.running[model]) + sum(1 for s in self.waiting[model] if s.num_computed > 0)
+        return max(0, self.config.max_batch_seqs - started)
 
     def build_decode(self, model: str) -> list[Chunk]:
         """One-token chunks of ``model``'s idle running sequences, oldest first."""

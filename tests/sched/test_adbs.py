@@ -89,3 +89,14 @@ def test_quota_blocks_prefill_then_adapts_to_the_backlog():
     assert h.sched.quota_moves >= 1
     assert h.pool.quota("b") > 1  # b borrowed from idle a
     assert h.pool.quota("a") >= h.pool.held("a")
+
+
+def test_prefills_stop_at_a_full_decode_batch_and_decodes_proceed():
+    h = adbs(max_batch_seqs=2, compute_slots=1)
+    for i in range(4):
+        h.add(f"a{i}", "a", 4, max_tokens=10)
+    (first,) = h.launch()
+    assert first.kind is JobKind.PREFILL and len(first.chunks) == 2  # one batch of seats
+    h.finish(first)
+    (nxt,) = h.launch()
+    assert nxt.kind is JobKind.DECODE  # the waiting two do not hold back decode

@@ -109,3 +109,11 @@ def test_stop_token_ids_finish_the_sequence():
     seq = h.add("r", "a", 3, max_tokens=10, stop_token_ids=(first,))
     h.drain()
     assert seq.output_ids == [first] and seq.finish_reason is FinishReason.STOP
+
+
+def test_partly_prefilled_sequence_keeps_its_seat():
+    h = Harness(pages=100, max_prefill_tokens=4, max_batch_seqs=1)
+    seq = h.add("r", "a", 10, max_tokens=2)
+    h.add("s", "a", 3, max_tokens=2)
+    h.drain()
+    assert len(seq.output_ids) == 2 and h.pool.num_free == 100
