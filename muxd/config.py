@@ -263,6 +263,7 @@ def _parse_env(var: str, value: str, parse: Callable[[str], Any]) -> Any:
 def _build(
     s: dict[str, Any], base_dir: Path, env: Mapping[str, str], demo: Callable[[], dict[str, str]] | None
 ) -> DaemonConfig:
+    limits = Limits(**{k: s[k] for k in _LIMIT_KEYS if k in s})  # before the demo: fail fast
     placement = "manual" if s.get("units") else "per-device"
     model_tables = s.get("models") or []
     if not model_tables:
@@ -283,7 +284,6 @@ def _build(
     level = str(s.get("log_level", "info")).lower()
     if level not in LOG_LEVELS:
         raise ValueError(f"log_level {level!r} is not one of {', '.join(LOG_LEVELS)}")
-    limits = Limits(**{k: s[k] for k in _LIMIT_KEYS if k in s})
     uids = tuple(int(u) for u in s.get("allow_uids", ()))
     return DaemonConfig(tuple(units), socket, _tcp(s.get("tcp")), uids, limits, level, placement)
 

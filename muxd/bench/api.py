@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from muxd import ipc
-from muxd.config import ModelConfig, UnitConfig
+from muxd.config import Flags, UnitConfig, resolve
 
 PROMPT = "What is the capital of France?"
 TARGET_OVERHEAD_P50_MS = 2.0
@@ -52,10 +52,13 @@ def run_api_bench(
     from muxd.server.tokenizer import Tokenizer
 
     prompt_ids = Tokenizer.from_dir(model).encode(PROMPT)
+    tmp = Path(tempfile.mkdtemp(prefix="muxd-bench-", dir="/tmp"))
+    empty_config = tmp / "muxd.toml"  # the user's own config must not leak into either path
+    empty_config.write_text("")
     say("direct: spawning a unit")
-    direct = _bench_direct(model, prompt_ids, requests, warmup, stream_tokens)
+    direct = _bench_direct(unit_config(model, empty_config), prompt_ids, requests, warmup, stream_tokens)
     say("api: starting muxd serve")
-    api = _bench_api(model, requests, warmup, stream_tokens, say)
+    api = _bench_api(model, tmp, empty_config, requests, warmup, stream_tokens, say)
     result = {
         "bench": "api",
         "model": str(model),
@@ -77,19 +80,26 @@ def run_api_bench(
     return result
 
 
-def unit_config(model: Path) -> UnitConfig:
-    """The unit both paths run (``muxd serve --model bench=PATH --device cpu --kv-cache-mb 64`` resolves to it)."""
-    return UnitConfig("cpu0", (ModelConfig(MODEL_NAME, str(model), device="cpu"),), device="cpu",
-                      kv_cache_bytes=KV_CACHE_MB << 20)  # fmt: skip
+def serve_flags(model: Path) -> list[str]:
+    return ["--model", f"{MODEL_NAME}={model}", "--device", "cpu", "--kv-cache-mb", str(KV_CACHE_MB)]
+
+
+def unit_config(model: Path, config_file: Path) -> UnitConfig:
+    """The unit both paths run: what ``muxd serve`` resolves ``serve_flags`` to."""
+    flags = Flags(config=config_file, models=(f"{MODEL_NAME}={model}",), device="cpu", kv_cache_mb=KV_CACHE_MB)
+    (unit,) = resolve(flags, env={}).units
+    return unit
 
 
 # -- direct: the unit through its pipe ---------------------------------------------
-def _bench_direct(model: Path, prompt_ids: list[int], requests: int, warmup: int, stream_tokens: int) -> dict[str, Any]:
+def _bench_direct(
+    config: UnitConfig, prompt_ids: list[int], requests: int, warmup: int, stream_tokens: int
+) -> dict[str, Any]:
     from muxd.unit import run_unit
 
     ctx = mp.get_context("spawn")
     conn, child = ctx.Pipe()
-    proc = ctx.Process(target=run_unit, args=(unit_config(model), child), daemon=True)
+    proc = ctx.Process(target=run_unit, args=(config, child), daemon=True)
     proc.start()
     child.close()
     try:
@@ -129,15 +139,14 @@ def _until_finished(conn: Any, request_id: str) -> int:
 
 
 # -- api: muxd serve over its socket -------------------------------------------------
-def _bench_api(model: Path, requests: int, warmup: int, stream_tokens: int, say: Callable[[str], None]) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="muxd-bench-", dir="/tmp"))
+def _bench_api(
+    model: Path, tmp: Path, config_file: Path, requests: int, warmup: int, stream_tokens: int, say: Callable[[str], None]
+) -> dict[str, Any]:
     sock = tmp / "muxd.sock"
-    empty_config = tmp / "muxd.toml"
-    empty_config.write_text("")
-    cmd = [sys.executable, "-m", "muxd", "serve", "--model", f"{MODEL_NAME}={model}", "--socket", str(sock),
-           "--device", "cpu", "--kv-cache-mb", str(KV_CACHE_MB), "--log-level", "warning"]  # fmt: skip
+    cmd = [sys.executable, "-m", "muxd", "serve", *serve_flags(model), "--config", str(config_file),
+           "--socket", str(sock), "--log-level", "warning"]  # fmt: skip
     log = open(tmp / "serve.log", "w+")
-    daemon = subprocess.Popen(cmd, stderr=log, env={**os.environ, "MUXD_CONFIG": str(empty_config)})
+    daemon = subprocess.Popen(cmd, stderr=log)
     try:
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://muxd", timeout=60) as http:
             _wait_healthy(http, daemon, log)

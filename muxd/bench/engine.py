@@ -8,8 +8,8 @@ whole generation, prefill included:
 - transformers' ``generate`` (greedy, one padded batch);
 - transformers' continuous batching ``generate_batch`` (paged cache, FIFO).
 
-Each engine is timed ``repeats`` times after its warm-up and its fastest run
-counts. Every engine generates exactly ``max_tokens`` tokens per prompt (EOS is
+The engines are warmed up, then timed in turns for ``repeats`` rounds; each
+engine's fastest run counts. Every engine generates exactly ``max_tokens`` tokens per prompt (EOS is
 ignored), so ``tok/s = generated tokens / wall seconds`` compares like with
 like. Beside the throughputs the report places muxd's median decode step
 against the roofline of this machine: one step must read every weight once,
@@ -98,17 +98,14 @@ def run_engine_bench(
 ) -> list[dict[str, Any]]:
     """Benchmark ``model_path`` at each batch size; one result dict per batch size.
 
-    Each engine is warmed up once, then timed ``repeats`` times; the fastest
-    run counts (best-of guards against a burst of other work on a shared
-    machine). ``progress`` receives one line per phase.
+    ``progress`` receives one line per phase (for a CLI spinner).
     """
     import torch
 
     from muxd.models.loader import load_model, parse_dtype
     from muxd.models.tokenizer import load_tokenizer
 
-    if quantization is not None:
-        raise ValueError(f"quantization {quantization!r} is not supported yet: muxd's loader serves dense weights only")
+    quantization = None if quantization in (None, "none") else quantization
     if prompt_len < 1 or max_tokens < 1 or repeats < 1:
         raise ValueError(f"prompt tokens, max tokens and repeats must be >= 1, got {prompt_len}, {max_tokens}, {repeats}")
     if not batches or min(batches) < 1:
@@ -120,55 +117,81 @@ def run_engine_bench(
         say("measuring memory read bandwidth")
         bandwidth = measure_read_bandwidth(threads=torch.get_num_threads())
         say(f"loading {model_path}")
-        loaded = load_model(model_path, torch_dtype)
+        loaded = load_model(model_path, torch_dtype, quantization=quantization or "none")
         tokenizer = load_tokenizer(loaded.path)
-        hf_model = _load_hf(loaded.path, torch_dtype)
-        roofline_ms = loaded.step_read_bytes / (bandwidth * 1e9) * 1e3
-        results = []
+        hf_model = _load_hf(loaded.path, torch_dtype, quantization)
+        timed = {}
         for batch in batches:
             prompts = bench_prompts(tokenizer.encode, batch, prompt_len)
-            say(f"batch {batch}: muxd engine")
-            muxd = _time_muxd(loaded, prompts, max_tokens, repeats)
-            say(f"batch {batch}: transformers generate")
-            hf_gen = _time_hf_generate(hf_model, prompts, max_tokens, repeats)
-            say(f"batch {batch}: transformers continuous batching")
-            hf_cb = _time_hf_cb(hf_model, prompts, max_tokens, repeats)
-            decode_s = muxd.step_times["decode"]  # empty when max_tokens == 1
-            decode_ms = statistics.median(decode_s) * 1e3 if decode_s else None
-            results.append(
-                {
-                    "model": loaded.path.name,
-                    "dtype": str(torch_dtype).removeprefix("torch."),
-                    "quantization": quantization,
-                    "batch": batch,
-                    "prompt_tokens": prompt_len,
-                    "max_tokens": max_tokens,
-                    "threads": torch.get_num_threads(),
-                    "repeats": repeats,
-                    "muxd_tok_s": round(muxd.tok_s, 2),
-                    "hf_generate_tok_s": round(hf_gen.tok_s, 2),
-                    "hf_cb_tok_s": round(hf_cb.tok_s, 2),
-                    "ratio_vs_hf_cb": round(muxd.tok_s / hf_cb.tok_s, 3),
-                    "ratio_vs_hf_generate": round(muxd.tok_s / hf_gen.tok_s, 3),
-                    "decode_step_ms": _round(decode_ms),
-                    "prefill_ms": round(sum(muxd.step_times["prefill"]) * 1e3, 3),
-                    "roofline_step_ms": round(roofline_ms, 3),
-                    "step_vs_roofline": _round(decode_ms and decode_ms / roofline_ms),
-                    "bandwidth_gb_s": round(bandwidth, 2),
-                    "weight_bytes": loaded.weight_bytes,
-                    "step_read_bytes": loaded.step_read_bytes,
-                    "tokens_match_hf_generate": _match_fraction(muxd.output_ids, hf_gen.output_ids),
-                }
-            )
-    return results
+            runners = {
+                "muxd": _muxd_runner(loaded, prompts, max_tokens),
+                "hf_generate": _hf_generate_runner(hf_model, prompts),
+                "hf_cb": _hf_cb_runner(hf_model, prompts, max_tokens),
+            }
+            timed[batch] = _time_interleaved(runners, max_tokens, repeats, lambda name: say(f"batch {batch}: {name}"))
+        say("measuring memory read bandwidth again")  # the machine's figure is the better of the two
+        bandwidth = max(bandwidth, measure_read_bandwidth(threads=torch.get_num_threads()))
+    return [
+        _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth, quantization)
+        for batch, best in timed.items()
+    ]
+
+
+def _time_interleaved(
+    runners: dict[str, contextlib.AbstractContextManager], max_tokens: int, repeats: int, say: Callable[[str], None]
+) -> dict[str, Timing]:
+    """Warm every engine up, then time them in turns, ``repeats`` rounds; the fastest run of each counts.
+
+    Taking turns spreads a burst of other work on a shared machine over all
+    engines instead of charging it to whichever ran during it.
+    """
+    with contextlib.ExitStack() as stack:
+        runs = {name: stack.enter_context(runner) for name, runner in runners.items()}
+        for name, run in runs.items():
+            say(f"warming up {name}")
+            run(WARMUP_TOKENS)
+        timings: dict[str, list[Timing]] = {name: [] for name in runs}
+        for round_ in range(repeats):
+            for name, run in runs.items():
+                say(f"timing {name} ({round_ + 1}/{repeats})")
+                timings[name].append(run(max_tokens))
+    return {name: min(ts, key=lambda t: t.seconds) for name, ts in timings.items()}
+
+
+def _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth, quantization) -> dict[str, Any]:
+    import torch
+
+    muxd, hf_gen, hf_cb = best["muxd"], best["hf_generate"], best["hf_cb"]
+    decode_s = muxd.step_times["decode"]  # empty when max_tokens == 1
+    decode_ms = statistics.median(decode_s) * 1e3 if decode_s else None
+    roofline_ms = loaded.step_read_bytes / (bandwidth * 1e9) * 1e3
+    return {
+        "model": loaded.path.name,
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "quantization": quantization,
+        "batch": batch,
+        "prompt_tokens": prompt_len,
+        "max_tokens": max_tokens,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "muxd_tok_s": round(muxd.tok_s, 2),
+        "hf_generate_tok_s": round(hf_gen.tok_s, 2),
+        "hf_cb_tok_s": round(hf_cb.tok_s, 2),
+        "ratio_vs_hf_cb": round(muxd.tok_s / hf_cb.tok_s, 3),
+        "ratio_vs_hf_generate": round(muxd.tok_s / hf_gen.tok_s, 3),
+        "decode_step_ms": _round(decode_ms),
+        "prefill_ms": round(sum(muxd.step_times["prefill"]) * 1e3, 3),
+        "roofline_step_ms": round(roofline_ms, 3),
+        "step_vs_roofline": _round(decode_ms and decode_ms / roofline_ms),
+        "bandwidth_gb_s": round(bandwidth, 2),
+        "weight_bytes": loaded.weight_bytes,
+        "step_read_bytes": loaded.step_read_bytes,
+        "tokens_match_hf_generate": _match_fraction(muxd.output_ids, hf_gen.output_ids),
+    }
 
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
-
-
-def _best(runs: list[Timing]) -> Timing:
-    return min(runs, key=lambda t: t.seconds)
 
 
 @contextlib.contextmanager
@@ -191,21 +214,42 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_hf(path: Path, dtype) -> Any:
+def _load_hf(path: Path, dtype, quantization: str | None) -> Any:
+    """transformers' model, quantized as muxd's is: bitsandbytes on the block linears, head and embedding kept."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).eval()
+    kwargs: dict[str, Any] = {}
+    if quantization is not None:
+        from transformers import BitsAndBytesConfig
+
+        if quantization == "int8":
+            from muxd.models.quantize import INT8_THRESHOLD
+
+            config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=INT8_THRESHOLD)
+        else:
+            config = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=quantization,
+                bnb_4bit_compute_dtype=dtype,
+                bnb_4bit_use_double_quant=True,
+            )
+        kwargs = {"quantization_config": config, "device_map": "cpu"}
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, **kwargs).eval()
 
 
-def _time_muxd(loaded, prompts: list[list[int]], max_tokens: int, repeats: int) -> Timing:
-    """Time ``LLMEngine.generate``; the timing carries that run's per-step seconds."""
+Runner = Callable[[int], Timing]  # run(max_tokens) -> one timed generation of the whole batch
+
+
+@contextlib.contextmanager
+def _muxd_runner(loaded, prompts: list[list[int]], max_tokens: int) -> Iterator[Runner]:
+    """``LLMEngine.generate`` on one engine reused across runs; a timing carries that run's step seconds."""
     from muxd.core.sequence import SamplingParams
     from muxd.engine.llm_engine import LLMEngine
     from muxd.sched.base import SchedulerConfig
 
     spec = loaded.spec
-    tokens = len(prompts) * (len(prompts[0]) + max_tokens + 2 * PAGE_TOKENS)
     per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * loaded.dtype.itemsize
+    tokens = len(prompts) * (len(prompts[0]) + max_tokens + 2 * PAGE_TOKENS)
     engine = LLMEngine(
         {"bench": loaded},
         kv_cache_bytes=max(64 << 20, 2 * tokens * per_token),
@@ -221,11 +265,11 @@ def _time_muxd(loaded, prompts: list[list[int]], max_tokens: int, repeats: int) 
         ids = [o.output_ids for o in outs]
         return Timing(sum(map(len, ids)), seconds, ids, engine.stats.step_times)
 
-    run(WARMUP_TOKENS)
-    return _best([run(max_tokens) for _ in range(repeats)])
+    yield run
 
 
-def _time_hf_generate(model, prompts: list[list[int]], max_tokens: int, repeats: int) -> Timing:
+@contextlib.contextmanager
+def _hf_generate_runner(model, prompts: list[list[int]]) -> Iterator[Runner]:
     """Greedy ``generate`` on one batch (equal-length prompts: left padding is a no-op)."""
     import torch
     from transformers import GenerationConfig
@@ -245,11 +289,11 @@ def _time_hf_generate(model, prompts: list[list[int]], max_tokens: int, repeats:
         new = out[:, input_ids.shape[1] :].tolist()
         return Timing(sum(map(len, new)), seconds, new)
 
-    run(WARMUP_TOKENS)
-    return _best([run(max_tokens) for _ in range(repeats)])
+    yield run
 
 
-def _time_hf_cb(model, prompts: list[list[int]], max_tokens: int, repeats: int) -> Timing:
+@contextlib.contextmanager
+def _hf_cb_runner(model, prompts: list[list[int]], max_tokens: int) -> Iterator[Runner]:
     """``generate_batch`` with a persistent manager: the warm-up builds it, the timed runs reuse it."""
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -271,8 +315,7 @@ def _time_hf_cb(model, prompts: list[list[int]], max_tokens: int, repeats: int) 
         return Timing(sum(map(len, ids)), seconds, ids)
 
     try:
-        run(WARMUP_TOKENS)
-        return _best([run(max_tokens) for _ in range(repeats)])
+        yield run
     finally:
         model.destroy_cached_continuous_batching_manager()
 

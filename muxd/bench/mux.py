@@ -22,7 +22,6 @@ stamped when the step that produced them returns.
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
@@ -37,16 +36,16 @@ from muxd.workload import RequestSpec, SoloLatency, WorkloadSpec
 
 DEFAULT_POLICIES = ("adbs", "spatial", "temporal")
 BASELINES = ("spatial", "temporal")
-DEFAULT_POLICY = "default"  # the engine's own default, whatever it is
+SOLO_POLICY = "temporal"  # one job owns the whole unit: a model alone is served as fast as it can be
 DEFAULT_ALPHA = 1.3
-DEFAULT_RATE = 4.0  # total req/s: near the baselines' saturation with the default models on 2 cores
+DEFAULT_RATE = 6.0  # total req/s: measured, 1.5x what the best baseline (spatial) finishes, default models, 2 cores
 DEFAULT_DURATION_S = 40.0
 DEFAULT_LENGTH_SCALE = 0.15  # ShareGPT means 161/338 -> about 24 prompt and 51 output tokens
 DEFAULT_SLO_SCALE = 5.0
 DEFAULT_DTYPE = "bfloat16"
 DEFAULT_KV_CACHE_BYTES = 512 << 20
 TARGET_ATTAINMENT = 0.99
-SEARCH_DURATION_S = 15.0
+SEARCH_DURATION_S = 10.0
 SOLO_PROMPT_SIZES = (16, 64, 256)
 SOLO_DECODE_TOKENS = 24
 
@@ -106,18 +105,10 @@ def ensure_bench_model(name: str, family: str, shape: dict[str, int], say: Progr
 
 
 def make_engine(models: dict[str, Any], policy: str, rates: dict[str, float], kv_cache_bytes: int):
-    """An engine serving ``models`` under ``policy`` (``"default"``: whatever the engine defaults to)."""
+    """An in-process unit serving ``models`` under ``policy``, told each model's expected rate."""
     from muxd.engine.llm_engine import LLMEngine
 
-    kwargs: dict[str, Any] = {"kv_cache_bytes": kv_cache_bytes}
-    params = inspect.signature(LLMEngine).parameters
-    if policy != DEFAULT_POLICY:
-        if "policy" not in params:  # an engine from before policies were selectable by name
-            raise ValueError(f"this engine cannot select policy {policy!r} by name yet")
-        kwargs["policy"] = policy
-    if "rates" in params:
-        kwargs["rates"] = rates
-    return LLMEngine(models, **kwargs)
+    return LLMEngine(models, kv_cache_bytes=kv_cache_bytes, policy=policy, rates=rates)
 
 
 # -- solo latency ----------------------------------------------------------------
@@ -132,13 +123,14 @@ def measure_solo(
     """Fit ``ttft(p) = a + b·p`` and ``tpot = c`` from ``loaded`` alone in an engine (best of ``repeats``)."""
     from muxd.core.sequence import SamplingParams
 
-    engine = make_engine({"solo": loaded}, DEFAULT_POLICY, {"solo": 1.0}, kv_cache_bytes)
+    engine = make_engine({"solo": loaded}, SOLO_POLICY, {"solo": 1.0}, kv_cache_bytes)
     vocab = loaded.spec.vocab_size
     sizes = [min(p, loaded.spec.max_position - decode_tokens - 2) for p in prompt_sizes]
 
     def timed(prompt: int, max_tokens: int) -> tuple[float, float]:
         """(seconds to the first token, seconds per later token) of one request."""
-        ids = [random.Random(prompt).randrange(vocab) for _ in range(prompt)]
+        rng = random.Random(prompt)
+        ids = [rng.randrange(vocab) for _ in range(prompt)]
         engine.add_request("solo", ids, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
         t0 = time.perf_counter()
         first = None
@@ -337,7 +329,7 @@ def fit_to_models(requests: list[RequestSpec], models: dict[str, Any]) -> list[R
 
 
 def search_max_rate(
-    holds: Callable[[float], bool], start: float, *, probes: int = 5, bisections: int = 3
+    holds: Callable[[float], bool], start: float, *, probes: int = 5, bisections: int = 2
 ) -> float:
     """The highest rate for which ``holds(rate)``: doubling (or halving) from ``start``, then bisection.
 
@@ -395,10 +387,16 @@ def run_mux_bench(
     count as SLO misses.
     """
     from muxd.models.loader import load_model
+    from muxd.sched import POLICIES
 
     say = progress or (lambda _msg: None)
-    if not policies:
-        raise ValueError("give at least one policy")
+    unknown = [p for p in policies if p not in POLICIES]
+    if not policies or unknown:
+        raise ValueError(f"unknown policy {', '.join(unknown) or '(none given)'}; choose from {', '.join(POLICIES)}")
+    strangers = sorted({r.model for r in requests or ()} - set(model_paths))
+    if strangers:
+        raise ValueError(f"the workload names models not benched: {', '.join(strangers)}; "
+                         f"benched: {', '.join(model_paths)} (give them with --models NAME=PATH)")
     spec = WorkloadSpec(tuple(model_paths), rate, duration_s, alpha=alpha, length_scale=length_scale, seed=seed)
     models = {}
     for name, path in model_paths.items():
@@ -427,9 +425,12 @@ def run_mux_bench(
         results[policy] = bench.run(policy, requests, rates, deadline_s=deadline)
     if find_max_rate:
         for policy in policies:
-            say(f"searching the highest rate {policy} holds at {TARGET_ATTAINMENT:.0%} SLO attainment")
-            probe = lambda r, p=policy: bench.holds(p, replace(spec, rate=r, duration_s=search_duration_s))  # noqa: E731
-            results[policy]["max_rate_req_s"] = search_max_rate(probe, rate)
+
+            def probe(r: float, policy: str = policy) -> bool:
+                say(f"{policy}: does {r:.2f} req/s hold {TARGET_ATTAINMENT:.0%} SLO attainment?")
+                return bench.holds(policy, replace(spec, rate=r, duration_s=search_duration_s))
+
+            results[policy]["max_rate_req_s"] = search_max_rate(probe, rate / 2)
 
     return _report(bench, results, model_paths, rates, requests, spec, dtype, find_max_rate)
 

@@ -17,6 +17,7 @@ from muxd import __version__
 from muxd.cli import client_verbs
 from muxd.cli.bench import app as bench_app
 from muxd.cli.bench_api import api as bench_api
+from muxd.cli.bench_serve import serve as bench_serve
 from muxd.cli.generate import generate
 from muxd.cli.serve import serve
 from muxd.errors import MuxdError
@@ -32,6 +33,7 @@ app.command("ps")(client_verbs.ps)
 app.command("stats")(client_verbs.stats)
 app.command("stop")(client_verbs.stop)
 bench_app.command("api")(bench_api)
+bench_app.command("serve")(bench_serve)
 
 
 def fail(error: MuxdError) -> None:

@@ -26,14 +26,15 @@ def exit_with(message: str) -> NoReturn:
 
 
 def parse_batches(values: list[str]) -> list[int]:
-    """``["1,16", "4"] -> [1, 16, 4]``: ``--batch`` is repeatable and takes comma lists."""
+    """``["1,16", "4"] -> [1, 16, 4]``: ``--batch`` is repeatable and takes comma lists (repeats dropped)."""
     batches = []
     for item in (part.strip() for value in values for part in value.split(",")):
         if not item:
             continue
         if not item.isdigit() or int(item) < 1:
             raise ValueError(f"--batch {item!r} is not a positive integer")
-        batches.append(int(item))
+        if int(item) not in batches:
+            batches.append(int(item))
     if not batches:
         raise ValueError("--batch needs at least one batch size, e.g. --batch 1,16")
     return batches
@@ -46,6 +47,9 @@ def engine(
     ] = None,
     batch: Annotated[list[str] | None, typer.Option(help="Batch size; repeat or give a comma list.")] = None,
     dtype: Annotated[str, typer.Option(help="Weight dtype: float32, bfloat16 or float16.")] = "float32",
+    quantization: Annotated[
+        str, typer.Option(help="none, int8, nf4 or fp4 (bitsandbytes, for muxd and transformers alike).")
+    ] = "none",
     prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length in tokens.")] = 64,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per prompt.")] = 64,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per engine; the fastest counts.")] = 2,
@@ -66,11 +70,14 @@ def engine(
             say = lambda msg: status.update(msg)  # noqa: E731
             path = model if model is not None else _demo_model(say)
             results = run_engine_bench(
-                path, batches, prompt_tokens, max_tokens, dtype=dtype, repeats=repeats, progress=say
+                path, batches, prompt_tokens, max_tokens, dtype, quantization, repeats=repeats, progress=say
             )
     except (MuxdError, ValueError) as e:
         exit_with(getattr(e, "message", None) or str(e))
-    Console().print(results_table(results))
+    console = Console()
+    if not console.is_terminal:  # a log file or a pipe: no terminal width to respect, keep the rows whole
+        console.width = max(console.width, 120)
+    console.print(results_table(results))
     if as_json:
         typer.echo(json.dumps(results))
 
@@ -83,27 +90,32 @@ def _demo_model(say) -> Path:
 
 def results_table(results: list[dict[str, Any]]):
     """One row per batch size: throughputs, the ratios, and the decode step against its roofline."""
+    from rich import box
     from rich.table import Table
 
     first = results[0]
     table = Table(
-        title=f"{first['model']} {first['dtype']}: {first['prompt_tokens']} prompt + {first['max_tokens']} new tokens",
+        box=box.SIMPLE_HEAD,
+        title=(
+            f"{first['model']} {first['dtype']}{' ' + first['quantization'] if first['quantization'] else ''}: "
+            f"{first['prompt_tokens']} prompt + {first['max_tokens']} new tokens"
+        ),
         caption=(
-            f"tok/s = generated tokens / wall time of the whole generate (best of {first['repeats']}); "
-            f"roofline = {first['step_read_bytes'] / 1e6:.0f} MB read / {first['bandwidth_gb_s']} GB/s measured"
+            f"tok/s = generated tokens / wall time of the whole generate, best of {first['repeats']}; roofline = "
+            f"{first['step_read_bytes'] / 1e6:.0f} MB read per step / {first['bandwidth_gb_s']} GB/s measured"
         ),
     )
-    columns = [
+    columns = [  # two-line headers keep the table within 80 columns
         ("batch", "batch", "{}"),
-        ("muxd tok/s", "muxd_tok_s", "{:.1f}"),
-        ("HF generate", "hf_generate_tok_s", "{:.1f}"),
-        ("HF CB", "hf_cb_tok_s", "{:.1f}"),
-        ("vs CB", "ratio_vs_hf_cb", "{:.2f}x"),
-        ("vs generate", "ratio_vs_hf_generate", "{:.2f}x"),
-        ("decode step ms", "decode_step_ms", "{:.1f}"),
-        ("roofline ms", "roofline_step_ms", "{:.1f}"),
-        ("step/roofline", "step_vs_roofline", "{:.2f}"),
-        ("prefill ms", "prefill_ms", "{:.0f}"),
+        ("muxd\ntok/s", "muxd_tok_s", "{:.1f}"),
+        ("HF gen\ntok/s", "hf_generate_tok_s", "{:.1f}"),
+        ("HF CB\ntok/s", "hf_cb_tok_s", "{:.1f}"),
+        ("vs\nCB", "ratio_vs_hf_cb", "{:.2f}x"),
+        ("vs\ngen", "ratio_vs_hf_generate", "{:.2f}x"),
+        ("step\nms", "decode_step_ms", "{:.1f}"),
+        ("roofline\nms", "roofline_step_ms", "{:.2f}"),
+        ("step /\nroofline", "step_vs_roofline", "{:.2f}"),
+        ("prefill\nms", "prefill_ms", "{:.0f}"),
     ]
     for header, _, _ in columns:
         table.add_column(header, justify="right")

@@ -116,6 +116,7 @@ def mux(
 
 def results_table(report: dict[str, Any]):
     """One row per policy: throughput, SLO attainment, latency percentiles (and the max rate)."""
+    from rich import box
     from rich.table import Table
 
     w = report["workload"]
@@ -125,31 +126,34 @@ def results_table(report: dict[str, Any]):
         if report.get(key) is not None
     )
     table = Table(
+        box=box.SIMPLE_HEAD,
         title=(
             f"{len(report['models'])} models, {w['requests']} requests at {w['rate_req_s']:.2f} req/s, "
             f"alpha {w['alpha']}, {w['mean_prompt_tokens']:.0f} + {w['mean_output_tokens']:.0f} tokens on average"
         ),
-        caption=f"SLO = {report['slo_scale']}x solo latency; adbs {ratios}" if ratios else None,
+        caption=(
+            f"SLO = {report['slo_scale']}x the latency served alone; TTFT in s, TPOT in ms"
+            + (f"; adbs {ratios}" if ratios else "")
+        ),
     )
     columns = [
-        ("policy", None, "{}"),
         ("req/s", "throughput_req_s", "{:.2f}"),
-        ("tok/s", "throughput_tok_s", "{:.1f}"),
-        ("SLO met", "slo_attainment", "{:.1%}"),
-        ("finished", "finished", "{}"),
-        ("TTFT p50 s", "ttft_p50_s", "{:.3f}"),
-        ("TTFT p99 s", "ttft_p99_s", "{:.3f}"),
-        ("TPOT p50 ms", "tpot_p50_ms", "{:.1f}"),
-        ("TPOT p99 ms", "tpot_p99_ms", "{:.1f}"),
+        ("tok/s", "throughput_tok_s", "{:.0f}"),
+        ("SLO\nmet", "slo_attainment", "{:.0%}"),
+        ("done", "finished", "{}"),
+        ("TTFT\np50", "ttft_p50_s", "{:.2f}"),
+        ("TTFT\np99", "ttft_p99_s", "{:.2f}"),
+        ("TPOT\np50", "tpot_p50_ms", "{:.0f}"),
+        ("TPOT\np99", "tpot_p99_ms", "{:.0f}"),
     ]
     if any("max_rate_req_s" in row for row in report["policies"].values()):
-        columns.append(("max rate @99% SLO", "max_rate_req_s", "{:.2f}"))
+        columns.append(("max rate\n@99% SLO", "max_rate_req_s", "{:.2f}"))
+    table.add_column("policy", no_wrap=True)
     for header, _, _ in columns:
-        table.add_column(header, justify="right")
+        table.add_column(header, justify="right", no_wrap=True)
     for policy, row in report["policies"].items():
         row = {**row, **{f"tpot_{q}_ms": _ms(row.get(f"tpot_{q}_s")) for q in ("p50", "p99")}}
-        cells = [policy] + ["-" if row.get(k) is None else fmt.format(row[k]) for _, k, fmt in columns[1:]]
-        table.add_row(*cells)
+        table.add_row(policy, *("-" if row.get(k) is None else fmt.format(row[k]) for _, k, fmt in columns))
     return table
 
 

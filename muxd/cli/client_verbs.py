@@ -83,6 +83,7 @@ def _answer(client: Client, model: str, messages: list[dict[str, str]], max_toke
 
 def ps(socket: SocketOption = None) -> None:
     """The served models: unit, state, memory, expected rate and tokens/s."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -95,7 +96,8 @@ def ps(socket: SocketOption = None) -> None:
     except MuxdError as e:
         _fail(e.message)
     page_bytes = {u.name: (u.pool.bytes / u.pool.pages_total if u.pool and u.pool.pages_total else 0) for u in status.units}
-    table = Table(title=f"muxd {status.version} (pid {status.pid}) on {status.socket}, up {_duration(status.uptime_s)}")
+    table = Table(title=f"muxd {status.version} (pid {status.pid}) on {status.socket}, up {_duration(status.uptime_s)}",
+                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
     for header in ("MODEL", "UNIT", "STATE", "MEMORY", "RATE", "TOKENS/S", "RUNNING", "QUEUED"):
         table.add_column(header, justify="left" if header in ("MODEL", "UNIT", "STATE") else "right")
     for m in status.models:
@@ -115,7 +117,6 @@ def stats(
 ) -> None:
     """Per-model requests, tokens/s, latencies and KV pages; per-unit pool and device figures."""
     from rich.console import Console
-    from rich.table import Table
 
     from muxd.client import Client
     from muxd.errors import MuxdError
@@ -128,21 +129,15 @@ def stats(
     if as_json:
         typer.echo(json.dumps(doc.model_dump(mode="json")))
         return
-    models = Table(title="models")
-    heads = ("MODEL", "RUNNING", "QUEUED", "DONE", "ERRORS", "429s", "TOK/S", "TTFT p50/p99 ms", "TPOT p50/p99 ms",
-             "PAGES/QUOTA", "SLO")  # fmt: skip
-    for h in heads:
-        models.add_column(h, justify="left" if h == "MODEL" else "right")
+    requests = _table("requests", "MODEL", "RUNNING", "QUEUED", "DONE", "ERRORS", "429s", "TOKENS/S", "SLO MET")
+    latency = _table("latency and memory", "MODEL", "TTFT p50 ms", "p99", "TPOT p50 ms", "p99", "KV PAGES", "QUOTA")
     for name, m in doc.models.items():
-        models.add_row(
-            name, str(m.running), str(m.queued), str(m.done), str(m.errors), str(m.rejected), f"{m.tokens_per_s:.1f}",
-            _pair(m.ttft_ms.p50, m.ttft_ms.p99), _pair(m.tpot_ms.p50, m.tpot_ms.p99),
-            f"{_num(m.pages_held)}/{_num(m.pages_quota)}",
-            "-" if m.slo_attainment is None else f"{m.slo_attainment:.0%}",
-        )  # fmt: skip
-    units = Table(title="units")
-    for h in ("UNIT", "STATE", "PAGES FREE/TOTAL", "STEPS", "PREEMPTIONS", "DEVICE", "UTIL", "MEMORY"):
-        units.add_column(h, justify="left" if h in ("UNIT", "STATE", "DEVICE") else "right")
+        slo = "-" if m.slo_attainment is None else f"{m.slo_attainment:.0%}"
+        requests.add_row(name, str(m.running), str(m.queued), str(m.done), str(m.errors), str(m.rejected),
+                         f"{m.tokens_per_s:.1f}", slo)  # fmt: skip
+        latency.add_row(name, _ms(m.ttft_ms.p50), _ms(m.ttft_ms.p99), _ms(m.tpot_ms.p50), _ms(m.tpot_ms.p99),
+                        _num(m.pages_held), _num(m.pages_quota))  # fmt: skip
+    units = _table("units", "UNIT", "STATE", "PAGES FREE/TOTAL", "STEPS", "PREEMPT", "DEVICE", "UTIL", "MEMORY")
     for name, u in doc.units.items():
         device, d = next(((k, v) for k, v in doc.devices.items() if v.unit == name), ("-", None))
         util = "-" if d is None or d.utilization is None else f"{d.utilization:.0%}"
@@ -150,8 +145,8 @@ def stats(
         units.add_row(name, u.state, f"{_num(u.pages_free)}/{_num(u.pages_total)}", _num(u.steps),
                       _num(u.preemptions), device, util, memory)  # fmt: skip
     console = Console()
-    console.print(models)
-    console.print(units)
+    for table in (requests, latency, units):
+        console.print(table)
 
 
 def stop(
@@ -176,6 +171,20 @@ def stop(
     typer.echo("muxd stopped")
 
 
+def _table(title: str, *headers: str):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for h in headers:
+        table.add_column(h, justify="left" if h in ("MODEL", "UNIT", "STATE", "DEVICE") else "right", no_wrap=True)
+    return table
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -194,5 +203,3 @@ def _num(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _pair(a: float | None, b: float | None) -> str:
-    return f"{_num(None if a is None else round(a, 1))}/{_num(None if b is None else round(b, 1))}"

@@ -19,6 +19,7 @@ import torch
 
 from muxd.engine.model import Transformer, can_pack, pack_linears, rope_tables
 from muxd.errors import ModelLoadError
+from muxd.models.quantize import quant_state_tensors, quantize_linears, unique_bytes
 from muxd.models.spec import ModelSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,9 +35,9 @@ class LoadedModel:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes the weights take in memory (parameters and packed weights, each once)."""
-        tensors = [*self.model.parameters(), *self.model.buffers()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        """Bytes the weights take in memory (parameters, packed weights and the
+        scales of quantized layers, each storage once)."""
+        return unique_bytes([*self.model.parameters(), *self.model.buffers(), *quant_state_tensors(self.model)])
 
     @property
     def step_read_bytes(self) -> int:
@@ -103,8 +104,11 @@ def load_model(
     device: str = "cpu",
     *,
     pack: bool = True,
+    quantization: str = "none",
 ) -> LoadedModel:
-    """Load a checkpoint; ``pack`` pre-packs CPU linears for oneDNN (see ``PackedLinear``)."""
+    """Load a checkpoint; ``pack`` pre-packs CPU linears for oneDNN (see ``PackedLinear``);
+    ``quantization`` ("int8", "nf4", "fp4") swaps the block linears for bitsandbytes
+    layers (see ``quantize_linears``)."""
     path = resolve_model_path(name_or_path)
     hf_config = load_hf_config(path)
     try:
@@ -122,7 +126,11 @@ def load_model(
             mlp_bias=layer0 + "mlp.gate_proj.bias" in state,
         )
     model.load_state_dict(_to_muxd_layout(state, spec), strict=True, assign=True)
-    model = model.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
+    if quantization == "none":
+        model = model.to(device=device, dtype=torch_dtype)
+    else:  # quantized from the CPU copy, so the device never holds the full-precision weights
+        model = quantize_linears(model.to(dtype=torch_dtype), quantization, torch_dtype, device).to(device)
+    model = model.eval().requires_grad_(False)
     if spec.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.set_rope(*rope_tables(hf_config, spec, torch_dtype, device))

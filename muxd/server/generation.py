@@ -106,7 +106,7 @@ def check_token_ids(served: ServedModel, ids: list[int]) -> None:
     bad = next((t for t in ids if not 0 <= t < served.vocab_size), None)
     if bad is not None:
         raise InvalidRequestError(
-            f"prompt token id {bad} is outside model {served.name!r}'s vocabulary [0, {served.vocab_size})",
+            f"prompt token id {bad} is outside the vocabulary of model {served.name!r} (ids 0 to {served.vocab_size - 1})",
             param="prompt",
         )
 

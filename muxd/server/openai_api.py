@@ -146,27 +146,54 @@ async def respond(request: Request, gen: Generation, shape: _Shape, stream: bool
 
 
 async def until_disconnect(request: Request, work: Awaitable[R]) -> R:
-    """Await ``work``; cancel it if the client disconnects first (the caller's ``finally`` aborts)."""
-    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.wait({watcher, task}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            raise ClientGone()
-        return task.result()
-    finally:
-        watcher.cancel()
-        task.cancel()
+    """Await ``work``; if the client disconnects first, stop and raise ``ClientGone`` (the caller aborts)."""
+    with DisconnectWatch(request.receive) as watch:
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if watch.gone:
+                raise ClientGone() from None
+            raise
 
 
 class ClientGone(Exception):
     """The client disconnected; nothing is left to answer."""
 
 
-async def _wait_disconnect(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+class DisconnectWatch:
+    """While active, cancel the current task as soon as the client disconnects (``gone`` then says so).
+
+    One extra task per request, reading ``receive`` until ``http.disconnect``:
+    the request body is already read, so the next message is the disconnect.
+    """
+
+    def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self.receive = receive
+        self.gone = False
+        self._active = False
+
+    async def _watch(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
+    def _fire(self, watcher: asyncio.Future[None]) -> None:
+        if self._active and not watcher.cancelled() and watcher.exception() is None:
+            self.gone = True
+            self._task.cancel()
+
+    def __enter__(self) -> DisconnectWatch:
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.ensure_future(self._watch())
+        self._watcher.add_done_callback(self._fire)
+        self._active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._active = False
+        self._watcher.cancel()
+        uncancel = getattr(self._task, "uncancel", None)  # Python 3.11+
+        if self.gone and uncancel is not None:
+            uncancel()  # the cancellation was ours, and it is handled
 
 
 class EventStream:
@@ -174,8 +201,9 @@ class EventStream:
 
     Starlette's ``StreamingResponse`` notices a disconnect only when it next
     writes; a request still queued in a unit writes nothing for a while. Here
-    a watcher task cancels the writer as soon as ``http.disconnect`` arrives,
-    and ``on_close`` (the generation's ``cancel``) runs however the stream ends.
+    a ``DisconnectWatch`` cancels the writer as soon as ``http.disconnect``
+    arrives, and ``on_close`` (the generation's ``cancel``) runs however the
+    stream ends.
     """
 
     def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
@@ -183,19 +211,17 @@ class EventStream:
         self.on_close = on_close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        writer = asyncio.current_task()
-        watcher = asyncio.ensure_future(_wait_disconnect(receive))
-        watcher.add_done_callback(lambda w: writer.cancel() if not w.cancelled() else None)
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            async for event in self.events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not watcher.done():
-                raise  # cancelled by the server (shutdown timeout), not by the client
+            with DisconnectWatch(receive) as watch:
+                try:
+                    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                    async for event in self.events:
+                        await send({"type": "http.response.body", "body": event, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except asyncio.CancelledError:
+                    if not watch.gone:
+                        raise  # cancelled by the server (drain timeout), not by the client
         finally:
-            watcher.cancel()
             self.on_close()
 
 

@@ -18,6 +18,7 @@ and hands uvicorn the listening socket:
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import json
@@ -35,6 +36,7 @@ from muxd.errors import ConfigError, DaemonRunningError
 log = logging.getLogger("muxd.server")
 
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
+REFUSED_IDLE_S = 5.0
 
 
 @dataclass
@@ -165,20 +167,34 @@ def refusal(uid: int) -> bytes:
 def peer_checked(protocol_class: type, allowed: frozenset[int]) -> type:
     """A subclass of uvicorn's HTTP protocol that refuses Unix-socket peers whose uid is not allowed.
 
-    TCP connections (an opt-in listener) carry no credentials and pass.
+    The refusal is a 403 written once the peer has sent its request (written
+    at once, it would meet a client still sending and end in EPIPE, so curl
+    would show "broken pipe" instead of the reason), then the connection
+    closes; a refused peer that sends nothing is dropped after a few seconds.
+    Nothing it sends reaches the application. TCP connections (an opt-in
+    listener) carry no credentials and pass.
     """
 
     class PeerCheckedProtocol(protocol_class):  # type: ignore[misc, valid-type]
+        _refused_uid: int | None = None
+
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             sock = transport.get_extra_info("socket")
             if sock is None or sock.family != socket.AF_UNIX:
                 return
-            _pid, uid, _gid = peer_credentials(sock)
+            pid, uid, _gid = peer_credentials(sock)
             if not peer_allowed(uid, allowed):
-                log.warning("refused a connection from uid %d (pid %d)", uid, _pid)
-                transport.write(refusal(uid))
-                transport.close()
+                log.warning("refused a connection from uid %d (pid %d)", uid, pid)
+                self._refused_uid = uid
+                asyncio.get_running_loop().call_later(REFUSED_IDLE_S, transport.close)
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused_uid is None:
+                super().data_received(data)
+            elif not self.transport.is_closing():
+                self.transport.write(refusal(self._refused_uid))
+                self.transport.close()
 
     PeerCheckedProtocol.__name__ = f"PeerChecked{protocol_class.__name__}"
     return PeerCheckedProtocol

@@ -195,6 +195,11 @@ def test_a_workload_naming_an_unknown_model_is_refused(two_models):
         mux.run_mux_bench(two_models, policies=("temporal",), requests=reqs, **TINY)
 
 
+def test_an_unknown_policy_is_refused_before_anything_runs(two_models):
+    with pytest.raises(ValueError, match="unknown policy fifo"):
+        mux.run_mux_bench(two_models, policies=("adbs", "fifo"), **TINY)
+
+
 # -- the command ------------------------------------------------------------------
 def test_cli_prints_a_table_and_the_json_object_last_and_saves_the_workload(two_models, tmp_path):
     saved = tmp_path / "w.jsonl"
