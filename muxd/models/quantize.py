@@ -31,8 +31,8 @@ BLOCK_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 # LLM.int8()'s outlier threshold (transformers' default too): activation columns
 # holding a value above it are multiplied in 16-bit, the rest in int8. On
 # SmolLM2-135M, 0 (all int8) changes the first greedy token of "What is the
-# capital of France?"; 6.0 keeps fp32's tokens, for about 10 % slower batched
-# decode on the CPU and no difference at batch 1.
+# capital of France?"; 6.0 keeps fp32's tokens, for 10-20 % longer decode
+# steps on the CPU (the outlier columns' weights are dequantized per call).
 INT8_THRESHOLD = 6.0
 # 4-bit: quantize the block absmax too (QLoRA's double quantization; transformers
 # leaves it off by default): 4.13 bits a weight instead of 4.5, so 4-bit weights
