@@ -11,6 +11,7 @@ The TOML file (``$XDG_CONFIG_HOME/muxd/muxd.toml``)::
     tcp = "127.0.0.1:8000"                     # optional extra listener, off by default
     allow_uids = [1001]                        # peers besides the daemon's own uid and root
     log_level = "info"
+    warm_spare = true                          # a standby unit process per unit, for fast restarts
     policy = "adbs"                            # unit defaults: policy, device, kv_cache_mb,
     kv_cache_mb = 256                          # page_tokens, max_batch_seqs, max_prefill_tokens, threads
 
@@ -128,6 +129,7 @@ class DaemonConfig:
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
     placement: str = "manual"  # "manual" ([[units]]), "per-device" (grouped by device) or "demo"
+    warm_spare: bool = True  # keep a standby process per unit (torch imported) to replace a dead unit fast
 
     def __post_init__(self) -> None:
         names = [m.name for u in self.units for m in u.models]
@@ -157,7 +159,7 @@ class Flags:
 
 
 # Keys of the TOML file: top level, unit defaults (also allowed in [[units]]), models, limits.
-_TOP_KEYS = {"socket", "tcp", "allow_uids", "log_level", "placement", "limits", "models", "units"}
+_TOP_KEYS = {"socket", "tcp", "allow_uids", "log_level", "placement", "warm_spare", "limits", "models", "units"}
 _UNIT_KEYS = {"policy", "device", "kv_cache_mb", "page_tokens", "max_batch_seqs", "max_prefill_tokens", "threads"}
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)}
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
@@ -169,6 +171,7 @@ _ENV = {
     "MUXD_QUEUE_PER_MODEL": ("queue_per_model", int),
     "MUXD_DRAIN_TIMEOUT_S": ("drain_timeout_s", float),
     "MUXD_DEVICE": ("device", str),
+    "MUXD_WARM_SPARE": ("warm_spare", lambda v: v.lower() not in ("0", "false", "no", "off")),
 }
 
 
@@ -264,6 +267,8 @@ def _build(
     s: dict[str, Any], base_dir: Path, env: Mapping[str, str], demo: Callable[[], dict[str, str]] | None
 ) -> DaemonConfig:
     limits = Limits(**{k: s[k] for k in _LIMIT_KEYS if k in s})  # before the demo: fail fast
+    if s.get("placement", "manual") != "manual":
+        raise ValueError(f"placement = {s['placement']!r} is not available yet; list [[units]] or leave it out")
     placement = "manual" if s.get("units") else "per-device"
     model_tables = s.get("models") or []
     if not model_tables:
@@ -285,7 +290,10 @@ def _build(
     if level not in LOG_LEVELS:
         raise ValueError(f"log_level {level!r} is not one of {', '.join(LOG_LEVELS)}")
     uids = tuple(int(u) for u in s.get("allow_uids", ()))
-    return DaemonConfig(tuple(units), socket, _tcp(s.get("tcp")), uids, limits, level, placement)
+    spare = s.get("warm_spare", True)
+    if not isinstance(spare, bool):
+        raise ValueError(f"warm_spare must be true or false, got {spare!r}")
+    return DaemonConfig(tuple(units), socket, _tcp(s.get("tcp")), uids, limits, level, placement, spare)
 
 
 def _model(table: dict[str, Any], base_dir: Path, default_device: str) -> ModelConfig:

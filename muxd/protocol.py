@@ -309,6 +309,7 @@ class UnitStatus(_Response):
     device: str
     state: str  # starting, ready, restarting, failed, stopping, stopped
     pid: int | None = None
+    spare_pid: int | None = None  # the warm spare that replaces the unit's process if it dies
     policy: str
     restarts: int = 0
     models: list[str]

@@ -1,19 +1,20 @@
 """``muxd bench engine``: muxd's engine against transformers on the same prompts.
 
 For each batch size the same token ids (fixed real-text prompts, cut to one
-length) go through three engines, each warmed up once and then timed on the
-whole generation, prefill included:
+length) go through three engines:
 
 - muxd's ``LLMEngine`` (paged KV pool, continuous batching, fused forward);
 - transformers' ``generate`` (greedy, one padded batch);
 - transformers' continuous batching ``generate_batch`` (paged cache, FIFO).
 
 The engines are warmed up, then timed in turns for ``repeats`` rounds; each
-engine's fastest run counts. Every engine generates exactly ``max_tokens`` tokens per prompt (EOS is
-ignored), so ``tok/s = generated tokens / wall seconds`` compares like with
-like. Beside the throughputs the report places muxd's median decode step
-against the roofline of this machine: one step must read every weight once,
-so it cannot beat ``step_read_bytes / measured read bandwidth``.
+engine's fastest run counts. Every engine generates exactly ``max_tokens``
+tokens per prompt (EOS is ignored), so ``tok/s = generated tokens / wall
+seconds of the whole generate`` (prefill included) compares like with like.
+Beside the throughputs the report places muxd's median decode step against
+the roofline of this machine: one step must read every weight once, so it
+cannot beat ``step_read_bytes / measured read bandwidth``. A quantized run
+quantizes both sides the same way (bitsandbytes on the block linears).
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ def run_engine_bench(
 
     quantization = None if quantization in (None, "none") else quantization
     if prompt_len < 1 or max_tokens < 1 or repeats < 1:
-        raise ValueError(f"prompt tokens, max tokens and repeats must be >= 1, got {prompt_len}, {max_tokens}, {repeats}")
+        raise ValueError(
+            f"prompt tokens, max tokens and repeats must be >= 1, got {prompt_len}, {max_tokens}, {repeats}"
+        )
     if not batches or min(batches) < 1:
         raise ValueError(f"batch sizes must be >= 1, got {list(batches)}")
     say = progress or (lambda _msg: None)
@@ -128,7 +131,9 @@ def run_engine_bench(
                 "hf_generate": _hf_generate_runner(hf_model, prompts),
                 "hf_cb": _hf_cb_runner(hf_model, prompts, max_tokens),
             }
-            timed[batch] = _time_interleaved(runners, max_tokens, repeats, lambda name: say(f"batch {batch}: {name}"))
+            timed[batch] = _time_interleaved(
+                runners, max_tokens, repeats, lambda phase, b=batch: say(f"batch {b}: {phase}")
+            )
         say("measuring memory read bandwidth again")  # the machine's figure is the better of the two
         bandwidth = max(bandwidth, measure_read_bandwidth(threads=torch.get_num_threads()))
     return [

@@ -42,6 +42,7 @@ def api(
     table.add_row("muxd API over the socket", f"{result['api_p50_ms']:.2f}", f"{result['api_p99_ms']:.2f}",
                   f"{result['api_stream_tok_s']:.0f}")  # fmt: skip
     table.add_row("front-end overhead", f"{result['overhead_p50_ms']:.2f}", f"{result['overhead_p99_ms']:.2f}", "")
+    table.add_row("same API through httpx", f"{result['api_httpx_p50_ms']:.2f}", f"{result['api_httpx_p99_ms']:.2f}", "")
     table.add_row("GET /healthz round trip", f"{result['healthz_p50_ms']:.2f}", "", "")
     Console().print(table)
     if as_json:

@@ -115,7 +115,7 @@ class MuxdRoutes:
                 pool = {"pages_total": u.ready.kv_pages, "pages_free": None, "page_tokens": u.config.page_tokens,
                         "bytes": u.ready.kv_bytes}  # fmt: skip
             units.append({
-                "name": name, "device": u.config.device, "state": u.state.value, "pid": u.pid,
+                "name": name, "device": u.config.device, "state": u.state.value, "pid": u.pid, "spare_pid": u.spare_pid,
                 "policy": u.config.policy, "restarts": u.restarts, "models": [m.name for m in u.config.models],
                 "pool": pool, "last_error": u.last_error,
             })  # fmt: skip

@@ -111,7 +111,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_shutdown)
         loop.add_signal_handler(signal.SIGINT, self._force_exit)
-        self.units = {u.name: UnitProcess(u, self, loop, self.unit_entry) for u in self.config.units}
+        spare = self.config.warm_spare
+        self.units = {u.name: UnitProcess(u, self, loop, self.unit_entry, warm_spare=spare) for u in self.config.units}
         self.router = Router({m: self.units[s.unit] for m, s in self.served.items()}, self.config.limits.queue_per_model)
         sockets = [uds.bind_unix(self.config.socket)]
         try:

@@ -20,13 +20,13 @@ import enum
 import importlib
 import logging
 import multiprocessing as mp
+import select
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as wait_ready
 from typing import Any, Protocol
 
 from muxd import ipc
@@ -41,14 +41,47 @@ MAX_BACKOFF_S = 30.0
 
 
 class UnitEntry:
-    """A picklable spawn target named ``"module:function"``, imported only in the child."""
+    """A picklable spawn target named ``"module:function"``, imported only in the child.
 
-    def __init__(self, target: str = "muxd.unit:run_unit") -> None:
+    ``warm`` names a ``function(config)`` that a warm spare calls ahead of
+    time to import whatever the unit will need (it loads no weights).
+    """
+
+    def __init__(self, target: str = "muxd.unit:run_unit", warm: str | None = "muxd.models.warm:warm_up") -> None:
         self.target = target
+        self.warm = warm
 
     def __call__(self, *args: Any) -> None:
-        module, _, name = self.target.partition(":")
-        getattr(importlib.import_module(module), name)(*args)
+        _resolve(self.target)(*args)
+
+
+def _resolve(name: str) -> Callable[..., Any]:
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class Standby:
+    """Spawn target of a warm spare: import and warm up now (seconds), run the unit when told to.
+
+    A unit that dies is replaced by its spare, so recovery costs loading the
+    models' weights, not starting Python, importing torch and transformers.
+    """
+
+    def __init__(self, entry: UnitEntry) -> None:
+        self.entry = entry
+
+    def __call__(self, config: UnitConfig, conn: Connection) -> None:
+        run = _resolve(self.entry.target)
+        if self.entry.warm:
+            try:
+                _resolve(self.entry.warm)(config)
+            except Exception:  # noqa: BLE001 - the real start reports it properly
+                pass
+        try:
+            config = conn.recv()
+        except (EOFError, OSError):  # the daemon stopped, or no longer needs this spare
+            return
+        run(config, conn)
 
 
 class UnitState(str, enum.Enum):
@@ -79,6 +112,7 @@ class UnitProcess:
         loop: asyncio.AbstractEventLoop,
         entry: Callable[..., None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        warm_spare: bool = False,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -98,27 +132,71 @@ class UnitProcess:
         self._stats_waiters: list[asyncio.Future[ipc.StatsSnapshot | None]] = []
         self._crashes: deque[float] = deque(maxlen=8)
         self._stopped = asyncio.Event()
+        # A standby process (module imported, no models) to replace the unit if it dies.
+        self.warm_spare = warm_spare and isinstance(self.entry, UnitEntry)
+        self._spare: tuple[Any, Connection] | None = None
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
 
+    @property
+    def spare_pid(self) -> int | None:
+        return self._spare[0].pid if self._spare is not None and self._spare[0].is_alive() else None
+
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
         if self.state in (UnitState.STOPPING, UnitState.STOPPED) and self._gen:
             return  # stopped while a restart was scheduled
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=self.entry, args=(self.config, child), name=f"muxd-unit-{self.name}", daemon=True)
-        proc.start()
-        child.close()  # else the pipe never reports EOF when the unit dies
+        proc, parent = self._take_spare() or self._spawn()
         self._gen += 1
         self._proc, self._conn = proc, parent
         self.state = UnitState.STARTING if self.restarts == 0 else UnitState.RESTARTING
         self.started_at = self.clock()
         self._stopped.clear()
-        log.info("unit %s: started process %d (%s)", self.name, proc.pid, ", ".join(m.name for m in self.config.models))
+        log.info("unit %s: process %d loads %s", self.name, proc.pid, ", ".join(m.name for m in self.config.models))
         threading.Thread(target=self._read, args=(self._gen, proc, parent), name=f"muxd-read-{self.name}", daemon=True).start()
+
+    def _spawn(self) -> tuple[Any, Connection]:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=self.entry, args=(self.config, child), name=f"muxd-unit-{self.name}", daemon=True)
+        proc.start()
+        child.close()  # else the pipe never reports EOF when the unit dies
+        return proc, parent
+
+    def _take_spare(self) -> tuple[Any, Connection] | None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        proc, conn = spare
+        try:
+            if proc.is_alive():
+                conn.send(self.config)
+                return proc, conn
+        except OSError:
+            pass
+        proc.kill()
+        conn.close()
+        return None
+
+    def _spawn_spare(self) -> None:
+        if not self.warm_spare or self._spare is not None or self.state is not UnitState.READY:
+            return
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        target = Standby(self.entry)  # type: ignore[arg-type]
+        proc = ctx.Process(target=target, args=(self.config, child), name=f"muxd-spare-{self.name}", daemon=True)
+        proc.start()
+        child.close()
+        self._spare = (proc, parent)
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:  # it holds no state: no need to ask it nicely
+            spare[0].kill()
+            spare[0].join(timeout=5)
+            spare[1].close()
 
     def send(self, msg: object) -> None:
         """Send to the live unit, or raise ``UnitUnavailableError`` (503) if it is not serving."""
@@ -168,6 +246,7 @@ class UnitProcess:
         """Ask the unit to shut down; kill it if it has not exited within ``timeout``."""
         proc = self._proc
         self.state = UnitState.STOPPING
+        await asyncio.get_running_loop().run_in_executor(None, self._drop_spare)
         if proc is None or not proc.is_alive():
             self.state = UnitState.STOPPED
             return
@@ -187,10 +266,13 @@ class UnitProcess:
     # -- the reader thread -----------------------------------------------------
     def _read(self, gen: int, proc: Any, conn: Connection) -> None:
         """Block on the pipe and the process sentinel; hand every message to the loop."""
+        poller = select.poll()  # made once: wait() would build a selector per message
+        poller.register(conn.fileno(), select.POLLIN)
+        poller.register(proc.sentinel, select.POLLIN)
         try:
             while True:
-                ready = wait_ready([conn, proc.sentinel])
-                if conn not in ready:
+                ready = {fd for fd, _ in poller.poll()}
+                if conn.fileno() not in ready:
                     break  # the process is gone and nothing is left to read
                 try:
                     msg = conn.recv()
@@ -238,6 +320,7 @@ class UnitProcess:
         what = "restarted" if self.restarts else "ready"
         log.info("unit %s %s in %.2f s: %d KV pages (%d MiB)", self.name, what, took, ready.kv_pages, ready.kv_bytes >> 20)
         self.listener.unit_ready(self, ready)
+        self._spawn_spare()
 
     def _on_exit(self, gen: int, exitcode: int | None) -> None:
         if gen != self._gen:

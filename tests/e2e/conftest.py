@@ -92,9 +92,14 @@ def short_tmp_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="mx", dir="/tmp"))
 
 
-def tiny_config(models: dict[str, Path], socket: Path, **limits: Any) -> str:
-    """TOML for one unit "cpu0" holding ``models`` (name -> dir), a small pool, and ``limits``."""
-    lines = [f'socket = "{socket}"', 'device = "cpu"', "kv_cache_mb = 16", "threads = 1", "[limits]"]
+def tiny_config(models: dict[str, Path], socket: Path, warm_spare: bool = False, **limits: Any) -> str:
+    """TOML for one unit "cpu0" holding ``models`` (name -> dir), a small pool, and ``limits``.
+
+    No warm spare by default: a standby process per daemon would cost every
+    test a torch import on a 2-core machine; the fault tests turn it on.
+    """
+    lines = [f'socket = "{socket}"', 'device = "cpu"', "kv_cache_mb = 16", "threads = 1",
+             f"warm_spare = {str(warm_spare).lower()}", "[limits]"]  # fmt: skip
     lines += [f"{k} = {v}" for k, v in limits.items()]
     for name, path in models.items():
         lines += ["[[models]]", f'name = "{name}"', f'path = "{path}"']

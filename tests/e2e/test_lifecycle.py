@@ -144,11 +144,41 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0_and_removes_the_soc
     assert "muxd stopped" in draining.log()
 
 
-def test_muxd_stop_stops_the_daemon(tiny_models):
+@pytest.fixture(scope="module")
+def with_tcp(tiny_models):
     tmp = short_tmp_dir()
-    d = start_daemon(tiny_config(tiny_models, tmp / "muxd.sock"), tmp)
-    result = subprocess.run([sys.executable, "-m", "muxd", "stop", "--socket", str(d.socket)],
-                            capture_output=True, text=True, timeout=60, env=d.env)  # fmt: skip
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    d = start_daemon(tiny_config(tiny_models, tmp / "muxd.sock"), tmp, "--tcp", f"127.0.0.1:{port}")
+    d.port = port
+    yield d
+    d.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_the_opt_in_tcp_listener_serves_the_same_api(with_tcp):
+    with httpx.Client(base_url=f"http://127.0.0.1:{with_tcp.port}") as http:
+        assert http.get("/healthz").json()["status"] == "ok"
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["tiny-llama", "tiny-qwen3"]
+    assert "no authentication" in with_tcp.log()
+
+
+def test_muxd_stop_stops_the_daemon(with_tcp):
+    result = subprocess.run([sys.executable, "-m", "muxd", "stop", "--socket", str(with_tcp.socket)],
+                            capture_output=True, text=True, timeout=60, env=with_tcp.env)  # fmt: skip
     assert result.returncode == 0 and result.stdout.strip() == "muxd stopped", result.stderr
-    assert d.proc.wait(timeout=30) == 0 and not d.socket.exists()
+    assert with_tcp.proc.wait(timeout=30) == 0 and not with_tcp.socket.exists()
+
+
+def test_a_model_that_cannot_load_stops_the_daemon_with_the_reason(tiny_model_dirs):
+    tmp = short_tmp_dir()
+    broken = tmp / "broken"
+    shutil.copytree(tiny_model_dirs["llama"], broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    d = start_daemon(tiny_config({"broken": broken}, tmp / "muxd.sock"), tmp, wait=False)
+    assert d.proc.wait(timeout=120) == 1
+    assert "unit cpu0 could not load its models" in d.log() and not d.socket.exists()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -88,6 +88,13 @@ def test_n_fans_out_into_independent_choices(client):
     assert [c.message.content for c in again.choices] == [c.message.content for c in reply.choices]
 
 
+def test_n_choices_stream_side_by_side(client):
+    stream = client.chat.completions.create(model="tiny-qwen3", messages=PROMPT, n=2, max_tokens=4, temperature=0,
+                                            stream=True, extra_body={"ignore_eos": True})  # fmt: skip
+    finishes = {c.choices[0].index: c.choices[0].finish_reason for c in stream if c.choices[0].finish_reason}
+    assert finishes == {0: "length", 1: "length"}
+
+
 def test_seed_makes_sampling_reproducible(client):
     def sample(seed: int) -> str:
         extra = {"ignore_eos": True, "top_k": 50}
