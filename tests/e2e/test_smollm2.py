@@ -1,6 +1,6 @@
 """``muxd serve`` with no configuration (the demo default) answers with the real SmolLM2.
 
-The snippets of ``docs/daemon.md`` run here verbatim, so the documentation
+The snippets of ``README.md`` run here verbatim, so the documentation
 cannot drift from what works.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.conftest import short_tmp_dir, start_daemon
 
-DOCS = Path(__file__).parents[2] / "docs" / "daemon.md"
+DOCS = Path(__file__).parents[2] / "README.md"
 SNIPPET = re.compile(r"<!-- test: (?P<name>[\w-]+) -->\n```(?P<lang>\w+)\n(?P<code>.*?)```", re.S)
 pytestmark = pytest.mark.slow
 
