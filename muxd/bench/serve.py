@@ -5,7 +5,9 @@ C workers issue streaming ``/v1/chat/completions`` requests back to back
 (the same fixed prompts, temperature 0, ``max_tokens`` each) until N requests
 are done. The levels alternate between muxd and the peer (muxd at C=1, the
 peer at C=1, muxd at C=8, ...) so that both are measured close together in
-time on a shared, noisy machine, and never at the same time.
+time on a shared, noisy machine, and never at the same time; with
+``repeats`` > 1 they take turns that many times per level and each keeps
+its best run.
 
 Per level and server: aggregate tok/s (generated tokens / wall time of the
 level), TTFT (request sent -> first content chunk) and TPOT
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -264,9 +267,15 @@ async def bench_servers(
     levels: Sequence[int],
     requests: int,
     max_tokens: int,
+    repeats: int,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Warm every server up, then run each level on each server in turn; the report as plain data."""
+    """Warm every server up, then at each level let the servers take turns ``repeats`` times.
+
+    The run with the most tok/s stands for a server at a level (the others
+    were most likely slowed by something else on the machine); every run's
+    tok/s is kept in ``<label>_tok_s_runs``.
+    """
     clients = [server.client(max(levels)) for server in servers]
     try:
         accepts_ignore_eos = []
@@ -275,10 +284,16 @@ async def bench_servers(
             accepts_ignore_eos.append(await warm_up(client, server, max(levels), max_tokens))
         per_level = []
         for concurrency in levels:
+            runs: dict[str, list[dict[str, Any]]] = {server.label: [] for server in servers}
+            for _ in range(repeats):
+                for client, server, ignore_eos in zip(clients, servers, accepts_ignore_eos):
+                    level = await run_level(client, server, concurrency, requests, max_tokens, ignore_eos, progress)
+                    runs[server.label].append(level.summary())
             row: dict[str, Any] = {"concurrency": concurrency}
-            for client, server, ignore_eos in zip(clients, servers, accepts_ignore_eos):
-                level = await run_level(client, server, concurrency, requests, max_tokens, ignore_eos, progress)
-                row.update({f"{server.label}_{key}": value for key, value in level.summary().items()})
+            for label, summaries in runs.items():
+                best = max(summaries, key=lambda summary: summary["tok_s"])
+                row.update({f"{label}_{key}": value for key, value in best.items()})
+                row[f"{label}_tok_s_runs"] = [summary["tok_s"] for summary in summaries]
             per_level.append(row)
     finally:
         for client in clients:
@@ -295,18 +310,22 @@ def run_serve_bench(
     max_tokens: int,
     peer_url: str | None = None,
     peer_model: str | None = None,
+    repeats: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the bench against muxd (and the peer, when given); one JSON-ready report.
 
     Each level has ``muxd_tok_s``, ``peer_tok_s`` and ``ratio`` (muxd / peer;
     None without a peer) and each server's TTFT/TPOT p50/p99 in ms, requests
-    and errors.
+    and errors. The 1-minute load average before and after says how busy
+    the machine was with other work.
     """
     servers = [Server("muxd", url, model)]
     if peer_url is not None:
         servers.append(Server("peer", peer_url, peer_model or model))
-    report = asyncio.run(bench_servers(servers, levels, requests, max_tokens, progress or (lambda _msg: None)))
+    load_before = os.getloadavg()[0]
+    say = progress or (lambda _msg: None)
+    report = asyncio.run(bench_servers(servers, levels, requests, max_tokens, repeats, say))
     for row in report["levels"]:
         peer = row.get("peer_tok_s")
         row.setdefault("peer_tok_s", None)
@@ -316,5 +335,8 @@ def run_serve_bench(
         "requests": requests,
         "max_tokens": max_tokens,
         "prompts": len(PROMPTS),
+        "repeats": repeats,
+        "load_avg_1m_before": round(load_before, 2),
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
         **report,
     }

@@ -40,6 +40,9 @@ def serve(
         str | None, typer.Option(help="A second OpenAI-compatible server to compare with, e.g. http://127.0.0.1:8088.")
     ] = None,
     peer_model: Annotated[str | None, typer.Option(help="Model name at the peer (default: --model).")] = None,
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Turns per level and server; the best run counts (a shared machine is noisy).")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Also print the results as one JSON line, last.")] = False,
 ) -> None:
     """Streamed chat completions at each concurrency level: tok/s, TTFT and TPOT, muxd and the peer in turn."""
@@ -64,6 +67,7 @@ def serve(
                 max_tokens,
                 peer_url=peer_url,
                 peer_model=peer_model,
+                repeats=repeats,
                 progress=lambda msg: status.update(msg),
             )
     except ServeBenchError as e:
@@ -86,7 +90,11 @@ def results_table(report: dict[str, Any]):
     table = Table(
         box=box.SIMPLE_HEAD,
         title=f"{report['requests']} streamed chat completions of {report['max_tokens']} tokens per level: {names}",
-        caption="closed loop; tok/s = generated tokens / wall time of the level; TTFT and TPOT in ms",
+        caption=(
+            "closed loop; tok/s = generated tokens / wall time of the level"
+            + (f", best of {report['repeats']} turns" if report["repeats"] > 1 else "")
+            + f"; TTFT and TPOT in ms; load average {report['load_avg_1m_before']} -> {report['load_avg_1m_after']}"
+        ),
     )
     columns = [
         ("tok/s", "tok_s", "{:.1f}"),

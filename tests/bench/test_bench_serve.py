@@ -195,6 +195,18 @@ def test_the_closed_loop_sends_n_requests_with_at_most_c_in_flight(start_fake) -
     assert muxd.max_in_flight <= 3
 
 
+def test_repeats_take_turns_and_keep_every_runs_throughput(start_fake) -> None:
+    muxd, peer = start_fake("muxd.sock"), start_fake("peer.sock")
+    args = ("--url", str(muxd.socket), "--peer-url", str(peer.socket), "--concurrency", "2", "--requests", "3")
+    result = run_bench(*args, "--repeats", "2", "--json")
+    assert result.exit_code == 0, result.output
+    report = last_json(result.output)
+    (row,) = report["levels"]
+    assert report["repeats"] == 2 and len(muxd.bodies) == len(peer.bodies) == 1 + 2 + 2 * 3
+    for label in ("muxd", "peer"):
+        assert len(row[f"{label}_tok_s_runs"]) == 2 and row[f"{label}_tok_s"] == max(row[f"{label}_tok_s_runs"])
+
+
 def test_the_default_url_is_the_daemons_socket(start_fake) -> None:
     muxd = start_fake("muxd.sock")
     result = run_bench("--concurrency", "1", "--requests", "1", "--json", env={"MUXD_SOCKET": str(muxd.socket)})
