@@ -78,30 +78,21 @@ def default_model_paths(progress: Progress | None = None) -> dict[str, Path]:
 
 
 def ensure_bench_model(name: str, family: str, shape: dict[str, int], say: Progress) -> Path:
-    """The cached checkpoint of one bench model; built into a staging dir and renamed into place."""
-    import os
-    import shutil
-    import tempfile
-
-    from muxd.models.factory import build_tiny_checkpoint
+    """The cached checkpoint of one bench model, built once (see ``models.cache.build_once``)."""
+    from muxd.models.cache import build_once, is_built
     from muxd.paths import cache_dir
 
     target = cache_dir() / "bench-models" / name
-    if (target / "config.json").is_file():
+    if is_built(target):
         return target
     say(f"building the random bench model {name}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=target.parent))
-    try:
+
+    def build(staging: Path) -> None:
+        from muxd.models.factory import build_tiny_checkpoint
+
         build_tiny_checkpoint(family, staging, seed=1, max_position_embeddings=BENCH_MAX_POSITION, **shape)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a racing run that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_once(target, build)
 
 
 def make_engine(models: dict[str, Any], policy: str, rates: dict[str, float], kv_cache_bytes: int):

@@ -18,6 +18,7 @@ from muxd.cli import client_verbs
 from muxd.cli.bench import app as bench_app
 from muxd.cli.bench_api import api as bench_api
 from muxd.cli.bench_serve import serve as bench_serve
+from muxd.cli.common import FAILURE, exit_with
 from muxd.cli.generate import generate
 from muxd.cli.serve import serve
 from muxd.errors import MuxdError
@@ -34,12 +35,6 @@ app.command("stats")(client_verbs.stats)
 app.command("stop")(client_verbs.stop)
 bench_app.command("api")(bench_api)
 bench_app.command("serve")(bench_serve)
-
-
-def fail(error: MuxdError) -> None:
-    """Print an error as one line saying what to do, and exit non-zero."""
-    typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
 
 
 @app.command()
@@ -62,7 +57,7 @@ def convert_demo(
         with console.status("preparing SmolLM2-135M-Instruct") as status:
             path = ensure_smollm2(cache_dir, progress=lambda msg: status.update(msg))
     except MuxdError as e:
-        fail(e)
+        exit_with(e.message, code=FAILURE)
     typer.echo(str(path))
 
 

@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
+from muxd.cli.common import exit_with
 from muxd.errors import MuxdError
 
 app = typer.Typer(help="Measure muxd against the engines people use today.", no_args_is_help=True)
 
-USAGE_ERROR = 2  # the exit code typer gives bad flags: the user can fix the command line
-
-
-def exit_with(message: str) -> NoReturn:
-    """Print one line saying what was wrong and exit with the usage-error code."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=USAGE_ERROR)
+__all__ = ["app", "exit_with"]  # ``bench serve`` imports exit_with from here
 
 
 def parse_batches(values: list[str]) -> list[int]:

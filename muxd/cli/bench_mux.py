@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from muxd.bench import mux as bench  # torch-free at import; it loads torch inside its functions
+from muxd.cli.common import exit_with, parse_model_specs
 
 
 def register(app: typer.Typer) -> None:
@@ -22,17 +23,8 @@ def register(app: typer.Typer) -> None:
 
 
 def parse_models(values: list[str]) -> dict[str, Path]:
-    """``["a=/m/a", "b=/m/b"] -> {"a": Path("/m/a"), ...}``: ``--models`` is repeatable, most popular first."""
-    models: dict[str, Path] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        name, path = name.strip(), path.strip()
-        if not sep or not name or not path:
-            raise ValueError(f"--models {value!r} is not NAME=PATH, e.g. --models small=/models/tiny-llama")
-        if name in models:
-            raise ValueError(f"--models names {name!r} twice")
-        models[name] = Path(path).expanduser()
-    return models
+    """``--models NAME=PATH``, repeatable, most popular first (see ``common.parse_model_specs``)."""
+    return parse_model_specs(values, flag="--models")
 
 
 def parse_policies(value: str) -> tuple[str, ...]:
@@ -77,7 +69,6 @@ def mux(
     """ADBS against the spatial and temporal baselines: the same workload and models under each policy."""
     from rich.console import Console
 
-    from muxd.cli.bench import exit_with
     from muxd.errors import MuxdError
     from muxd.workload import load
 

@@ -10,9 +10,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from muxd.cli.common import FAILURE, exit_with
 
 if TYPE_CHECKING:
     from muxd.client import Client
@@ -20,11 +22,6 @@ if TYPE_CHECKING:
 SocketOption = Annotated[
     Path | None, typer.Option("--socket", help="The daemon's socket (default: found as `muxd serve` picks it).")
 ]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
 
 
 def run(
@@ -54,7 +51,7 @@ def run(
                 history.append({"role": "user", "content": line})
                 history.append({"role": "assistant", "content": _answer(client, model, history, max_tokens, temperature)})
     except MuxdError as e:
-        _fail(e.message)
+        exit_with(e.message, code=FAILURE)
 
 
 def _lines(interactive: bool):
@@ -94,7 +91,7 @@ def ps(socket: SocketOption = None) -> None:
         with Client(socket) as client:
             status, stats = client.status(), client.stats()
     except MuxdError as e:
-        _fail(e.message)
+        exit_with(e.message, code=FAILURE)
     page_bytes = {u.name: (u.pool.bytes / u.pool.pages_total if u.pool and u.pool.pages_total else 0) for u in status.units}
     table = Table(title=f"muxd {status.version} (pid {status.pid}) on {status.socket}, up {_duration(status.uptime_s)}",
                   box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
@@ -125,7 +122,7 @@ def stats(
         with Client(socket) as client:
             doc = client.stats()
     except MuxdError as e:
-        _fail(e.message)
+        exit_with(e.message, code=FAILURE)
     if as_json:
         typer.echo(json.dumps(doc.model_dump(mode="json")))
         return
@@ -162,11 +159,12 @@ def stop(
             client.shutdown()
             path = client.socket
     except MuxdError as e:
-        _fail(e.message)
+        exit_with(e.message, code=FAILURE)
     deadline = time.monotonic() + timeout
     while path.exists():
         if time.monotonic() > deadline:
-            _fail(f"the daemon is still draining after {timeout:.0f} s; its socket {path} is still there")
+            message = f"the daemon is still draining after {timeout:.0f} s; its socket {path} is still there"
+            exit_with(message, code=FAILURE)
         time.sleep(0.05)
     typer.echo("muxd stopped")
 

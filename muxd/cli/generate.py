@@ -13,16 +13,15 @@ the point that three models of different shapes share one pool.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
+from muxd.cli.common import exit_with, parse_model_specs
 from muxd.errors import ModelLoadError, MuxdError
 
 DEFAULT_PROMPTS = (
@@ -30,62 +29,6 @@ DEFAULT_PROMPTS = (
     "Write one sentence about the sea.",
     "What does a language model do?",
 )
-TINY_DEMO_MODELS = {"tiny-llama": "llama", "tiny-qwen3": "qwen3"}  # name -> factory family
-USAGE_ERROR = 2
-
-
-def exit_with(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=USAGE_ERROR)
-
-
-def parse_model_specs(specs: list[str]) -> dict[str, str]:
-    """``["a=/m/a", "b=/m/b"] -> {"a": "/m/a", "b": "/m/b"}``; raise ValueError naming a bad spec."""
-    models: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        name, path = name.strip(), path.strip()
-        if not sep or not name or not path:
-            raise ValueError(f"--model {spec!r} is not NAME=PATH (e.g. --model smol=/models/SmolLM2-135M)")
-        if name in models:
-            raise ValueError(f"--model name {name!r} is given twice; each model needs its own name")
-        models[name] = path
-    return models
-
-
-def demo_models(say) -> dict[str, str]:
-    """SmolLM2 (if its wheel is installed) and the tiny demo models, made on first use."""
-    from muxd.models.smollm2 import ensure_smollm2
-    from muxd.paths import cache_dir
-
-    models = {}
-    try:
-        models["smollm2"] = str(ensure_smollm2(progress=say))
-    except MuxdError as e:
-        typer.secho(f"note: {e.message}; running the tiny demo models only", err=True)
-    for name, family in TINY_DEMO_MODELS.items():
-        models[name] = str(ensure_tiny_model(family, cache_dir() / "models" / f"{name}-random"))
-    return models
-
-
-def ensure_tiny_model(family: str, target: Path) -> Path:
-    """Build a tiny ``family`` checkpoint at ``target`` unless it is there; a crash leaves no half model."""
-    if (target / "config.json").is_file():
-        return target
-    from muxd.models.factory import build_tiny_checkpoint
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        build_tiny_checkpoint(family, staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a racing run that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 @dataclass
@@ -125,7 +68,7 @@ def generate(
     err = Console(stderr=True)
     try:
         with err.status("loading models") as status:
-            paths = specs or demo_models(lambda msg: status.update(msg))
+            paths = specs or _demo_models(status, err)
             engine, tokenizers = _load(paths, dtype, kv_cache_mb << 20, status)
         run = _submit(engine, tokenizers, prompts, max_tokens, temperature, seed, chat, err)
     except (MuxdError, ValueError) as e:
@@ -136,7 +79,19 @@ def generate(
     console.print(_summary(engine, run, list(paths)))
 
 
-def _load(paths: dict[str, str], dtype: str, kv_bytes: int, status) -> tuple[Any, dict[str, Any]]:
+def _demo_models(status, err) -> dict[str, str]:
+    """The demo models (built on first use), their progress on the status line and their notes on stderr."""
+    from muxd.models.demo import ensure_demo_models
+
+    def say(msg: str) -> None:
+        status.update(msg)
+        if msg.startswith("note:"):
+            err.print(msg)
+
+    return ensure_demo_models(progress=say)
+
+
+def _load(paths: Mapping[str, str | Path], dtype: str, kv_bytes: int, status) -> tuple[Any, dict[str, Any]]:
     from muxd.engine.llm_engine import LLMEngine
     from muxd.models.loader import load_model
     from muxd.models.tokenizer import load_tokenizer

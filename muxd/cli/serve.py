@@ -11,16 +11,12 @@ models on disk and spawns nothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
+from muxd.cli.common import FAILURE, exit_with
 from muxd.errors import MuxdError
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=1)
 
 
 def serve(
@@ -53,11 +49,11 @@ def serve(
         daemon_config = resolve(flags, demo=prepare_demo)
         held = claim(daemon_config.socket)
     except MuxdError as e:
-        _fail(e.message)
+        exit_with(e.message, code=FAILURE)
     try:
         code = run_daemon(daemon_config, held)
     except MuxdError as e:
-        _fail(e.message)
+        exit_with(e.message, code=FAILURE)
     raise typer.Exit(code=code)
 
 

@@ -14,14 +14,13 @@ builds in a child process only when something is missing.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from muxd.errors import MuxdError
 from muxd.models import smollm2
+from muxd.models.cache import build_once, is_built
 from muxd.paths import cache_dir as default_cache_dir
 
 SMOLLM2 = "smollm2"
@@ -37,14 +36,14 @@ def demo_dirs(cache_dir: Path | None = None) -> dict[str, Path]:
 def demo_ready(cache_dir: Path | None = None) -> dict[str, str] | None:
     """The demo models' paths if all are already made (SmolLM2 only if its wheel is installed), else None."""
     dirs = demo_dirs(cache_dir)
-    if not (dirs[SMOLLM2] / "config.json").is_file():
+    if not is_built(dirs[SMOLLM2]):
         try:
             smollm2.find_gguf()
         except MuxdError:
             del dirs[SMOLLM2]  # no wheel: the tiny models alone are the demo
         else:
             return None
-    if not all((d / "config.json").is_file() for d in dirs.values()):
+    if not all(is_built(d) for d in dirs.values()):
         return None
     return {name: str(d) for name, d in dirs.items()}
 
@@ -66,23 +65,13 @@ def ensure_demo_models(cache_dir: Path | None = None, progress: Callable[[str], 
 
 def ensure_tiny_model(family: str, target: Path) -> Path:
     """Build a tiny ``family`` checkpoint at ``target`` unless it is there; a crash leaves no half model."""
-    if (target / "config.json").is_file():
-        return target
-    from muxd.models.factory import build_tiny_checkpoint
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
+    def build(staging: Path) -> None:
+        from muxd.models.factory import build_tiny_checkpoint
+
         build_tiny_checkpoint(family, staging)
-        staging.chmod(0o755)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a racing run that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_once(target, build)
 
 
 def prepare_in_child(cache_dir: Path | None, conn: Connection) -> None:

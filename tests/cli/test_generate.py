@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from muxd.cli.app import app
-from muxd.cli.generate import ensure_tiny_model, parse_model_specs
+from muxd.cli.common import parse_model_specs
+from muxd.models.demo import ensure_tiny_model
 
 
 def invoke(*args: str):
