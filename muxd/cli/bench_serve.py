@@ -50,7 +50,7 @@ def serve(
 
     from muxd import paths
     from muxd.bench.serve import ServeBenchError, run_serve_bench
-    from muxd.cli.bench import exit_with
+    from muxd.cli.common import exit_with
 
     try:
         levels = parse_concurrency(concurrency)
