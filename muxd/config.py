@@ -199,7 +199,7 @@ def resolve(
         if f.name not in ("config", "models") and value is not None:
             settings[f.name] = value
     if flags.models:
-        settings["models"] = [dict(zip(("name", "path"), parse_model_flag(spec))) for spec in flags.models]
+        settings["models"] = [parse_model_flag(spec) for spec in flags.models]
         settings.pop("units", None)  # units named in a file refer to the file's models
         base_dir = Path.cwd()
     try:
@@ -208,12 +208,28 @@ def resolve(
         raise ConfigError(f"invalid configuration ({file_path if file_path.is_file() else 'flags'}): {e}") from e
 
 
-def parse_model_flag(spec: str) -> tuple[str, str]:
-    """``"smol=/models/smol" -> ("smol", "/models/smol")``."""
-    name, sep, path = spec.partition("=")
+def parse_model_flag(spec: str) -> dict[str, str]:
+    """``"smol=/models/smol" -> {"name": "smol", "path": "/models/smol"}``.
+
+    Options of the model may follow the path, comma-separated, as in the
+    config file: ``smol8=/models/smol,quantization=int8,dtype=bfloat16``.
+    """
+    name, sep, rest = spec.partition("=")
+    path, *options = rest.split(",")
     if not sep or not name.strip() or not path.strip():
         raise ConfigError(f"--model {spec!r} is not NAME=PATH (e.g. --model smol=/models/SmolLM2-135M)")
-    return name.strip(), path.strip()
+    table = {"name": name.strip(), "path": path.strip()}
+    for option in options:
+        key, eq, value = option.partition("=")
+        if not eq or key.strip() not in _FLAG_MODEL_KEYS:
+            raise ConfigError(
+                f"--model {spec!r}: {option!r} is not KEY=VALUE with KEY one of {', '.join(sorted(_FLAG_MODEL_KEYS))}"
+            )
+        table[key.strip()] = value.strip()
+    return table
+
+
+_FLAG_MODEL_KEYS = {"dtype", "quantization", "device"}
 
 
 def detect_device() -> str:
@@ -274,7 +290,8 @@ def _build(
     if not model_tables:
         if demo is None:
             raise ConfigError("no models configured: add [[models]] to the config file or pass --model NAME=PATH")
-        model_tables = [{"name": n, "path": p} for n, p in demo().items()]
+        # bf16: faster than fp32 at every batch size on CPUs with bf16 units, same answers.
+        model_tables = [{"name": n, "path": p, "dtype": "bfloat16"} for n, p in demo().items()]
         placement = "demo"
     default_device = s.get("device") or DEVICE_AUTO
     models = [_model(t, base_dir, default_device) for t in model_tables]

@@ -31,7 +31,9 @@ def build_engine(config: UnitConfig) -> LLMEngine:
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    models = {m.name: load_model(m.path, m.dtype, config.device) for m in config.models}
+    models = {
+        m.name: load_model(m.path, m.dtype, config.device, quantization=m.quantization) for m in config.models
+    }
     return LLMEngine(
         models,
         kv_cache_bytes=config.kv_cache_bytes,
@@ -67,7 +69,7 @@ class Unit:
             for name, m in self.engine.models.items()
         ]
         cache = self.engine.kv_cache
-        return ipc.Ready(self.config.name, infos, cache.num_pages, cache.nbytes)
+        return ipc.Ready(self.config.name, infos, cache.usable_pages, cache.nbytes)
 
     def serve_forever(self) -> None:
         self.conn.send(self.ready_message())

@@ -30,17 +30,31 @@ class KVLayout:
 
 
 class KVCache:
-    """``num_pages`` pages on ``device``; ``view(dtype, head_dim)`` gives a model's K and V."""
+    """``num_pages`` pages on ``device``; ``view(dtype, head_dim)`` gives a model's K and V.
+
+    The last page is the *null page*: always zero, never handed out (the
+    pool counts ``num_pages - 1``). Block tables are padded with it, and the
+    runner zeroes a block's pages when a sequence first writes it, so
+    attention never reads stale bytes, which in another model's dtype can be
+    NaN and would poison a whole row even behind a mask (0 x NaN = NaN).
+    """
 
     def __init__(self, layout: KVLayout, num_pages: int, device: torch.device | str = "cpu") -> None:
+        if num_pages < 2:
+            raise ValueError(f"a KV cache needs at least 2 pages (one is the null page), got {num_pages}")
         self.layout = layout
         self.num_pages = num_pages
+        self.null_page = num_pages - 1
         self.storage = torch.zeros((2, num_pages, layout.page_bytes), dtype=torch.uint8, device=device)
+
+    @property
+    def usable_pages(self) -> int:
+        return self.num_pages - 1
 
     @classmethod
     def from_budget(cls, layout: KVLayout, budget_bytes: int, device: torch.device | str = "cpu") -> KVCache:
         num_pages = budget_bytes // (2 * layout.page_bytes)
-        if num_pages < 1:
+        if num_pages < 2:
             raise ValueError(f"a KV budget of {budget_bytes} bytes holds no page of {2 * layout.page_bytes} bytes")
         return cls(layout, num_pages, device)
 

@@ -93,7 +93,7 @@ class LLMEngine:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         slots = cores or (torch.get_num_threads() if device.type == "cpu" else CUDA_SHARE_LEVELS)
         self.kv_cache = KVCache.from_budget(layout, kv_cache_bytes, device)
-        self.pool = PagePool(self.kv_cache.num_pages)
+        self.pool = PagePool(self.kv_cache.usable_pages)
         self.kv = KVManager(self.pool, page_tokens)
         config = replace(scheduler_config or SchedulerConfig(), compute_slots=slots, rates=dict(rates or {}))
         self.scheduler = POLICIES[policy](self.kv, config)

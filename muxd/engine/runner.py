@@ -30,6 +30,7 @@ class ModelRunner:
         self.device = loaded.device
         self.page_tokens = kv_cache.layout.page_tokens
         self.kv = kv_cache.view(loaded.dtype, loaded.spec.head_dim)
+        self.null_page = kv_cache.null_page
         self.windows = set(loaded.spec.sliding_windows)
         self._seeder = torch.Generator().manual_seed(seed)
         # A sampling generator per live sequence; dropped with the sequence.
@@ -58,6 +59,7 @@ class ModelRunner:
         ids: list[int] = []
         rows: list[int] = []
         tables: list[list[int]] = []
+        fresh: list[int] = []  # pages of blocks this job writes first: zeroed before use
         max_blocks = max(-(-c.end // P) for c in job.chunks)
         for c in job.chunks:
             seq = c.seq
@@ -65,7 +67,12 @@ class ModelRunner:
             if c.samples:
                 rows.append(len(ids) - 1)
             pages = seq.pages[: -(-c.end // P) * block]
-            tables.append(pages + [0] * (max_blocks * block - len(pages)))
+            fresh.extend(pages[-(-c.start // P) * block :])
+            tables.append(pages + [self.null_page] * (max_blocks * block - len(pages)))
+        if fresh:
+            index = torch.tensor(fresh, dtype=torch.int64, device=self.device)
+            self.kv[0][index] = 0
+            self.kv[1][index] = 0
         block_tables = torch.tensor(tables, dtype=torch.int64, device=self.device).view(
             len(job.chunks), max_blocks, spec.num_layers, spec.num_kv_heads
         )

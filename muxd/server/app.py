@@ -124,7 +124,8 @@ class MuxdRoutes:
             info = s.info
             models.append({
                 "name": name, "unit": s.unit, "state": d.units[s.unit].state.value, "path": s.config.path,
-                "dtype": info.dtype if info else s.config.dtype, "device": info.device if info else s.config.device,
+                "dtype": info.dtype if info else s.config.dtype, "quantization": s.config.quantization,
+                "device": info.device if info else s.config.device,
                 "max_model_len": s.max_position, "weight_bytes": info.weight_bytes if info else None,
                 "rate": s.config.rate,
             })  # fmt: skip
