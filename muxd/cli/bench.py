@@ -17,7 +17,7 @@ from muxd.errors import MuxdError
 
 app = typer.Typer(help="Measure muxd against the engines people use today.", no_args_is_help=True)
 
-__all__ = ["app", "exit_with"]  # ``bench serve`` imports exit_with from here
+__all__ = ["app"]
 
 
 def parse_batches(values: list[str]) -> list[int]:

@@ -1,9 +1,9 @@
 """An in-process engine: several models, one KV pool, continuous batching.
 
-The first driver of the engine (``muxd generate`` and ``muxd bench engine``
-use it): it runs one job at a time chosen by a scheduling policy (FCFS by
-default) and applies the results. The unit process wraps the same pieces
-with ADBS and concurrent jobs.
+The engine's driver: a scheduling policy (``temporal`` by default, or
+``adbs`` / ``spatial``) picks jobs, the executor runs them side by side on
+their compute slots, and ``step`` applies the results. ``muxd generate``,
+the benches and the unit process (``muxd/unit.py``) all drive this class.
 """
 
 from __future__ import annotations
