@@ -100,3 +100,14 @@ def test_prefills_stop_at_a_full_decode_batch_and_decodes_proceed():
     h.finish(first)
     (nxt,) = h.launch()
     assert nxt.kind is JobKind.DECODE  # the waiting two do not hold back decode
+
+
+def test_a_lone_decode_takes_one_slot_and_leaves_the_other_free():
+    h = adbs()
+    h.add("a1", "a", 4, max_tokens=10)
+    h.step()
+    (job,) = h.launch()
+    assert job.kind is JobKind.DECODE and job.slots == 1
+    h.add("b1", "b", 4)
+    (prefill,) = h.launch()  # the free slot serves the new prefill at once
+    assert (prefill.model, prefill.kind) == ("b", JobKind.PREFILL)
