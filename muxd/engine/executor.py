@@ -94,10 +94,12 @@ class Executor:
     def _run(self, job: Job, run: RunFn, threads: int) -> JobResult:
         if self._streams is None:
             if job.kind is JobKind.DECODE:
-                # Measured on SmolLM2 (bf16): a decode step is 32 ms on one
-                # thread and 48-55 ms on two (bs 16: 64-70 vs 77-84 ms); fp32
-                # is even. The step is memory-bound and its many small ops
-                # pay OpenMP's fork/join on every call. Prefill does gain.
+                # Measured on SmolLM2 (bf16, the serving default): a decode
+                # step is 32 ms on one thread and 48-55 ms on two (bs 16:
+                # 64-70 vs 77-84 ms): it is memory-bound and its many small
+                # ops pay OpenMP's fork/join on every call. fp32 is even at
+                # bs 1 but loses at bs 16 (105 vs 82-88 ms in the engine
+                # bench): revisit with a per-dtype measurement. Prefill gains.
                 threads = 1
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
