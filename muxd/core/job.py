@@ -48,10 +48,6 @@ class Job:
     def num_tokens(self) -> int:
         return sum(c.num_tokens for c in self.chunks)
 
-    @property
-    def seqs(self) -> list[Sequence]:
-        return [c.seq for c in self.chunks]
-
 
 @dataclass
 class JobResult:

@@ -91,10 +91,6 @@ class Sequence:
     def token_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
-    def token_at(self, position: int) -> int:
-        n = len(self.prompt_ids)
-        return self.prompt_ids[position] if position < n else self.output_ids[position - n]
-
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED

@@ -122,7 +122,7 @@ class _ShareStreams:
     def __init__(self, device: torch.device, levels: int) -> None:
         self.device = device
         self.levels = levels
-        self._contexts: dict[int, object] = {}
+        self._contexts: dict[int, object] = {}  # held so the green contexts outlive their streams
         self._streams: dict[int, torch.cuda.Stream] = {}
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         for level in range(1, levels + 1):
