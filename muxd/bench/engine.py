@@ -103,6 +103,7 @@ def run_engine_bench(
     """
     import torch
 
+    from muxd.engine.executor import on_own_thread
     from muxd.models.loader import load_model, parse_dtype
     from muxd.models.tokenizer import load_tokenizer
 
@@ -118,11 +119,11 @@ def run_engine_bench(
 
     with _quiet_transformers():
         say("measuring memory read bandwidth")
-        bandwidth = measure_read_bandwidth(threads=torch.get_num_threads())
+        bandwidth = on_own_thread(measure_read_bandwidth)
         say(f"loading {model_path}")
-        loaded = load_model(model_path, torch_dtype, quantization=quantization or "none")
+        loaded = on_own_thread(lambda: load_model(model_path, torch_dtype, quantization=quantization or "none"))
         tokenizer = load_tokenizer(loaded.path)
-        hf_model = _load_hf(loaded.path, torch_dtype, quantization)
+        hf_model = on_own_thread(lambda: _load_hf(loaded.path, torch_dtype, quantization))
         timed = {}
         for batch in batches:
             prompts = bench_prompts(tokenizer.encode, batch, prompt_len)
@@ -135,7 +136,7 @@ def run_engine_bench(
                 runners, max_tokens, repeats, lambda phase, b=batch: say(f"batch {b}: {phase}")
             )
         say("measuring memory read bandwidth again")  # the machine's figure is the better of the two
-        bandwidth = max(bandwidth, measure_read_bandwidth(threads=torch.get_num_threads()))
+        bandwidth = max(bandwidth, on_own_thread(measure_read_bandwidth))
     return [
         _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth, quantization)
         for batch, best in timed.items()
@@ -275,9 +276,12 @@ def _muxd_runner(loaded, prompts: list[list[int]], max_tokens: int) -> Iterator[
 
 @contextlib.contextmanager
 def _hf_generate_runner(model, prompts: list[list[int]]) -> Iterator[Runner]:
-    """Greedy ``generate`` on one batch (equal-length prompts: left padding is a no-op)."""
+    """Greedy ``generate`` on one batch (equal-length prompts: left padding is a no-op),
+    each run on its own thread (see ``_hf_cb_runner``)."""
     import torch
     from transformers import GenerationConfig
+
+    from muxd.engine.executor import on_own_thread
 
     input_ids = torch.tensor(prompts, dtype=torch.int64)  # [B, T]
     mask = torch.ones_like(input_ids)
@@ -294,13 +298,15 @@ def _hf_generate_runner(model, prompts: list[list[int]]) -> Iterator[Runner]:
         new = out[:, input_ids.shape[1] :].tolist()
         return Timing(sum(map(len, new)), seconds, new)
 
-    yield run
+    yield lambda n: on_own_thread(lambda: run(n))
 
 
 @contextlib.contextmanager
 def _hf_cb_runner(model, prompts: list[list[int]], max_tokens: int) -> Iterator[Runner]:
-    """``generate_batch`` with a persistent manager: the warm-up builds it, the timed runs reuse it."""
+    """``generate_batch``, each run on a manager built and warmed up untimed, on its own thread."""
     from transformers import GenerationConfig
+
+    from muxd.engine.executor import on_own_thread
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     pages_per_seq = -(-(len(prompts[0]) + max_tokens) // PAGE_TOKENS) + 1
@@ -313,14 +319,19 @@ def _hf_cb_runner(model, prompts: list[list[int]], max_tokens: int) -> Iterator[
     gen_config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=None)
 
     def run(n: int) -> Timing:
+        # Build and warm the manager untimed, time a run on it, then stop it:
+        # a manager left running keeps its thread's OpenMP team alive, which
+        # would slow muxd's next run (see muxd.engine.executor.on_own_thread).
+        model.generate_batch(prompts, gen_config, cb_config, persistent_manager=True, max_new_tokens=1)
         t0 = time.perf_counter()
         out = model.generate_batch(prompts, gen_config, cb_config, persistent_manager=True, max_new_tokens=n)
         seconds = time.perf_counter() - t0
+        model.destroy_cached_continuous_batching_manager()
         ids = [list(r.generated_tokens) for r in out.values()]
         return Timing(sum(map(len, ids)), seconds, ids)
 
     try:
-        yield run
+        yield lambda n: on_own_thread(lambda: run(n))
     finally:
         model.destroy_cached_continuous_batching_manager()
 

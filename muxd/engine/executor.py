@@ -14,12 +14,45 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from muxd.core.job import Job, JobKind, JobResult
 
 RunFn = Callable[[Job], JobResult]
+T = TypeVar("T")
+
+
+def on_own_thread(fn: Callable[[], T], threads: int | None = None) -> T:
+    """``fn()`` on a short-lived thread with ``threads`` intra-op threads
+    (default: the caller's count); its result is returned, its exception raised.
+
+    Why: every thread that runs a parallel torch op keeps a team of OpenMP
+    (libgomp) workers for as long as it lives, and once a process holds more
+    such threads than it has cores, libgomp stops spinning between parallel
+    regions: each of a decode step's matmuls then pays a worker wake-up and
+    the second core gains nothing (SmolLM2 bf16 batch 1: 31 ms a step either
+    way; 26 ms with two-thread matmuls when only the executor's threads hold
+    teams). One-off parallel work (loading, a bandwidth probe, another engine
+    in a bench) runs here so that its team dies with the thread.
+    """
+    count = torch.get_num_threads() if threads is None else threads
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        torch.set_num_threads(count)
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="muxd-oneoff")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
 
 
 class Executor:
@@ -95,11 +128,11 @@ class Executor:
         if self._streams is None:
             if job.kind is JobKind.DECODE:
                 # Measured on SmolLM2 (bf16, the serving default): a decode
-                # step is 32 ms on one thread and 48-55 ms on two (bs 16:
-                # 64-70 vs 77-84 ms): it is memory-bound and its many small
-                # ops pay OpenMP's fork/join on every call. fp32 is even at
-                # bs 1 but loses at bs 16 (105 vs 82-88 ms in the engine
-                # bench): revisit with a per-dtype measurement. Prefill gains.
+                # step's many small ops pay OpenMP's fork/join on every call
+                # on a second thread (32 ms a step on one thread, 48-55 ms on
+                # two), while its matmuls, the weights' read, gain from it.
+                # So the step runs on one thread and the runner gives its
+                # matmuls the job's slots (engine/model.py ``linear``).
                 threads = 1
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)

@@ -24,7 +24,7 @@ from muxd.core.sequence import FinishReason, SamplingParams, Sequence
 from muxd.engine.kv_cache import KVCache, KVLayout
 from muxd.engine.runner import ModelRunner
 from muxd.models.loader import LoadedModel
-from muxd.engine.executor import Executor
+from muxd.engine.executor import Executor, on_own_thread
 from muxd.sched import POLICIES, SchedulerConfig
 
 Decode = Callable[[list[int]], str]
@@ -92,7 +92,10 @@ class LLMEngine:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         slots = cores or (torch.get_num_threads() if device.type == "cpu" else CUDA_SHARE_LEVELS)
-        self.kv_cache = KVCache.from_budget(layout, kv_cache_bytes, device)
+        # The driving thread only schedules: parallel work belongs to the
+        # executor's threads, so even zeroing the pool runs off it (see
+        # ``on_own_thread``); callers load models the same way.
+        self.kv_cache = on_own_thread(lambda: KVCache.from_budget(layout, kv_cache_bytes, device))
         self.pool = PagePool(self.kv_cache.usable_pages)
         self.kv = KVManager(self.pool, page_tokens)
         config = replace(scheduler_config or SchedulerConfig(), compute_slots=slots, rates=dict(rates or {}))
@@ -254,6 +257,6 @@ def load_engine(
     from muxd.models.loader import load_model
     from muxd.models.tokenizer import load_tokenizer
 
-    models = {name: load_model(path, dtype, device) for name, path in paths.items()}
+    models = on_own_thread(lambda: {name: load_model(path, dtype, device) for name, path in paths.items()})
     decoders = {name: load_tokenizer(m.path).decode for name, m in models.items()}
     return LLMEngine(models, decoders=decoders, **engine_kwargs)

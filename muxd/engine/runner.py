@@ -12,7 +12,7 @@ import weakref
 
 import torch
 
-from muxd.core.job import Job, JobResult
+from muxd.core.job import Job, JobKind, JobResult
 from muxd.core.sequence import Sequence
 from muxd.engine.attention import AttentionMetadata
 from muxd.engine.kv_cache import KVCache
@@ -40,7 +40,10 @@ class ModelRunner:
     def run(self, job: Job) -> JobResult:
         t0 = time.perf_counter()
         token_ids, meta, sample_rows = self._prepare(job)
-        logits = self.loaded.model(token_ids, meta, self.kv, sample_rows)
+        # A CPU decode job runs on one intra-op thread (see engine/executor.py)
+        # but its matmuls use every slot the job holds.
+        matmul_threads = job.slots if job.kind is JobKind.DECODE and self.device.type == "cpu" else 0
+        logits = self.loaded.model(token_ids, meta, self.kv, sample_rows, matmul_threads)
         sampled = [c.seq for c in job.chunks if c.samples]
         result = JobResult(job)
         if sampled:

@@ -11,8 +11,8 @@ Every tick, with the compute slots left free by running jobs:
    pages a model holds).
 Unlike the reference, which splits a GPU into ten fixed 10 % slices, a job's
 share follows the work: when fewer jobs are ready than slots are free, the
-spare slots go to the prefill (compute-bound); a decode job always takes one
-slot, since a second core only slows it on the CPUs measured.
+spare slots go to the prefill (compute-bound) or, with no prefill ready, to
+the first decode (on a CPU its matmuls use them; engine/model.py ``linear``).
 """
 
 from __future__ import annotations
@@ -64,9 +64,11 @@ class ADBSScheduler(Scheduler):
             if free == 0:
                 break
             chunks = self.build_decode(model)
-            if chunks:  # one slot: decode is memory-bound (see engine/executor.py)
-                jobs.append(self.launch(JobKind.DECODE, model, chunks, 1))
-                free -= 1
+            if chunks:
+                slots = 1 + spare
+                spare = 0
+                jobs.append(self.launch(JobKind.DECODE, model, chunks, slots))
+                free -= slots
         if not jobs and not self.in_flight:
             # Quotas are soft: an idle unit never keeps a request waiting on one.
             head = self.oldest_waiting()

@@ -102,12 +102,23 @@ def test_prefills_stop_at_a_full_decode_batch_and_decodes_proceed():
     assert nxt.kind is JobKind.DECODE  # the waiting two do not hold back decode
 
 
-def test_a_lone_decode_takes_one_slot_and_leaves_the_other_free():
+def test_a_lone_decode_gets_the_spare_slots_then_shares_them_with_a_new_prefill():
     h = adbs()
     h.add("a1", "a", 4, max_tokens=10)
     h.step()
     (job,) = h.launch()
-    assert job.kind is JobKind.DECODE and job.slots == 1
+    assert job.kind is JobKind.DECODE and job.slots == 2  # its matmuls use both cores
     h.add("b1", "b", 4)
-    (prefill,) = h.launch()  # the free slot serves the new prefill at once
-    assert (prefill.model, prefill.kind) == ("b", JobKind.PREFILL)
+    assert h.launch() == []  # no slot is free until the decode step ends
+    h.finish(job)
+    jobs = h.launch()  # prefill first, then the decode on what is left
+    assert [(j.model, j.kind, j.slots) for j in jobs] == [("b", JobKind.PREFILL, 1), ("a", JobKind.DECODE, 1)]
+
+
+def test_two_lone_decodes_share_the_slots():
+    h = adbs()
+    h.add("a1", "a", 4, max_tokens=10)
+    h.add("b1", "b", 4, max_tokens=10)
+    h.step()
+    jobs = h.launch()
+    assert sorted((j.model, j.kind, j.slots) for j in jobs) == [("a", JobKind.DECODE, 1), ("b", JobKind.DECODE, 1)]
