@@ -87,6 +87,9 @@ class ModelStats:
     pages_quota: int
     prompt_tokens: int
     generated_tokens: int
+    pages_cached: int = 0  # idle prefix-cache pages (evictable), not counted in pages_held
+    prefix_hit_tokens: int = 0  # prompt tokens reused from the prefix cache
+    prefix_query_tokens: int = 0  # prompt tokens looked up in it
 
 
 @dataclass
@@ -94,8 +97,9 @@ class StatsSnapshot:
     unit: str
     time: float
     kv_pages_total: int
-    kv_pages_free: int
+    kv_pages_free: int  # free plus cached: cached prefix blocks are evicted on demand
     models: dict[str, ModelStats] = field(default_factory=dict)
     busy_s: float = 0.0
     steps: int = 0
     preemptions: int = 0
+    kv_pages_cached: int = 0

@@ -142,7 +142,8 @@ def _run(engine, run: Run, prompts: list[str], console) -> None:
                 run.tokens[key] = len(out.output_ids)
                 if out.finished:
                     run.finish[key] = out.finish_reason or ""
-            run.peak_pages = max(run.peak_pages, engine.pool.total - engine.pool.num_free)
+            used = engine.pool.total - engine.pool.num_free - engine.pool.num_cached  # cached: evictable
+            run.peak_pages = max(run.peak_pages, used)
             for name in engine.runners:
                 run.peak_held[name] = max(run.peak_held.get(name, 0), engine.pool.held(name))
             if console.is_terminal:

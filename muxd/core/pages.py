@@ -4,6 +4,12 @@ A *page* holds K and V of ``page_tokens`` tokens of one KV head of one layer.
 Every model of a unit draws its pages from one free list, so memory that one
 model frees is usable by any other at once. This module only counts pages;
 ``engine/kv_cache.py`` owns the tensors they index.
+
+A page is in one of three states: *free* (on the free list), *held* (a live
+sequence needs it) or *cached* (it keeps a computed prefix block that no live
+sequence uses, for a later request to reuse; ``core/kv_manager.py`` evicts it
+when the free list runs short). Quotas compare ``held`` only: cached pages are
+memory nobody needs right now, so they never count against a model.
 """
 
 from __future__ import annotations
@@ -13,18 +19,20 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ModelPages:
-    """One model's share of the pool: pages it holds and its soft quota."""
+    """One model's share of the pool: pages it holds, pages it keeps cached, its soft quota."""
 
     held: int = 0
     quota: int = 0
+    cached: int = 0
 
 
 @dataclass
 class PagePool:
     """A free list of ``total`` page ids shared by all models of a unit.
 
-    Invariant: every page id in ``range(total)`` is either on the free list
-    or held by exactly one model, so ``num_free + sum(held) == total``.
+    Invariant: every page id in ``range(total)`` is either on the free list,
+    held by exactly one model or cached by exactly one model, so
+    ``num_free + sum(held) + sum(cached) == total``.
     Quotas are *soft*: ``allocate`` refuses a model that would pass its quota
     only when ``enforce_quota`` is asked for (the scheduler decides; the
     quota rule of ADBS moves quotas between models).
@@ -54,6 +62,10 @@ class PagePool:
     def held(self, model: str) -> int:
         return self._models[model].held
 
+    def cached(self, model: str) -> int:
+        """Pages ``model`` keeps for prefix reuse that no live sequence needs."""
+        return self._models[model].cached
+
     def quota(self, model: str) -> int:
         return self._models[model].quota
 
@@ -66,6 +78,10 @@ class PagePool:
     @property
     def num_free(self) -> int:
         return len(self._free)
+
+    @property
+    def num_cached(self) -> int:
+        return sum(m.cached for m in self._models.values())
 
     def can_allocate(self, model: str, n: int, *, enforce_quota: bool = False) -> bool:
         if n > len(self._free):
@@ -91,12 +107,39 @@ class PagePool:
         account.held -= len(pages)
         self._free.extend(pages)
 
+    # -- cached pages (the pool only counts them; KVManager knows which) ----
+    def cache(self, model: str, n: int) -> None:
+        """``n`` held pages of ``model`` are no longer needed but kept for reuse."""
+        account = self._models[model]
+        if not 0 <= n <= account.held:
+            raise ValueError(f"model {model!r} caches {n} pages but holds {account.held}")
+        account.held -= n
+        account.cached += n
+
+    def reuse(self, model: str, n: int) -> None:
+        """``n`` cached pages of ``model`` are needed by a live sequence again."""
+        account = self._models[model]
+        if not 0 <= n <= account.cached:
+            raise ValueError(f"model {model!r} reuses {n} pages but caches {account.cached}")
+        account.cached -= n
+        account.held += n
+
+    def evict(self, model: str, pages: list[int]) -> None:
+        """Return cached ``pages`` of ``model`` to the shared free list."""
+        account = self._models[model]
+        if len(pages) > account.cached:
+            raise ValueError(f"model {model!r} evicts {len(pages)} pages but caches {account.cached}")
+        account.cached -= len(pages)
+        self._free.extend(pages)
+
     def check_integrity(self) -> None:
         """Raise AssertionError when the pool's invariant is broken (tests call it)."""
         free = set(self._free)
         assert len(free) == len(self._free), "a page is on the free list twice"
         assert all(0 <= p < self.total for p in free), "a free page id is out of range"
         held = sum(m.held for m in self._models.values())
-        assert held + len(free) == self.total, (
-            f"pages lost or duplicated: {held} held + {len(free)} free != {self.total}"
+        cached = self.num_cached
+        assert all(m.held >= 0 and m.cached >= 0 for m in self._models.values()), "a negative page count"
+        assert held + cached + len(free) == self.total, (
+            f"pages lost or duplicated: {held} held + {cached} cached + {len(free)} free != {self.total}"
         )

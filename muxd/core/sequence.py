@@ -4,7 +4,7 @@ A sequence is ``prompt_ids + output_ids``; ``num_computed`` of its leading
 tokens have K/V in the pool, held in ``pages`` (block after block, each block
 ``layers x kv_heads`` pages for ``page_tokens`` tokens). Preemption drops the
 pages and sets ``num_computed`` back to 0: the tokens stay, and the next
-prefill recomputes them.
+prefill recomputes them (or reuses blocks still in the prefix cache).
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ class Sequence:
     num_computed: int = 0
     pages: list[int] = field(default_factory=list)
     num_preemptions: int = 0
+    # Prefix caching (core/kv_manager.py): the chain hash of each leading full,
+    # computed block the cache has seen, and which of those blocks are shared
+    # cache entries (refcounted) rather than pages of this sequence alone.
+    block_hashes: list[int] = field(default_factory=list)
+    shared_blocks: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:

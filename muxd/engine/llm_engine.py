@@ -66,7 +66,11 @@ class EngineStats:
 
 
 class LLMEngine:
-    """Serve ``runners`` (name -> model) from one pool of ``num_pages`` pages."""
+    """Serve ``runners`` (name -> model) from one pool of ``num_pages`` pages.
+
+    ``prefix_caching`` (default on) lets a request start from cached blocks
+    of an earlier request's identical prefix (``core/kv_manager.py``).
+    """
 
     def __init__(
         self,
@@ -81,6 +85,7 @@ class LLMEngine:
         decoders: dict[str, Decode] | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
+        prefix_caching: bool = True,
     ) -> None:
         if not models:
             raise ValueError("an engine needs at least one model")
@@ -97,7 +102,9 @@ class LLMEngine:
         # ``on_own_thread``); callers load models the same way.
         self.kv_cache = on_own_thread(lambda: KVCache.from_budget(layout, kv_cache_bytes, device))
         self.pool = PagePool(self.kv_cache.usable_pages)
-        self.kv = KVManager(self.pool, page_tokens)
+        # Prefix caching reuses computed blocks of shared prompt prefixes
+        # (chat templates, earlier turns); off, every prompt is recomputed.
+        self.kv = KVManager(self.pool, page_tokens, prefix_caching=prefix_caching)
         config = replace(scheduler_config or SchedulerConfig(), compute_slots=slots, rates=dict(rates or {}))
         self.scheduler = POLICIES[policy](self.kv, config)
         self.executor = Executor(slots, device)
@@ -191,11 +198,23 @@ class LLMEngine:
                 pages_quota=pool.quota(name),
                 prompt_tokens=self.stats.prompt_tokens[name],
                 generated_tokens=self.stats.generated_tokens[name],
+                pages_cached=pool.cached(name),
+                prefix_hit_tokens=self.kv.hit_tokens[name],
+                prefix_query_tokens=self.kv.query_tokens[name],
             )
             for name in self.runners
         }
+        # Cached pages count as free: they are evicted as soon as new work needs them.
         return ipc.StatsSnapshot(
-            unit, self.clock(), pool.total, pool.num_free, models, self.stats.busy_s, self.stats.steps, sched.num_preemptions
+            unit,
+            self.clock(),
+            pool.total,
+            pool.num_free + pool.num_cached,
+            models,
+            self.stats.busy_s,
+            self.stats.steps,
+            sched.num_preemptions,
+            kv_pages_cached=pool.num_cached,
         )
 
     def run_until_done(self) -> list[RequestOutput]:

@@ -132,6 +132,7 @@ class Scheduler(ABC):
                 self.kv.free(seq)  # finished while the job ran
                 continue
             seq.num_computed = chunk.end
+            self.kv.commit(seq)  # its newly computed full blocks become reusable prefixes
             if chunk.samples:
                 seq.append_token(result.tokens[seq.seq_id], result.logprobs.get(seq.seq_id, 0.0))
                 if seq.status is SequenceStatus.WAITING:
@@ -224,7 +225,9 @@ class Scheduler(ABC):
         """Chunks of ``model``'s waiting sequences, oldest first, within the token budget.
 
         The first sequence may preempt younger ones for pages; later ones
-        only take free pages.
+        only take free pages. A new sequence first takes the longest run of
+        cached blocks of its tokens (``kv.match_prefix``), so its chunk starts
+        after them; one that cannot be placed gives them back.
         """
         chunks: list[Chunk] = []
         budget = self.config.max_prefill_tokens
@@ -232,10 +235,13 @@ class Scheduler(ABC):
         for seq in sorted((s for s in self.waiting[model] if not self.is_busy(s)), key=self.age):
             if budget <= 0 or len(chunks) >= self.config.max_batch_seqs:
                 break
+            reused: int | None = None  # tokens taken from the prefix cache, when looked up
             if seq.num_computed == 0:  # a new sequence takes a seat; a partly prefilled one has one
                 if seats == 0:
                     continue
                 seats -= 1
+                if not seq.pages:
+                    reused = self.kv.match_prefix(seq)
             chunk = self.prefill_chunk(seq, budget)
             if chunks:
                 ok = not enforce_quota or self.kv.pool.held(model) + self.kv.pages_needed(seq, chunk.end) <= (
@@ -245,6 +251,8 @@ class Scheduler(ABC):
             else:
                 ok = self.reserve(seq, chunk.end, set(), may_preempt_self=False, enforce_quota=enforce_quota)
             if not ok:
+                if reused is not None:  # it waits as it came; the blocks it matched stay cached
+                    self.kv.unmatch(seq, reused)
                 break
             chunks.append(chunk)
             budget -= chunk.num_tokens

@@ -6,6 +6,8 @@ from muxd.core.sequence import SamplingParams
 from muxd.engine.llm_engine import LLMEngine
 from muxd.models.loader import load_model
 
+from .conftest import assert_pool_whole
+
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral"]
 PROMPTS = [[5, 17, 99, 3], [7, 8], list(range(30, 55)), [11, 12, 13, 14, 15, 16]]
 PARAMS = SamplingParams(max_tokens=10, ignore_eos=True)
@@ -31,7 +33,7 @@ def test_greedy_output_equals_serving_each_model_alone(models, policy):
     final = {o.request_id: o.output_ids for o in engine.run_until_done()}
     for f in FAMILIES:
         assert [final[ids[(f, i)]] for i in range(len(PROMPTS))] == solo(models[f], f), f
-    assert engine.pool.num_free == engine.pool.total
+    assert_pool_whole(engine)
 
 
 def test_adbs_runs_jobs_of_different_models_at_the_same_time(models):

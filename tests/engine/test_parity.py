@@ -6,7 +6,7 @@ from muxd.core.sequence import SamplingParams
 from muxd.engine.llm_engine import LLMEngine
 from muxd.models.loader import load_model
 
-from .conftest import hf_greedy
+from .conftest import assert_pool_whole, hf_greedy
 
 PROMPTS = [[5, 17, 99, 3, 42, 8], [7], list(range(30, 70)), [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]]
 NEW_TOKENS = 12
@@ -27,7 +27,7 @@ def test_greedy_tokens_match_transformers_while_another_model_shares_the_pool(fa
         outputs.update({o.request_id: o for o in engine.step() if o.finished})
     for i, prompt in enumerate(PROMPTS):
         assert outputs[ids[i]].output_ids == hf_greedy(tiny_model_dirs[family], prompt, NEW_TOKENS), f"prompt {i}"
-    assert engine.pool.num_free == engine.pool.total
+    assert_pool_whole(engine)
 
 
 def test_models_of_different_dtypes_reuse_each_others_pages(tiny_model_dirs):
@@ -46,4 +46,4 @@ def test_models_of_different_dtypes_reuse_each_others_pages(tiny_model_dirs):
     for _ in range(2):  # each model in turn takes pages the others just freed
         for name in models:
             assert shared.generate(name, [PROMPTS[2]], GREEDY)[0].output_ids == alone(name), name
-    assert shared.pool.num_free == shared.pool.total
+    assert_pool_whole(shared)

@@ -4,6 +4,8 @@ from muxd.core.sequence import SamplingParams
 from muxd.engine.llm_engine import LLMEngine
 from muxd.models.loader import load_model
 
+from .conftest import assert_pool_whole
+
 PROMPTS = [list(range(3, 3 + n)) for n in (5, 9, 14, 3, 11, 7)]
 PARAMS = SamplingParams(max_tokens=20, ignore_eos=True)
 
@@ -14,8 +16,7 @@ def run(models, kv_cache_bytes):
     outputs = {}
     while engine.has_unfinished:
         outputs.update({o.request_id: o for o in engine.step() if o.finished})
-    engine.pool.check_integrity()
-    assert engine.pool.num_free == engine.pool.total
+    assert_pool_whole(engine)
     return [outputs[i].output_ids for _, i in ids], engine.scheduler.num_preemptions, engine.pool.total
 
 

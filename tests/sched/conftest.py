@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from muxd.core.job import Job, JobResult
@@ -28,31 +30,61 @@ def run_job(job: Job) -> JobResult:
 
 class Harness:
     def __init__(
-        self, pages: int, page_tokens: int = 4, models: dict[str, int] | None = None, policy: str = "temporal", **cfg
+        self,
+        pages: int,
+        page_tokens: int = 4,
+        models: dict[str, int] | None = None,
+        policy: str = "temporal",
+        prefix_caching: bool = True,
+        **cfg,
     ):
         self.pool = PagePool(pages)
-        self.kv = KVManager(self.pool, page_tokens)
+        self.kv = KVManager(self.pool, page_tokens, prefix_caching=prefix_caching)
         self.sched = POLICIES[policy](self.kv, SchedulerConfig(**cfg))
         for name, pages_per_block in (models or {"a": 2, "b": 3}).items():
             self.kv.add_model(name, pages_per_block)
             self.sched.add_model(name)
         self.now = 0.0
         self.jobs: list[Job] = []
+        self.seqs: list[Sequence] = []
 
-    def add(self, seq_id: str, model: str, prompt_len: int, max_tokens: int = 4, **params) -> Sequence:
+    def add(
+        self, seq_id: str, model: str, prompt_len: int, max_tokens: int = 4, prompt: list[int] | None = None, **params
+    ) -> Sequence:
+        """Queue a request; prompts are ``1..prompt_len`` unless given, so they share prefixes."""
         self.now += 1.0
         seq = Sequence(
-            seq_id, model, list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens, **params),
+            seq_id, model, prompt or list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens, **params),
             arrival=self.now, eos_token_ids=(EOS,),
         )
         self.sched.add(seq)
+        self.seqs.append(seq)
         return seq
 
     def launch(self) -> list[Job]:
         """Jobs the policy starts now; they stay in flight until ``finish``."""
         jobs = self.sched.schedule(self.now)
+        P = self.kv.page_tokens
+        for c in (c for job in jobs for c in job.chunks):
+            # The runner writes (and first zeroes) blocks from ceil(start / P) on:
+            # a shared block must lie entirely below every chunk of its users.
+            assert all((i + 1) * P <= c.start for i in c.seq.shared_blocks), "a job would write a shared block"
         self.jobs.extend(jobs)
         return jobs
+
+    def check_prefix_cache(self) -> None:
+        """Each cached block counts exactly the sequences that share it, and the
+        pool holds each model's private pages plus its in-use blocks once."""
+        users = Counter((s.model, s.block_hashes[i]) for s in self.seqs for i in s.shared_blocks)
+        for model, blocks in self.kv._blocks.items():
+            for h, block in blocks.items():
+                assert block.refs == users[(model, h)]
+            ppb = self.kv.pages_per_block[model]
+            private = sum(len(s.pages) - ppb * len(s.shared_blocks) for s in self.seqs if s.model == model)
+            in_use = sum(len(b.pages) for b in blocks.values() if b.refs)
+            idle = sum(len(b.pages) for b in blocks.values() if not b.refs)
+            assert self.pool.held(model) == private + in_use
+            assert self.pool.cached(model) == idle
 
     def finish(self, job: Job) -> None:
         self.sched.complete(run_job(job))
@@ -72,6 +104,14 @@ class Harness:
             self.now += 0.01
             self.step()
         raise AssertionError("the scheduler did not finish its work")
+
+    def assert_pool_whole(self) -> None:
+        """Nothing is held; every page is free or cached, and free once the cache is dropped."""
+        self.pool.check_integrity()
+        assert all(self.pool.held(m) == 0 for m in self.pool.models)
+        assert self.pool.num_free + self.pool.num_cached == self.pool.total
+        self.kv.clear_cache()
+        assert self.pool.num_free == self.pool.total
 
 
 @pytest.fixture
