@@ -95,11 +95,15 @@ def ensure_bench_model(name: str, family: str, shape: dict[str, int], say: Progr
     return build_once(target, build)
 
 
-def make_engine(models: dict[str, Any], policy: str, rates: dict[str, float], kv_cache_bytes: int):
+def make_engine(
+    models: dict[str, Any], policy: str, rates: dict[str, float], kv_cache_bytes: int, prefix_caching: bool = True
+):
     """An in-process unit serving ``models`` under ``policy``, told each model's expected rate."""
     from muxd.engine.llm_engine import LLMEngine
 
-    return LLMEngine(models, kv_cache_bytes=kv_cache_bytes, policy=policy, rates=rates)
+    return LLMEngine(
+        models, kv_cache_bytes=kv_cache_bytes, policy=policy, rates=rates, prefix_caching=prefix_caching
+    )
 
 
 # -- solo latency ----------------------------------------------------------------
@@ -114,7 +118,9 @@ def measure_solo(
     """Fit ``ttft(p) = a + b·p`` and ``tpot = c`` from ``loaded`` alone in an engine (best of ``repeats``)."""
     from muxd.core.sequence import SamplingParams
 
-    engine = make_engine({"solo": loaded}, SOLO_POLICY, {"solo": 1.0}, kv_cache_bytes)
+    # No prefix cache: each repeat sends the same prompt, and a request's SLO
+    # must come from computing its whole prompt.
+    engine = make_engine({"solo": loaded}, SOLO_POLICY, {"solo": 1.0}, kv_cache_bytes, prefix_caching=False)
     vocab = loaded.spec.vocab_size
     sizes = [min(p, loaded.spec.max_position - decode_tokens - 2) for p in prompt_sizes]
 
