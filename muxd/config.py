@@ -13,7 +13,8 @@ The TOML file (``$XDG_CONFIG_HOME/muxd/muxd.toml``)::
     log_level = "info"
     warm_spare = true                          # a standby unit process per unit, for fast restarts
     policy = "adbs"                            # unit defaults: policy, device, kv_cache_mb,
-    kv_cache_mb = 256                          # page_tokens, max_batch_seqs, max_prefill_tokens, threads
+    kv_cache_mb = 256                          # page_tokens, max_batch_seqs, max_prefill_tokens, threads,
+    prefix_caching = true                      # prefix_caching (reuse the KV of shared prompt prefixes)
 
     [limits]
     queue_per_model = 256                      # admitted, unfinished requests per model; then 429
@@ -92,6 +93,7 @@ class UnitConfig:
     max_batch_seqs: int = 64
     max_prefill_tokens: int = 512
     threads: int | None = None  # intra-op threads of the unit process (None: torch's default)
+    prefix_caching: bool = True  # reuse computed KV blocks of shared prompt prefixes (core/kv_manager.py)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -104,6 +106,8 @@ class UnitConfig:
             raise ValueError(f"unit {self.name!r}: policy {self.policy!r} is not one of {', '.join(POLICIES)}")
         if self.page_tokens < 1 or self.kv_cache_bytes < 1:
             raise ValueError(f"unit {self.name!r}: page_tokens and kv_cache_bytes must be positive")
+        if not isinstance(self.prefix_caching, bool):
+            raise ValueError(f"unit {self.name!r}: prefix_caching must be true or false, got {self.prefix_caching!r}")
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,9 @@ class Flags:
 
 # Keys of the TOML file: top level, unit defaults (also allowed in [[units]]), models, limits.
 _TOP_KEYS = {"socket", "tcp", "allow_uids", "log_level", "placement", "warm_spare", "limits", "models", "units"}
-_UNIT_KEYS = {"policy", "device", "kv_cache_mb", "page_tokens", "max_batch_seqs", "max_prefill_tokens", "threads"}
+_UNIT_KEYS = {
+    "policy", "device", "kv_cache_mb", "page_tokens", "max_batch_seqs", "max_prefill_tokens", "threads", "prefix_caching",
+}
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)}
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 # Environment variables: name -> (settings key, parser).

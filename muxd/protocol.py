@@ -358,6 +358,9 @@ class ModelStats(_Response):
     tokens_per_s: float
     pages_held: int | None = None
     pages_quota: int | None = None
+    pages_cached: int | None = None  # idle prefix-cache blocks' pages, evictable
+    prefix_hit_tokens: int | None = None  # prompt tokens served from the prefix cache
+    prefix_query_tokens: int | None = None  # prompt tokens looked up in it
     ttft_ms: Percentiles
     tpot_ms: Percentiles
     slo_attainment: float | None = None

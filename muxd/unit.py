@@ -43,6 +43,7 @@ def build_engine(config: UnitConfig) -> LLMEngine:
         cores=config.threads,
         rates={m.name: m.rate for m in config.models},
         scheduler_config=SchedulerConfig(config.max_batch_seqs, config.max_prefill_tokens),
+        prefix_caching=config.prefix_caching,
         seed=config.seed,
     )
 

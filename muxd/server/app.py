@@ -154,6 +154,9 @@ class MuxdRoutes:
                 "prompt_tokens": t.prompt_tokens, "generated_tokens": t.generated_tokens,
                 "tokens_per_s": round(d.telemetry.tokens_per_s(name), 3),
                 "pages_held": ms.pages_held if ms else None, "pages_quota": ms.pages_quota if ms else None,
+                "pages_cached": ms.pages_cached if ms else None,
+                "prefix_hit_tokens": ms.prefix_hit_tokens if ms else None,
+                "prefix_query_tokens": ms.prefix_query_tokens if ms else None,
                 **d.telemetry.latency_ms(name),
                 "slo_attainment": d.telemetry.slo_attainment(name),
             }  # fmt: skip

@@ -126,6 +126,10 @@ def prometheus(stats: dict, health: dict) -> str:
         ("tokens_per_second", "gauge", "Tokens generated per second over the last 10 s.", "tokens_per_s"),
         ("kv_pages_held", "gauge", "KV-cache pages the model's sequences hold.", "pages_held"),
         ("kv_pages_quota", "gauge", "The model's KV-cache page quota.", "pages_quota"),
+        ("kv_pages_cached", "gauge", "Evictable KV pages of prefix blocks no request uses.", "pages_cached"),
+        ("prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", "prefix_hit_tokens"),
+        ("prefix_cache_query_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.",
+         "prefix_query_tokens"),
         ("slo_attainment", "gauge", "Fraction of recent requests within the model's SLO targets.", "slo_attainment"),
     ]
     for name, kind, help_text, key in per_model:

@@ -95,3 +95,14 @@ async def test_async_client_covers_the_same_endpoints(tiny_daemon):
         assert "paths" in await c.openapi()
         with pytest.raises(NotFoundError):
             await c.complete("nope", "x")
+
+
+def test_stats_report_prompt_tokens_served_from_the_prefix_cache(client):
+    before = client.stats().models["tiny-llama"]
+    prompt = list(range(5, 45))  # 40 tokens: two full 16-token blocks, then a partial one
+    first = client.complete("tiny-llama", prompt, max_tokens=2, temperature=0, ignore_eos=True)
+    again = client.complete("tiny-llama", prompt, max_tokens=2, temperature=0, ignore_eos=True)
+    after = client.stats().models["tiny-llama"]
+    assert again.text == first.text
+    assert after.prefix_query_tokens - before.prefix_query_tokens >= 2 * len(prompt)
+    assert after.prefix_hit_tokens - before.prefix_hit_tokens >= 32  # the second request reused both blocks
