@@ -11,8 +11,10 @@ Every tick, with the compute slots left free by running jobs:
    pages a model holds).
 Unlike the reference, which splits a GPU into ten fixed 10 % slices, a job's
 share follows the work: when fewer jobs are ready than slots are free, the
-spare slots go to the prefill (compute-bound) or, with no prefill ready, to
-the first decode (on a CPU its matmuls use them; engine/model.py ``linear``).
+spare slots go to the prefill (compute-bound) or, when a model is the only
+one with requests, to its decode (on a CPU its matmuls use them;
+engine/model.py ``linear``). With other models active a decode keeps one
+slot, so that their jobs never wait a whole decode step for compute.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class ADBSScheduler(Scheduler):
                 break
             chunks = self.build_decode(model)
             if chunks:
-                slots = 1 + spare
+                slots = 1 + spare if self._alone(model) else 1
                 spare = 0
                 jobs.append(self.launch(JobKind.DECODE, model, chunks, slots))
                 free -= slots
@@ -87,6 +89,10 @@ class ADBSScheduler(Scheduler):
         if not idle or not (self.open_seats(model) or any(s.num_computed for s in idle)):
             return False
         return not self._blocked_by_quota(model)
+
+    def _alone(self, model: str) -> bool:
+        """No other model has a request waiting or running."""
+        return not any(self.waiting[m] or self.running[m] for m in self.models if m != model)
 
     def _rotation(self) -> list[str]:
         models = self.models

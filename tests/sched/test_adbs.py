@@ -115,6 +115,21 @@ def test_a_lone_decode_gets_the_spare_slots_then_shares_them_with_a_new_prefill(
     assert [(j.model, j.kind, j.slots) for j in jobs] == [("b", JobKind.PREFILL, 1), ("a", JobKind.DECODE, 1)]
 
 
+def test_a_decode_keeps_one_slot_while_another_model_has_requests():
+    h = adbs()
+    h.sched.adapt_interval_s = float("inf")  # quotas stay as set here
+    h.add("a1", "a", 4, max_tokens=10)
+    h.step()  # a1 prefilled
+    h.add("b1", "b", 4)
+    h.pool.set_quota("b", 0)  # b has a request, but its prefill cannot start
+    (job,) = h.launch()
+    assert (job.model, job.kind, job.slots) == ("a", JobKind.DECODE, 1)  # the other slot stays free
+    h.finish(job)
+    h.sched.abort("b1")  # a alone again: its decode may take both slots
+    (job,) = h.launch()
+    assert (job.model, job.slots) == ("a", 2)
+
+
 def test_two_lone_decodes_share_the_slots():
     h = adbs()
     h.add("a1", "a", 4, max_tokens=10)
