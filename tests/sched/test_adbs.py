@@ -1,6 +1,7 @@
 from muxd.core.job import JobKind
+from muxd.core.sequence import SamplingParams, Sequence
 
-from .conftest import Harness
+from .conftest import Harness, run_job
 
 
 def adbs(**kw):
@@ -137,3 +138,31 @@ def test_two_lone_decodes_share_the_slots():
     h.step()
     jobs = h.launch()
     assert sorted((j.model, j.kind, j.slots) for j in jobs) == [("a", JobKind.DECODE, 1), ("b", JobKind.DECODE, 1)]
+
+
+def test_decode_with_the_highest_response_ratio_goes_first():
+    """A model with short decode steps that has waited several of them goes
+    before one with long steps that has waited less than one of its own."""
+    h = adbs(compute_slots=1)
+    step_s = {"a": 0.05, "b": 0.005, "c": 0.01}
+
+    def finish(job):
+        result = run_job(job)
+        result.duration_s = step_s[job.model] if job.kind is JobKind.DECODE else 0.02
+        h.now += result.duration_s
+        h.sched.complete(result)
+
+    h.add("a1", "a", 4, max_tokens=50)
+    h.add("b1", "b", 4, max_tokens=50)
+    for _ in range(4):  # two prefills, then one decode of each: the step times are measured
+        (job,) = h.launch()
+        finish(job)
+    h.sched.add(Sequence("c1", "c", [1, 2, 3, 4], SamplingParams(max_tokens=50), arrival=h.now))  # arrives now
+    (prefill,) = h.launch()  # prefill first; a's and b's decodes are ready and wait
+    assert prefill.kind is JobKind.PREFILL
+    finish(prefill)  # 20 ms: four of b's steps, under half of one of a's
+    (job,) = h.launch()
+    assert job.model == "b"
+    finish(job)
+    (job,) = h.launch()  # a has now waited half its step; b and c have just become ready
+    assert job.model == "a"
