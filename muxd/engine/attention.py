@@ -10,7 +10,7 @@ page_tokens``, masking what lies past a sequence's context.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,18 @@ class AttentionMetadata:
     masks: dict[int | None, torch.Tensor]  # sliding window -> additive fp32 [B, 1, 1, Tq, S]
     pad_index: torch.Tensor | None  # [N] row of each token in [B * Tq]; None when no padding
     positions: torch.Tensor  # [N] position of each new token in its sequence
+    _decode_masks: dict[tuple[int | None, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def decode_mask(self, window: int | None, kv_heads: int) -> torch.Tensor:
+        """A decode job's mask as ``[B * kv_heads or 1, 1, S]`` for ``baddbmm``:
+        built once per job and window, then shared by every layer."""
+        mask = self._decode_masks.get((window, kv_heads))
+        if mask is None:
+            B = self.num_seqs
+            mask = self.masks[window].view(B, 1, 1, -1)
+            mask = mask.view(1, 1, -1) if B == 1 else mask.expand(B, kv_heads, 1, -1).reshape(B * kv_heads, 1, -1)
+            self._decode_masks[(window, kv_heads)] = mask
+        return mask
 
     @classmethod
     def build(
@@ -107,6 +119,13 @@ def paged_attention(
     pages = tables.reshape(-1)
     k = k_cache.index_select(0, pages).view(B, Hkv, -1, D).float()  # [B, Hkv, S, D]
     v = v_cache.index_select(0, pages).view(B, Hkv, -1, D).float()
+    if Tq == 1:
+        # Decode: one query per sequence. 3-D batched matmuls over (sequence,
+        # kv head) with the scale and the mask folded into ``baddbmm``: half
+        # the ops of the general path below, in the step's hottest loop.
+        k, v = k.view(B * Hkv, -1, D), v.view(B * Hkv, -1, D)
+        scores = torch.baddbmm(meta.decode_mask(window, Hkv), q.reshape(B * Hkv, G, D), k.transpose(1, 2), alpha=scale)
+        return torch.bmm(torch.softmax(scores, dim=-1), v).view(B, Hq * D).to(out_dtype)
     if meta.pad_index is not None:
         padded = q.new_zeros(B * Tq, Hq, D)
         padded[meta.pad_index] = q
