@@ -33,7 +33,7 @@ class RMSNorm(nn.Module):
 
 
 def linear(layer: nn.Module, x: torch.Tensor, threads: int) -> torch.Tensor:
-    """``layer(x)`` on ``threads`` intra-op threads (0: the caller's count).
+    """``layer(x)`` on ``threads`` intra-op threads (0: the caller's count, restored after).
 
     A CPU decode step runs its many small ops on one thread (they only pay
     OpenMP's fork/join on a second), but its matmuls are the weights' read
@@ -41,13 +41,14 @@ def linear(layer: nn.Module, x: torch.Tensor, threads: int) -> torch.Tensor:
     linears take 15.5 ms on two threads against 21.3 on one (fp32: 24.6
     against 37.9), and switching the count per call costs nothing measurable.
     """
-    if threads <= 1:
+    previous = torch.get_num_threads()
+    if threads <= 0 or threads == previous:
         return layer(x)
     torch.set_num_threads(threads)
     try:
         return layer(x)
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(previous)
 
 
 class Attention(nn.Module):

@@ -47,3 +47,4 @@ def test_models_of_different_dtypes_reuse_each_others_pages(tiny_model_dirs):
         for name in models:
             assert shared.generate(name, [PROMPTS[2]], GREEDY)[0].output_ids == alone(name), name
     assert_pool_whole(shared)
+
