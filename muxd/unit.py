@@ -26,15 +26,14 @@ STALLED_POLL_S = 0.005
 def build_engine(config: UnitConfig) -> LLMEngine:
     import torch
 
-    from muxd.engine.executor import on_own_thread
     from muxd.models.loader import load_model
     from muxd.sched.base import SchedulerConfig
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    models = on_own_thread(
-        lambda: {m.name: load_model(m.path, m.dtype, config.device, quantization=m.quantization) for m in config.models}
-    )
+    models = {
+        m.name: load_model(m.path, m.dtype, config.device, quantization=m.quantization) for m in config.models
+    }
     return LLMEngine(
         models,
         kv_cache_bytes=config.kv_cache_bytes,

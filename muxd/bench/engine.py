@@ -121,7 +121,7 @@ def run_engine_bench(
         say("measuring memory read bandwidth")
         bandwidth = on_own_thread(measure_read_bandwidth)
         say(f"loading {model_path}")
-        loaded = on_own_thread(lambda: load_model(model_path, torch_dtype, quantization=quantization or "none"))
+        loaded = load_model(model_path, torch_dtype, quantization=quantization or "none")
         tokenizer = load_tokenizer(loaded.path)
         hf_model = on_own_thread(lambda: _load_hf(loaded.path, torch_dtype, quantization))
         timed = {}
@@ -306,9 +306,9 @@ def _hf_generate_runner(model, prompts: list[list[int]]) -> Iterator[Runner]:
 def _hf_cb_runner(model, prompts: list[list[int]], max_tokens: int) -> Iterator[Runner]:
     """``generate_batch``, each run on a manager built and warmed up untimed, on its own thread."""
     from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     from muxd.engine.executor import on_own_thread
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     pages_per_seq = -(-(len(prompts[0]) + max_tokens) // PAGE_TOKENS) + 1
     cb_config = ContinuousBatchingConfig(

@@ -383,7 +383,6 @@ def run_mux_bench(
     the last arrival (default: ``duration_s``); unfinished requests then
     count as SLO misses.
     """
-    from muxd.engine.executor import on_own_thread
     from muxd.models.loader import load_model
     from muxd.sched import POLICIES
 
@@ -399,7 +398,7 @@ def run_mux_bench(
     models = {}
     for name, path in model_paths.items():
         say(f"loading {name}")
-        models[name] = on_own_thread(lambda path=path: load_model(path, dtype))
+        models[name] = load_model(path, dtype)
     solo = {}
     for name, loaded in models.items():
         say(f"measuring {name} served alone")

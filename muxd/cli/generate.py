@@ -92,7 +92,6 @@ def _demo_models(status, err) -> dict[str, str]:
 
 
 def _load(paths: Mapping[str, str | Path], dtype: str, kv_bytes: int, status) -> tuple[Any, dict[str, Any]]:
-    from muxd.engine.executor import on_own_thread
     from muxd.engine.llm_engine import LLMEngine
     from muxd.models.loader import load_model
     from muxd.models.tokenizer import load_tokenizer
@@ -101,7 +100,7 @@ def _load(paths: Mapping[str, str | Path], dtype: str, kv_bytes: int, status) ->
     for name, path in paths.items():
         status.update(f"loading {name} from {path}")
         try:
-            models[name] = on_own_thread(lambda path=path: load_model(path, dtype))
+            models[name] = load_model(path, dtype)
         except MuxdError as e:
             raise ModelLoadError(f"--model {name}: {e.message}") from None
         tokenizers[name] = load_tokenizer(models[name].path)

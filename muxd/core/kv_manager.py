@@ -210,10 +210,6 @@ class KVManager:
             freed += self._evict_lru()
         return freed
 
-    @property
-    def num_cached_pages(self) -> int:
-        return self.pool.num_cached
-
     def num_cached_blocks(self, model: str) -> int:
         """Blocks of ``model`` in the cache, in use or idle."""
         return len(self._blocks[model])

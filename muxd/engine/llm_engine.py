@@ -99,7 +99,7 @@ class LLMEngine:
         slots = cores or (torch.get_num_threads() if device.type == "cpu" else CUDA_SHARE_LEVELS)
         # The driving thread only schedules: parallel work belongs to the
         # executor's threads, so even zeroing the pool runs off it (see
-        # ``on_own_thread``); callers load models the same way.
+        # ``on_own_thread``), as ``load_model`` does.
         self.kv_cache = on_own_thread(lambda: KVCache.from_budget(layout, kv_cache_bytes, device))
         self.pool = PagePool(self.kv_cache.usable_pages)
         # Prefix caching reuses computed blocks of shared prompt prefixes
@@ -276,6 +276,6 @@ def load_engine(
     from muxd.models.loader import load_model
     from muxd.models.tokenizer import load_tokenizer
 
-    models = on_own_thread(lambda: {name: load_model(path, dtype, device) for name, path in paths.items()})
+    models = {name: load_model(path, dtype, device) for name, path in paths.items()}
     decoders = {name: load_tokenizer(m.path).decode for name, m in models.items()}
     return LLMEngine(models, decoders=decoders, **engine_kwargs)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from muxd.engine.executor import on_own_thread
 from muxd.engine.model import Transformer, can_pack, pack_linears, rope_tables
 from muxd.errors import ModelLoadError
 from muxd.models.quantize import quant_state_tensors, quantize_linears, unique_bytes
@@ -108,7 +109,19 @@ def load_model(
 ) -> LoadedModel:
     """Load a checkpoint; ``pack`` pre-packs CPU linears for oneDNN (see ``PackedLinear``);
     ``quantization`` ("int8", "nf4", "fp4") swaps the block linears for bitsandbytes
-    layers (see ``quantize_linears``)."""
+    layers (see ``quantize_linears``).
+
+    The work runs on a short-lived thread with the caller's intra-op thread
+    count (``executor.on_own_thread``): loading is parallel torch work, and
+    the OpenMP team it would leave on the caller's thread slows every
+    two-thread decode matmul of an engine in the same process.
+    """
+    return on_own_thread(lambda: _load_model(name_or_path, dtype, device, pack, quantization))
+
+
+def _load_model(
+    name_or_path: str | os.PathLike, dtype: str | torch.dtype, device: str, pack: bool, quantization: str
+) -> LoadedModel:
     path = resolve_model_path(name_or_path)
     hf_config = load_hf_config(path)
     try:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import torch
 
+from tests import pool_checks
 
 
 def hf_greedy(path, prompt: list[int], n: int) -> list[int]:
@@ -16,9 +17,5 @@ def hf_greedy(path, prompt: list[int], n: int) -> list[int]:
 
 
 def assert_pool_whole(engine) -> None:
-    """Nothing is held once every request ended; dropping the prefix cache frees every page."""
-    engine.pool.check_integrity()
-    assert all(engine.pool.held(m) == 0 for m in engine.pool.models)
-    assert engine.pool.num_free + engine.pool.num_cached == engine.pool.total
-    engine.kv.clear_cache()
-    assert engine.pool.num_free == engine.pool.total
+    """See ``tests.pool_checks.assert_pool_whole``: the engine's pool after every request ended."""
+    pool_checks.assert_pool_whole(engine.kv)

@@ -11,6 +11,7 @@ from muxd.core.kv_manager import KVManager
 from muxd.core.pages import PagePool
 from muxd.core.sequence import SamplingParams, Sequence
 from muxd.sched import POLICIES, SchedulerConfig
+from tests.pool_checks import assert_pool_whole
 
 EOS = 0
 
@@ -106,12 +107,7 @@ class Harness:
         raise AssertionError("the scheduler did not finish its work")
 
     def assert_pool_whole(self) -> None:
-        """Nothing is held; every page is free or cached, and free once the cache is dropped."""
-        self.pool.check_integrity()
-        assert all(self.pool.held(m) == 0 for m in self.pool.models)
-        assert self.pool.num_free + self.pool.num_cached == self.pool.total
-        self.kv.clear_cache()
-        assert self.pool.num_free == self.pool.total
+        assert_pool_whole(self.kv)
 
 
 @pytest.fixture
