@@ -46,7 +46,7 @@ from muxd import paths
 from muxd.errors import ConfigError
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-QUANTIZATIONS = ("none", "int8", "nf4", "fp4")
+QUANTIZATIONS = ("none", "q8", "int8", "nf4", "fp4")
 POLICIES = ("adbs", "spatial", "temporal")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEVICE_AUTO = "auto"

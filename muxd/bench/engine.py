@@ -14,7 +14,9 @@ seconds of the whole generate`` (prefill included) compares like with like.
 Beside the throughputs the report places muxd's median decode step against
 the roofline of this machine: one step must read every weight once, so it
 cannot beat ``step_read_bytes / measured read bandwidth``. A quantized run
-quantizes both sides the same way (bitsandbytes on the block linears).
+quantizes both sides the same way (bitsandbytes on the block linears); a
+``q8`` run has no transformers twin and is compared with transformers in the
+same dtype unquantized, so its token match is also its accuracy.
 """
 
 from __future__ import annotations
@@ -225,7 +227,7 @@ def _load_hf(path: Path, dtype, quantization: str | None) -> Any:
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {}
-    if quantization is not None:
+    if quantization not in (None, "q8"):
         from transformers import BitsAndBytesConfig
 
         if quantization == "int8":

@@ -43,7 +43,7 @@ def engine(
     batch: Annotated[list[str] | None, typer.Option(help="Batch size; repeat or give a comma list.")] = None,
     dtype: Annotated[str, typer.Option(help="Weight dtype: float32, bfloat16 or float16.")] = "float32",
     quantization: Annotated[
-        str, typer.Option(help="none, int8, nf4 or fp4 (bitsandbytes, for muxd and transformers alike).")
+        str, typer.Option(help="none, q8 (CPU int8 kernel), int8, nf4 or fp4 (bitsandbytes, for muxd and transformers alike).")
     ] = "none",
     prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length in tokens.")] = 64,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per prompt.")] = 64,

@@ -54,6 +54,9 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Base seed of sampling (request k uses seed + k).")] = 0,
     dtype: Annotated[str, typer.Option(help="Weight dtype: float32, bfloat16 or float16.")] = "float32",
+    quantization: Annotated[
+        str, typer.Option(help="none, q8 (muxd's CPU int8 kernel), or bitsandbytes' int8, nf4 or fp4.")
+    ] = "none",
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Wrap prompts in each model's chat template.")] = True,
     kv_cache_mb: Annotated[int, typer.Option(min=1, help="Size of the shared KV pool in MiB.")] = 256,
 ) -> None:
@@ -69,7 +72,7 @@ def generate(
     try:
         with err.status("loading models") as status:
             paths = specs or _demo_models(status, err)
-            engine, tokenizers = _load(paths, dtype, kv_cache_mb << 20, status)
+            engine, tokenizers = _load(paths, dtype, quantization, kv_cache_mb << 20, status)
         run = _submit(engine, tokenizers, prompts, max_tokens, temperature, seed, chat, err)
     except (MuxdError, ValueError) as e:
         exit_with(getattr(e, "message", None) or str(e))
@@ -91,7 +94,7 @@ def _demo_models(status, err) -> dict[str, str]:
     return ensure_demo_models(progress=say)
 
 
-def _load(paths: Mapping[str, str | Path], dtype: str, kv_bytes: int, status) -> tuple[Any, dict[str, Any]]:
+def _load(paths: Mapping[str, str | Path], dtype: str, quantization: str, kv_bytes: int, status) -> tuple[Any, dict[str, Any]]:
     from muxd.engine.llm_engine import LLMEngine
     from muxd.models.loader import load_model
     from muxd.models.tokenizer import load_tokenizer
@@ -100,7 +103,7 @@ def _load(paths: Mapping[str, str | Path], dtype: str, kv_bytes: int, status) ->
     for name, path in paths.items():
         status.update(f"loading {name} from {path}")
         try:
-            models[name] = load_model(path, dtype)
+            models[name] = load_model(path, dtype, quantization=quantization)
         except MuxdError as e:
             raise ModelLoadError(f"--model {name}: {e.message}") from None
         tokenizers[name] = load_tokenizer(models[name].path)

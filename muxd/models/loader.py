@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from muxd.engine.executor import on_own_thread
 from muxd.engine.model import Transformer, can_pack, pack_linears, rope_tables
+from muxd.engine.q8 import quantize_q8
 from muxd.errors import ModelLoadError
-from muxd.models.quantize import quant_state_tensors, quantize_linears, unique_bytes
+from muxd.models.quantize import BLOCK_LINEARS, QUANTIZATIONS, quant_state_tensors, quantize_linears, unique_bytes
 from muxd.models.spec import ModelSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -108,8 +110,9 @@ def load_model(
     quantization: str = "none",
 ) -> LoadedModel:
     """Load a checkpoint; ``pack`` pre-packs CPU linears for oneDNN (see ``PackedLinear``);
-    ``quantization`` ("int8", "nf4", "fp4") swaps the block linears for bitsandbytes
-    layers (see ``quantize_linears``).
+    ``quantization`` "q8" swaps every linear for muxd's CPU int8 kernel (see
+    ``engine.q8``); "int8", "nf4", "fp4" swap the block linears for
+    bitsandbytes layers (see ``quantize_linears``).
 
     The work runs on a short-lived thread with the caller's intra-op thread
     count (``executor.on_own_thread``): loading is parallel torch work, and
@@ -122,6 +125,8 @@ def load_model(
 def _load_model(
     name_or_path: str | os.PathLike, dtype: str | torch.dtype, device: str, pack: bool, quantization: str
 ) -> LoadedModel:
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}; use one of {', '.join(QUANTIZATIONS)}")
     path = resolve_model_path(name_or_path)
     hf_config = load_hf_config(path)
     try:
@@ -141,10 +146,14 @@ def _load_model(
     model.load_state_dict(_to_muxd_layout(state, spec), strict=True, assign=True)
     if quantization == "none":
         model = model.to(device=device, dtype=torch_dtype)
+    elif quantization == "q8":
+        if torch.device(device).type != "cpu":
+            raise ModelLoadError(f"{path}: quantization q8 is a CPU kernel; on {device} use int8, nf4 or fp4")
+        model = quantize_q8(model.to(dtype=torch_dtype), BLOCK_LINEARS + ("lm_head",))
     else:  # quantized from the CPU copy, so the device never holds the full-precision weights
         model = quantize_linears(model.to(dtype=torch_dtype), quantization, torch_dtype, device).to(device)
     model = model.eval().requires_grad_(False)
-    if spec.tie_word_embeddings:
+    if spec.tie_word_embeddings and isinstance(model.lm_head, nn.Linear):
         model.lm_head.weight = model.embed_tokens.weight
     model.set_rope(*rope_tables(hf_config, spec, torch_dtype, device))
     if pack and can_pack(torch.device(device), torch_dtype):

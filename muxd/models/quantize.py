@@ -1,4 +1,10 @@
-"""Quantized weights through bitsandbytes: int8 (LLM.int8()) and 4-bit (NF4, FP4).
+"""Quantized weights: muxd's own CPU int8 (``q8``) and, through bitsandbytes,
+int8 (LLM.int8()) and 4-bit (NF4, FP4).
+
+``q8`` (``engine/q8.py``) is the fast one on a CPU: int8 weights with a
+scale per row, streamed at memory bandwidth by a small C kernel, on every
+linear including ``lm_head`` (SmolLM2's tied head is a fifth of its bytes).
+The bitsandbytes kinds follow below.
 
 ``quantize_linears`` swaps the linears of every transformer block (``qkv_proj``,
 ``o_proj``, ``gate_up_proj``, ``down_proj``) for bitsandbytes layers. The
@@ -25,7 +31,8 @@ from torch import nn
 
 from muxd.errors import ModelLoadError
 
-QUANTIZATIONS = ("none", "int8", "nf4", "fp4")
+QUANTIZATIONS = ("none", "q8", "int8", "nf4", "fp4")
+BNB_QUANTIZATIONS = ("int8", "nf4", "fp4")
 BLOCK_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 # LLM.int8()'s outlier threshold (transformers' default too): activation columns
@@ -56,8 +63,8 @@ def quantize_linears(
     The linears must still hold their full-precision weights on the CPU;
     everything else of ``model`` is left where it is.
     """
-    if kind not in QUANTIZATIONS[1:]:
-        raise ValueError(f"unknown quantization {kind!r}; use one of {', '.join(QUANTIZATIONS)}")
+    if kind not in BNB_QUANTIZATIONS:
+        raise ValueError(f"unknown bitsandbytes quantization {kind!r}; use one of {', '.join(BNB_QUANTIZATIONS)}")
     bnb = import_bitsandbytes()
     device = torch.device(device)
     for parent in list(model.modules()):

@@ -1,0 +1,182 @@
+"""The ``q8`` CPU linear: int8 weights read at memory bandwidth (``kernels/q8.c``).
+
+A batch-1 decode step is the weights' read. On this project's CPUs PyTorch's
+int8 kernels read far below bandwidth and oneDNN's bf16 GEMV about half of
+it; ``q8.c`` streams int8 weights (half of bf16's bytes) at nearly the
+bandwidth ``torch.sum`` reaches, so SmolLM2's linears take about 4.5 ms a
+step instead of about 14.
+
+The C source ships with the package and is compiled on first use with the
+system C compiler (``$CC``, else ``cc``/``gcc``) into the cache directory,
+keyed by the source, the flags and the CPU, and loaded with ``ctypes``: it
+takes a fraction of a second and needs neither PyTorch's headers nor a
+build step at install. Where no compiler is found, ``Q8Linear`` computes
+the same arithmetic with torch ops (slower, same results to rounding).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from muxd.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+BLOCK = 64  # activation inputs per quantization block (kernels/q8.c: QB)
+# From this many rows on (prefill, big decode batches), dequantizing the
+# weight for a BLAS GEMM beats the GEMV-shaped kernel, whose work grows with
+# the rows. SmolLM2's block linears in bf16, kernel against dequantize + GEMM:
+# 1 row 5.1 against 13.5 ms, 8 rows 11.0 / 17.3, 16 rows 19.9 / 20.7, 32 rows
+# 37.1 / 28.9.
+GEMM_ROWS = 24
+SOURCE = Path(__file__).with_name("kernels") / "q8.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+_P = ctypes.c_void_p
+_I = ctypes.c_int
+
+
+def padded(k: int) -> int:
+    return -(-k // BLOCK) * BLOCK
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
+    return "\n".join(keep) or platform.machine()
+
+
+def _compiler() -> str | None:
+    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@functools.cache
+def load_kernel() -> ctypes.CDLL | None:
+    """The compiled kernel (built once per source, compiler and CPU), or None
+    when this machine cannot build it (no C compiler, or the build failed:
+    logged). Cached for the process: the library stays loaded anyway."""
+    cc = _compiler()
+    if cc is None:
+        log.warning("q8: no C compiler found (set CC); int8 linears fall back to slower torch ops")
+        return None
+    key = hashlib.sha256(b"\0".join(s.encode() for s in (SOURCE.read_text(), cc, " ".join(FLAGS), _cpu_id()))).hexdigest()
+    target = cache_dir() / "kernels" / f"q8-{key[:16]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            built = Path(tmp) / target.name
+            run = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, text=True)
+            if run.returncode != 0:
+                log.warning("q8: compiling %s failed, falling back to torch ops:\n%s", SOURCE, run.stderr[-2000:])
+                return None
+            os.replace(built, target)  # atomic: a concurrent build of the same key is identical
+    lib = ctypes.CDLL(str(target))
+    lib.q8_linear.argtypes = [_P, _I, _I, _I, _P, _P, _P, _I, _I, _P, _I, _I]
+    lib.q8_linear.restype = _I
+    lib.q8_has_vnni.restype = _I
+    lib.q8_dequantize.argtypes = [_P, _P, _I, _I, _I, _P, _I, _I]
+    lib.q8_dequantize.restype = None
+    return lib
+
+
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight [N, K]`` -> int8 ``[N, Kp]`` (zero-padded) and an fp32 scale per row."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1) / 127.0
+    q = torch.round(w / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None]).to(torch.int8)
+    return F.pad(q, (0, padded(w.shape[1]) - w.shape[1])).contiguous(), scale.contiguous()
+
+
+def reference_linear(x: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The kernel's arithmetic in torch ops: ``x`` quantized per row and block
+    of 64 (symmetric, ties to even), exact integer dot products per block,
+    scaled and summed in fp32. The fallback without a compiler, and the
+    tests' reference."""
+    m, k = x.shape
+    kp = weight_q.shape[1]
+    xb = F.pad(x.float(), (0, kp - k)).view(m, kp // BLOCK, BLOCK)
+    x_scale = xb.abs().amax(dim=-1) / 127.0  # [M, nb]
+    xq = torch.round(xb * torch.where(x_scale > 0, 1.0 / x_scale, 0.0)[..., None])
+    wb = weight_q.view(-1, kp // BLOCK, BLOCK).float()  # [N, nb, 64]
+    dots = torch.einsum("mbk,nbk->mnb", xq.double(), wb.double()).float()  # integers, exact
+    y = (dots * x_scale[:, None, :]).sum(-1) * scale
+    return y + bias.float() if bias is not None else y
+
+
+class Q8Linear(nn.Module):
+    """A CPU linear with int8 weights (one scale per output row) run by ``kernels/q8.c``.
+
+    The input may be bf16 or fp32 and the output has its dtype. The kernel
+    splits the output rows over the caller's intra-op thread count
+    (``torch.get_num_threads()``), which ``engine.model.linear`` sets per job.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight_q, scale = quantize_weight(linear.weight)
+        self.register_buffer("weight_q", weight_q)
+        self.register_buffer("weight_scale", scale)
+        bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+        self.register_buffer("bias_f32", bias)
+        self.kernel = load_kernel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, self.in_features)
+        if self.kernel is None or x.dtype not in (torch.bfloat16, torch.float32) or x.device.type != "cpu":
+            return reference_linear(x, self.weight_q, self.weight_scale, self.bias_f32).to(x.dtype).view(*shape[:-1], -1)
+        x = x.contiguous()
+        bf16 = int(x.dtype == torch.bfloat16)
+        if x.shape[0] >= GEMM_ROWS:
+            weight = torch.empty(self.out_features, self.in_features, dtype=x.dtype)
+            self.kernel.q8_dequantize(
+                self.weight_q.data_ptr(), self.weight_scale.data_ptr(), self.out_features, self.in_features,
+                self.weight_q.shape[1], weight.data_ptr(), bf16, torch.get_num_threads(),
+            )  # fmt: skip
+            bias = None if self.bias_f32 is None else self.bias_f32.to(x.dtype)
+            return F.linear(x, weight, bias).view(*shape[:-1], -1)
+        y = torch.empty(x.shape[0], self.out_features, dtype=x.dtype)
+        bias = self.bias_f32.data_ptr() if self.bias_f32 is not None else None
+        status = self.kernel.q8_linear(
+            x.data_ptr(), bf16, x.shape[0], self.in_features,
+            self.weight_q.data_ptr(), self.weight_scale.data_ptr(), bias,
+            self.out_features, self.weight_q.shape[1], y.data_ptr(), bf16, torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError("q8: no memory for the activations' quantized copy")
+        return y.view(*shape[:-1], -1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_f32 is not None}"
+
+
+def quantize_q8(model: nn.Module, names: tuple[str, ...]) -> nn.Module:
+    """Swap every ``nn.Linear`` of ``model`` whose attribute name is in ``names``
+    for a ``Q8Linear`` (in place; returns ``model``). CPU only."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if name in names and type(child) is nn.Linear:
+                if child.weight.device.type != "cpu":
+                    raise ValueError("q8 is a CPU kernel; on CUDA use int8, nf4 or fp4")
+                setattr(parent, name, Q8Linear(child))
+    return model

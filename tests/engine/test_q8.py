@@ -1,0 +1,175 @@
+"""The q8 CPU linear: its C kernel against the same arithmetic in torch, and models served with it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from muxd.core.sequence import SamplingParams
+from muxd.engine import q8
+from muxd.engine.llm_engine import LLMEngine
+from muxd.engine.q8 import Q8Linear, load_kernel, quantize_weight, reference_linear
+from muxd.errors import ModelLoadError
+from muxd.models.loader import load_model
+from muxd.models.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    lib = load_kernel()
+    if lib is None:
+        pytest.skip("no C compiler here: q8 runs its torch fallback (tested below)")
+    return lib
+
+
+def make_linear(k: int, n: int, bias: bool, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(k, n, bias=bias)
+
+
+# K not a multiple of 64 exercises the padding; N not a multiple of 4 the tail rows;
+# M of 1-9 the activation-row tiles (4 at a time).
+SHAPES = [(576, 960, False), (100, 37, True), (64, 4, False), (130, 9, True)]
+
+
+@pytest.mark.parametrize(("k", "n", "bias"), SHAPES)
+@pytest.mark.parametrize("m", [1, 2, 5, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_computes_the_reference_arithmetic(kernel, k, n, bias, m, dtype) -> None:
+    layer = Q8Linear(make_linear(k, n, bias))
+    x = torch.randn(m, k).to(dtype)
+    y = layer(x)
+    assert y.dtype == dtype and y.shape == (m, n)
+    want = reference_linear(x, layer.weight_q, layer.weight_scale, layer.bias_f32)
+    # Integer dot products are exact on both sides; what differs is fp32
+    # summation order (and, in bf16, the output's rounding).
+    tol = 1e-5 if dtype == torch.float32 else 8e-3
+    torch.testing.assert_close(y.float(), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+def test_kernel_is_deterministic_across_thread_counts(kernel) -> None:
+    layer = Q8Linear(make_linear(576, 1536, False))
+    x = torch.randn(3, 576)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(layer(x))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_q8_is_close_to_the_full_precision_linear() -> None:
+    linear = make_linear(576, 960, True)
+    x = torch.randn(4, 576)
+    want = linear(x)
+    got = Q8Linear(linear)(x)
+    assert ((got - want).norm() / want.norm()).item() < 0.02
+
+
+def test_weights_are_int8_padded_to_whole_blocks_with_a_scale_per_row() -> None:
+    weight = torch.randn(5, 100)
+    weight_q, scale = quantize_weight(weight)
+    assert weight_q.dtype == torch.int8 and weight_q.shape == (5, 128)
+    assert weight_q.abs().max().item() <= 127
+    assert not weight_q[:, 100:].any()
+    torch.testing.assert_close(weight_q[:, :100].float() * scale[:, None], weight, atol=scale.max().item(), rtol=0)
+
+
+def test_the_torch_fallback_gives_the_kernels_results(kernel) -> None:
+    layer = Q8Linear(make_linear(130, 9, True))
+    x = torch.randn(3, 130)
+    fast = layer(x)
+    layer.kernel = None  # as on a machine without a C compiler
+    torch.testing.assert_close(layer(x), fast, rtol=1e-5, atol=1e-5)
+
+
+def test_no_compiler_means_the_fallback_not_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setattr(q8, "_compiler", lambda: None)
+    q8.load_kernel.cache_clear()
+    try:
+        assert q8.load_kernel() is None
+        layer = Q8Linear(make_linear(64, 8, False))
+        assert layer.kernel is None and layer(torch.randn(2, 64)).shape == (2, 8)
+    finally:
+        q8.load_kernel.cache_clear()
+
+
+def test_every_family_loads_and_generates_with_q8(tiny_model_dirs) -> None:
+    for family, path in tiny_model_dirs.items():
+        loaded = load_model(path, "bfloat16", quantization="q8")
+        linears = [m for m in loaded.model.modules() if isinstance(m, nn.Linear)]
+        assert not linears, family  # every linear, lm_head included, is a Q8Linear
+        assert isinstance(loaded.model.lm_head, Q8Linear)
+        engine = LLMEngine({family: loaded}, kv_cache_bytes=8 << 20)
+        (out,) = engine.generate(family, [[1, 2, 3, 4, 5, 6, 7]], SamplingParams(max_tokens=4, ignore_eos=True))
+        assert len(out.output_ids) == 4, family
+
+
+def test_q8_greedy_tokens_equal_the_torch_fallbacks(kernel, tiny_model_dirs) -> None:
+    """The served model with the C kernel decodes as the same model on the reference arithmetic."""
+    path = tiny_model_dirs["qwen2"]  # biases on q/k/v
+    outputs = []
+    for use_kernel in (True, False):
+        loaded = load_model(path, "float32", quantization="q8")
+        if not use_kernel:
+            for module in loaded.model.modules():
+                if isinstance(module, Q8Linear):
+                    module.kernel = None
+        engine = LLMEngine({"m": loaded}, kv_cache_bytes=8 << 20)
+        prompts = [[5, 9, 13, 2, 7, 11], [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]]
+        outputs.append([o.output_ids for o in engine.generate("m", prompts, SamplingParams(max_tokens=8, ignore_eos=True))])
+    assert outputs[0] == outputs[1]
+
+
+def test_q8_weights_take_a_quarter_of_fp32(tiny_model_dirs) -> None:
+    fp32 = load_model(tiny_model_dirs["llama"], "float32")
+    quant = load_model(tiny_model_dirs["llama"], "float32", quantization="q8")
+
+    def linear_bytes(model) -> int:
+        return sum(
+            t.numel() * t.element_size()
+            for m in model.modules()
+            if isinstance(m, (Q8Linear, nn.Linear)) or type(m).__name__ == "PackedLinear"
+            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))
+        )
+
+    assert linear_bytes(quant.model) < 0.3 * linear_bytes(fp32.model)
+    assert quant.step_read_bytes < fp32.step_read_bytes
+
+
+def test_q8_on_a_gpu_device_is_refused_by_name(tiny_model_dirs) -> None:
+    with pytest.raises(ModelLoadError, match="q8 is a CPU kernel"):
+        load_model(tiny_model_dirs["llama"], "float32", device="cuda", quantization="q8")
+
+
+def test_unknown_quantization_lists_q8(tiny_model_dirs) -> None:
+    with pytest.raises(ValueError, match="none, q8, int8, nf4, fp4"):
+        load_model(tiny_model_dirs["llama"], quantization="int4")
+
+
+@pytest.mark.slow
+def test_smollm2_bf16_q8_names_paris(smollm2_dir) -> None:
+    tok = load_tokenizer(smollm2_dir)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    loaded = load_model(smollm2_dir, "bfloat16", quantization="q8")
+    engine = LLMEngine({"m": loaded}, kv_cache_bytes=16 << 20, decoders={"m": tok.decode})
+    (out,) = engine.generate("m", [prompt], SamplingParams(max_tokens=12))
+    assert "Paris" in out.text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_many_rows_go_through_a_gemm_on_the_dequantized_weight(kernel, dtype) -> None:
+    layer = Q8Linear(make_linear(130, 9, True))
+    x = torch.randn(q8.GEMM_ROWS + 3, 130).to(dtype)
+    dequantized = (layer.weight_q[:, :130].float() * layer.weight_scale[:, None]).to(dtype)
+    want = torch.nn.functional.linear(x, dequantized, layer.bias_f32.to(dtype))
+    got = layer(x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want)
+    # and, up to the activations' rounding, what the GEMV kernel computes row by row
+    per_row = torch.cat([layer(x[i : i + 1]) for i in range(x.shape[0])])
+    assert ((got.float() - per_row.float()).norm() / per_row.float().norm()).item() < 0.02
