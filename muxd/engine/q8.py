@@ -3,8 +3,10 @@
 A batch-1 decode step is the weights' read. On this project's CPUs PyTorch's
 int8 kernels read far below bandwidth and oneDNN's bf16 GEMV about half of
 it; ``q8.c`` streams int8 weights (half of bf16's bytes) at nearly the
-bandwidth ``torch.sum`` reaches, so SmolLM2's linears take about 4.5 ms a
-step instead of about 14.
+bandwidth ``torch.sum`` reaches, so SmolLM2's linears take about 5 ms a
+step instead of about 14. The format is llama.cpp's Q8_0 on both sides:
+int8 in groups of 32 with a scale each, for the weights (fp16 scales, at
+load) and for the activations (fp32 scales, per call).
 
 The C source ships with the package and is compiled on first use with the
 system C compiler (``$CC``, else ``cc``/``gcc``) into the cache directory,
@@ -35,21 +37,23 @@ from muxd.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-BLOCK = 64  # activation inputs per quantization block (kernels/q8.c: QB)
+GROUP = 32  # inputs per scale, weights and activations alike (kernels/q8.c: GROUP)
+CHUNK = 64  # K is padded to whole vectors of two groups (kernels/q8.c: CHUNK)
 # From this many rows on (prefill, big decode batches), dequantizing the
-# weight for a BLAS GEMM beats the GEMV-shaped kernel, whose work grows with
-# the rows. SmolLM2's block linears in bf16, kernel against dequantize + GEMM:
-# 1 row 5.1 against 13.5 ms, 8 rows 11.0 / 17.3, 16 rows 19.9 / 20.7, 32 rows
-# 37.1 / 28.9.
+# weight for a bf16 BLAS GEMM beats the GEMV-shaped kernel, whose work grows
+# with the rows. SmolLM2's block linears, kernel against dequantize + GEMM:
+# 1 row 5.1 against 13.5 ms, 8 rows 12.2 / 29.6, 16 rows 22.1 / 33.6, 24 rows
+# 38.9 / 37.1, 32 rows 42.7 / 41.1.
 GEMM_ROWS = 24
 SOURCE = Path(__file__).with_name("kernels") / "q8.c"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+NATIVE = "-march=native"  # the VNNI path where the CPU has it; without: the plain C path
 _P = ctypes.c_void_p
 _I = ctypes.c_int
 
 
 def padded(k: int) -> int:
-    return -(-k // BLOCK) * BLOCK
+    return -(-k // CHUNK) * CHUNK
 
 
 def _cpu_id() -> str:
@@ -70,21 +74,23 @@ def _compiler() -> str | None:
 
 
 @functools.cache
-def load_kernel() -> ctypes.CDLL | None:
+def load_kernel(native: bool = True) -> ctypes.CDLL | None:
     """The compiled kernel (built once per source, compiler and CPU), or None
     when this machine cannot build it (no C compiler, or the build failed:
-    logged). Cached for the process: the library stays loaded anyway."""
+    logged). Cached for the process: the library stays loaded anyway.
+    ``native=False`` builds the plain C path, for tests on a VNNI machine."""
+    flags = (*FLAGS, NATIVE) if native else FLAGS
     cc = _compiler()
     if cc is None:
         log.warning("q8: no C compiler found (set CC); int8 linears fall back to slower torch ops")
         return None
-    key = hashlib.sha256(b"\0".join(s.encode() for s in (SOURCE.read_text(), cc, " ".join(FLAGS), _cpu_id()))).hexdigest()
+    key = hashlib.sha256(b"\0".join(s.encode() for s in (SOURCE.read_text(), cc, " ".join(flags), _cpu_id()))).hexdigest()
     target = cache_dir() / "kernels" / f"q8-{key[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name
-            run = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, text=True)
+            run = subprocess.run([cc, *flags, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, text=True)
             if run.returncode != 0:
                 log.warning("q8: compiling %s failed, falling back to torch ops:\n%s", SOURCE, run.stderr[-2000:])
                 return None
@@ -99,31 +105,41 @@ def load_kernel() -> ctypes.CDLL | None:
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``weight [N, K]`` -> int8 ``[N, Kp]`` (zero-padded) and an fp32 scale per row."""
-    w = weight.detach().float()
-    scale = w.abs().amax(dim=1) / 127.0
-    q = torch.round(w / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None]).to(torch.int8)
-    return F.pad(q, (0, padded(w.shape[1]) - w.shape[1])).contiguous(), scale.contiguous()
+    """``weight [N, K]`` -> int8 ``[N, Kp]`` (zero-padded) and an fp16 scale per
+    row and group of 32 ``[N, Kp / 32]`` (llama.cpp's Q8_0: 8.5 bits a weight).
+    The values are rounded against the fp16 scale the kernel will use."""
+    w = F.pad(weight.detach().float(), (0, padded(weight.shape[1]) - weight.shape[1]))
+    groups = w.view(w.shape[0], -1, GROUP)
+    scale = (groups.abs().amax(dim=-1) / 127.0).half()  # [N, Kp / 32]
+    inverse = torch.where(scale > 0, 1.0 / scale.float(), 0.0)
+    q = torch.round(groups * inverse[..., None]).clamp(-127, 127).to(torch.int8)
+    return q.view_as(w).contiguous(), scale.contiguous()
+
+
+def dequantize(weight_q: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
+    """The fp32 weight ``[N, k]`` that ``weight_q`` and ``scale`` stand for."""
+    n, kp = weight_q.shape
+    return (weight_q.view(n, -1, GROUP).float() * scale.float()[..., None]).view(n, kp)[:, :k]
 
 
 def reference_linear(x: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The kernel's arithmetic in torch ops: ``x`` quantized per row and block
-    of 64 (symmetric, ties to even), exact integer dot products per block,
-    scaled and summed in fp32. The fallback without a compiler, and the
-    tests' reference."""
+    """The kernel's arithmetic in torch ops: ``x`` quantized per row and group
+    of 32 (symmetric, ties to even), exact integer dot products per group,
+    scaled by both groups' scales and summed in fp32. The fallback without a
+    compiler, and the tests' reference."""
     m, k = x.shape
     kp = weight_q.shape[1]
-    xb = F.pad(x.float(), (0, kp - k)).view(m, kp // BLOCK, BLOCK)
-    x_scale = xb.abs().amax(dim=-1) / 127.0  # [M, nb]
-    xq = torch.round(xb * torch.where(x_scale > 0, 1.0 / x_scale, 0.0)[..., None])
-    wb = weight_q.view(-1, kp // BLOCK, BLOCK).float()  # [N, nb, 64]
-    dots = torch.einsum("mbk,nbk->mnb", xq.double(), wb.double()).float()  # integers, exact
-    y = (dots * x_scale[:, None, :]).sum(-1) * scale
+    xg = F.pad(x.float(), (0, kp - k)).view(m, kp // GROUP, GROUP)
+    x_scale = xg.abs().amax(dim=-1) / 127.0  # [M, groups]
+    xq = torch.round(xg * torch.where(x_scale > 0, 127.0 / xg.abs().amax(dim=-1), 0.0)[..., None])
+    wg = weight_q.view(-1, kp // GROUP, GROUP).float()  # [N, groups, 32]
+    dots = torch.einsum("mgk,ngk->mng", xq, wg)  # integers below 2**24: exact in fp32
+    y = (dots * (x_scale[:, None, :] * scale.float()[None, :, :])).sum(-1)
     return y + bias.float() if bias is not None else y
 
 
 class Q8Linear(nn.Module):
-    """A CPU linear with int8 weights (one scale per output row) run by ``kernels/q8.c``.
+    """A CPU linear with int8 weights (an fp16 scale per group of 32) run by ``kernels/q8.c``.
 
     The input may be bf16 or fp32 and the output has its dtype. The kernel
     splits the output rows over the caller's intra-op thread count
@@ -143,18 +159,12 @@ class Q8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.in_features)
+        if x.shape[0] >= GEMM_ROWS:
+            return self._gemm(x).view(*shape[:-1], -1)
         if self.kernel is None or x.dtype not in (torch.bfloat16, torch.float32) or x.device.type != "cpu":
             return reference_linear(x, self.weight_q, self.weight_scale, self.bias_f32).to(x.dtype).view(*shape[:-1], -1)
         x = x.contiguous()
         bf16 = int(x.dtype == torch.bfloat16)
-        if x.shape[0] >= GEMM_ROWS:
-            weight = torch.empty(self.out_features, self.in_features, dtype=x.dtype)
-            self.kernel.q8_dequantize(
-                self.weight_q.data_ptr(), self.weight_scale.data_ptr(), self.out_features, self.in_features,
-                self.weight_q.shape[1], weight.data_ptr(), bf16, torch.get_num_threads(),
-            )  # fmt: skip
-            bias = None if self.bias_f32 is None else self.bias_f32.to(x.dtype)
-            return F.linear(x, weight, bias).view(*shape[:-1], -1)
         y = torch.empty(x.shape[0], self.out_features, dtype=x.dtype)
         bias = self.bias_f32.data_ptr() if self.bias_f32 is not None else None
         status = self.kernel.q8_linear(
@@ -165,6 +175,22 @@ class Q8Linear(nn.Module):
         if status != 0:
             raise MemoryError("q8: no memory for the activations' quantized copy")
         return y.view(*shape[:-1], -1)
+
+    def _gemm(self, x: torch.Tensor) -> torch.Tensor:
+        """``x . W^T`` as a bf16 BLAS GEMM on the dequantized weight, whatever
+        ``x``'s dtype: bf16 GEMMs run several times faster than fp32 ones here
+        (SmolLM2's block linears at 64 rows: 88 against 267 ms), and bf16
+        activations are finer than the kernel's int8 ones."""
+        if self.kernel is None:
+            weight = dequantize(self.weight_q, self.weight_scale, self.in_features).bfloat16()
+        else:
+            weight = torch.empty(self.out_features, self.in_features, dtype=torch.bfloat16)
+            self.kernel.q8_dequantize(
+                self.weight_q.data_ptr(), self.weight_scale.data_ptr(), self.out_features, self.in_features,
+                self.weight_q.shape[1], weight.data_ptr(), 1, torch.get_num_threads(),
+            )  # fmt: skip
+        bias = None if self.bias_f32 is None else self.bias_f32.to(torch.bfloat16)
+        return F.linear(x.to(torch.bfloat16), weight, bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_f32 is not None}"

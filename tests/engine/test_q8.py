@@ -9,7 +9,7 @@ from torch import nn
 from muxd.core.sequence import SamplingParams
 from muxd.engine import q8
 from muxd.engine.llm_engine import LLMEngine
-from muxd.engine.q8 import Q8Linear, load_kernel, quantize_weight, reference_linear
+from muxd.engine.q8 import Q8Linear, dequantize, load_kernel, quantize_weight, reference_linear
 from muxd.errors import ModelLoadError
 from muxd.models.loader import load_model
 from muxd.models.tokenizer import load_tokenizer
@@ -48,6 +48,17 @@ def test_kernel_computes_the_reference_arithmetic(kernel, k, n, bias, m, dtype) 
     torch.testing.assert_close(y.float(), want, rtol=tol, atol=tol * want.abs().max().item())
 
 
+@pytest.mark.parametrize("m", [1, 6])
+def test_the_plain_c_path_computes_what_the_vnni_path_does(kernel, m) -> None:
+    plain = load_kernel(native=False)
+    assert plain is not None and plain.q8_has_vnni() == 0
+    layer = Q8Linear(make_linear(130, 9, True))
+    x = torch.randn(m, 130)
+    fast = layer(x)
+    layer.kernel = plain
+    torch.testing.assert_close(layer(x), fast, rtol=1e-5, atol=1e-5)
+
+
 def test_kernel_is_deterministic_across_thread_counts(kernel) -> None:
     layer = Q8Linear(make_linear(576, 1536, False))
     x = torch.randn(3, 576)
@@ -70,13 +81,18 @@ def test_q8_is_close_to_the_full_precision_linear() -> None:
     assert ((got - want).norm() / want.norm()).item() < 0.02
 
 
-def test_weights_are_int8_padded_to_whole_blocks_with_a_scale_per_row() -> None:
+def test_weights_are_int8_padded_to_whole_chunks_with_an_fp16_scale_per_group_of_32() -> None:
     weight = torch.randn(5, 100)
+    weight[2, 40] = 50.0  # an outlier coarsens its own group only
     weight_q, scale = quantize_weight(weight)
     assert weight_q.dtype == torch.int8 and weight_q.shape == (5, 128)
+    assert scale.dtype == torch.float16 and scale.shape == (5, 4)
     assert weight_q.abs().max().item() <= 127
     assert not weight_q[:, 100:].any()
-    torch.testing.assert_close(weight_q[:, :100].float() * scale[:, None], weight, atol=scale.max().item(), rtol=0)
+    back = dequantize(weight_q, scale, 100)
+    err = (back - weight).abs()
+    assert err[2, 32:64].max() <= scale[2, 1].float() / 2 * 1.01
+    assert err[2, :32].max() <= scale[2, 0].float() / 2 * 1.01 < 0.05
 
 
 def test_the_torch_fallback_gives_the_kernels_results(kernel) -> None:
@@ -152,21 +168,24 @@ def test_unknown_quantization_lists_q8(tiny_model_dirs) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_bf16_q8_names_paris(smollm2_dir) -> None:
+def test_smollm2_q8_with_fp32_activations_names_the_capitals(smollm2_dir) -> None:
+    """The demo's setting. (bf16 activations are not enough: SmolLM2's first
+    answer token to the France question is a near-tie there.)"""
     tok = load_tokenizer(smollm2_dir)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
-    loaded = load_model(smollm2_dir, "bfloat16", quantization="q8")
+    questions = {"France": "Paris", "Germany": "Berlin"}
+    prompts = [tok.apply_chat_template([{"role": "user", "content": f"What is the capital of {c}?"}]) for c in questions]
+    loaded = load_model(smollm2_dir, "float32", quantization="q8")
     engine = LLMEngine({"m": loaded}, kv_cache_bytes=16 << 20, decoders={"m": tok.decode})
-    (out,) = engine.generate("m", [prompt], SamplingParams(max_tokens=12))
-    assert "Paris" in out.text
+    outs = engine.generate("m", prompts, SamplingParams(max_tokens=10))
+    assert [capital in out.text for out, capital in zip(outs, questions.values())] == [True, True]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_many_rows_go_through_a_gemm_on_the_dequantized_weight(kernel, dtype) -> None:
+def test_many_rows_go_through_a_bf16_gemm_on_the_dequantized_weight(kernel, dtype) -> None:
     layer = Q8Linear(make_linear(130, 9, True))
     x = torch.randn(q8.GEMM_ROWS + 3, 130).to(dtype)
-    dequantized = (layer.weight_q[:, :130].float() * layer.weight_scale[:, None]).to(dtype)
-    want = torch.nn.functional.linear(x, dequantized, layer.bias_f32.to(dtype))
+    dequantized = dequantize(layer.weight_q, layer.weight_scale, 130).bfloat16()
+    want = torch.nn.functional.linear(x.bfloat16(), dequantized, layer.bias_f32.bfloat16()).to(dtype)
     got = layer(x)
     assert got.dtype == dtype
     torch.testing.assert_close(got, want)
