@@ -157,12 +157,14 @@ class Q8Linear(nn.Module):
         self.kernel = load_kernel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
+        out_shape = (*x.shape[:-1], self.out_features)
         x = x.reshape(-1, self.in_features)
+        if x.shape[0] == 0:  # a prefill chunk that samples no token hands lm_head no rows
+            return x.new_empty(out_shape)
         if x.shape[0] >= GEMM_ROWS:
-            return self._gemm(x).view(*shape[:-1], -1)
+            return self._gemm(x).view(out_shape)
         if self.kernel is None or x.dtype not in (torch.bfloat16, torch.float32) or x.device.type != "cpu":
-            return reference_linear(x, self.weight_q, self.weight_scale, self.bias_f32).to(x.dtype).view(*shape[:-1], -1)
+            return reference_linear(x, self.weight_q, self.weight_scale, self.bias_f32).to(x.dtype).view(out_shape)
         x = x.contiguous()
         bf16 = int(x.dtype == torch.bfloat16)
         y = torch.empty(x.shape[0], self.out_features, dtype=x.dtype)
@@ -174,7 +176,7 @@ class Q8Linear(nn.Module):
         )  # fmt: skip
         if status != 0:
             raise MemoryError("q8: no memory for the activations' quantized copy")
-        return y.view(*shape[:-1], -1)
+        return y.view(out_shape)
 
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         """``x . W^T`` as a bf16 BLAS GEMM on the dequantized weight, whatever

@@ -13,6 +13,7 @@ from muxd.engine.q8 import Q8Linear, dequantize, load_kernel, quantize_weight, r
 from muxd.errors import ModelLoadError
 from muxd.models.loader import load_model
 from muxd.models.tokenizer import load_tokenizer
+from muxd.sched.base import SchedulerConfig
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +124,27 @@ def test_every_family_loads_and_generates_with_q8(tiny_model_dirs) -> None:
         engine = LLMEngine({family: loaded}, kv_cache_bytes=8 << 20)
         (out,) = engine.generate(family, [[1, 2, 3, 4, 5, 6, 7]], SamplingParams(max_tokens=4, ignore_eos=True))
         assert len(out.output_ids) == 4, family
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_no_rows_in_no_rows_out(use_kernel) -> None:
+    layer = Q8Linear(make_linear(64, 8, False))
+    if not use_kernel:
+        layer.kernel = None
+    assert layer(torch.empty(0, 64)).shape == (0, 8)
+    assert layer(torch.empty(2, 0, 64, dtype=torch.bfloat16)).shape == (2, 0, 8)
+
+
+def test_a_prompt_prefilled_in_chunks_decodes_as_one_prefilled_at_once(tiny_model_dirs) -> None:
+    """Chunks that sample nothing hand lm_head zero rows."""
+    outputs = []
+    for chunk in (8, 16):  # both under GEMM_ROWS: the same per-row arithmetic
+        loaded = load_model(tiny_model_dirs["llama"], "float32", quantization="q8")
+        config = SchedulerConfig(max_prefill_tokens=chunk)
+        engine = LLMEngine({"m": loaded}, kv_cache_bytes=8 << 20, scheduler_config=config)
+        (out,) = engine.generate("m", [list(range(3, 40))], SamplingParams(max_tokens=4, ignore_eos=True))
+        outputs.append(out.output_ids)
+    assert outputs[0] == outputs[1]
 
 
 def test_q8_greedy_tokens_equal_the_torch_fallbacks(kernel, tiny_model_dirs) -> None:
