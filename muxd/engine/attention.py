@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from muxd.engine.cpu_kernels import load_kernels
+
 
 @dataclass
 class AttentionMetadata:
@@ -138,3 +140,53 @@ def paged_attention(
     out = torch.matmul(probs.view(B, Hkv, G * Tq, -1), v)  # [B, Hkv, G * Tq, D]
     out = out.view(B, Hkv, G, Tq, D).permute(0, 3, 1, 2, 4).reshape(B * Tq, Hq * D).to(out_dtype)
     return out if meta.pad_index is None else out[meta.pad_index]
+
+
+def fused_decode_attention(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    layer: int,
+    num_heads: int,
+    scale: float,
+    window: int | None,
+) -> torch.Tensor | None:
+    """A CPU decode step's RoPE, KV write and attention for one layer in one
+    call of ``kernels/attention.c`` -> ``[B, Hq * D]``; None where that does
+    not apply (not a CPU decode job, no kernels, another layout), and the
+    caller takes the torch path: ``Attention.forward``'s RoPE, ``write_kv``
+    and ``paged_attention``, whose arithmetic the kernel repeats.
+
+    ``qk``: ``[B, Hq + Hkv, D]`` before RoPE; ``v``: ``[B, Hkv, D]``;
+    ``cos``/``sin``: the tables' rows at the tokens' positions, ``[B, 1, D]``
+    (``sin``'s first half negated, see ``Transformer.set_rope``).
+    """
+    if meta.max_q != 1 or qk.device.type != "cpu" or (kernels := load_kernels()) is None:
+        return None
+    B, heads, D = qk.shape
+    dtype = qk.dtype
+    tables, pages = meta.tables[layer], meta.write_pages[layer]  # [B, Hkv, M], [B, Hkv]
+    if (
+        dtype not in (torch.float32, torch.bfloat16)
+        or any(t.dtype != dtype for t in (v, cos, sin, k_cache, v_cache))
+        or qk.stride()[1:] != (D, 1)
+        or v.stride()[1:] != (D, 1)
+        or not (cos.is_contiguous() and sin.is_contiguous() and tables.is_contiguous() and pages.is_contiguous())
+        or k_cache.stride() != v_cache.stride()
+        or k_cache.stride(2) != 1
+    ):
+        return None
+    out = qk.new_empty(B, num_heads * D)
+    status = kernels.decode_attention(
+        qk.data_ptr(), qk.stride(0), v.data_ptr(), v.stride(0), cos.data_ptr(), sin.data_ptr(),
+        meta.positions.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1),
+        pages.data_ptr(), tables.data_ptr(), tables.shape[2], window or 0, scale, B, num_heads,
+        heads - num_heads, D, k_cache.shape[1], out.data_ptr(), int(dtype == torch.bfloat16), torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError("decode attention: no memory for its scores")
+    return out

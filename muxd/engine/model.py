@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muxd.engine.attention import AttentionMetadata, paged_attention, write_kv
+from muxd.engine.attention import AttentionMetadata, fused_decode_attention, paged_attention, write_kv
 from muxd.models.spec import ModelSpec
 
 
@@ -79,6 +79,9 @@ class Attention(nn.Module):
         if s.qk_norm:
             q, k = qk.split([s.num_heads, s.num_kv_heads], dim=1)
             qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=1)
+        fused = fused_decode_attention(qk, v, cos, sin, kv[0], kv[1], meta, self.layer, s.num_heads, self.scale, self.window)
+        if fused is not None:  # a CPU decode step: the rest of this method in one C call
+            return linear(self.o_proj, fused, threads)
         # RoPE on q and k at once. transformers' ``rotate_half(x) * sin`` is
         # ``[-x2 * s1, x1 * s2]``; rolling x by half a head and flipping the
         # sign of the first half of sin (done once, in ``set_rope``) gives the

@@ -8,34 +8,19 @@ step instead of about 14. The format is llama.cpp's Q8_0 on both sides:
 int8 in groups of 32 with a scale each, for the weights (fp16 scales, at
 load) and for the activations (fp32 scales, per call).
 
-The C source ships with the package and is compiled on first use with the
-system C compiler (``$CC``, else ``cc``/``gcc``) into the cache directory,
-keyed by the source, the flags and the CPU, and loaded with ``ctypes``: it
-takes a fraction of a second and needs neither PyTorch's headers nor a
-build step at install. Where no compiler is found, ``Q8Linear`` computes
-the same arithmetic with torch ops (slower, same results to rounding).
+The kernel is part of muxd's CPU kernel library (``engine/cpu_kernels.py``:
+compiled on first use, loaded with ``ctypes``). Where it cannot be built,
+``Q8Linear`` computes the same arithmetic with torch ops (slower, same
+results to rounding).
 """
 
 from __future__ import annotations
-
-import ctypes
-import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muxd.paths import cache_dir
-
-log = logging.getLogger(__name__)
+from muxd.engine.cpu_kernels import load_kernels
 
 GROUP = 32  # inputs per scale, weights and activations alike (kernels/q8.c: GROUP)
 CHUNK = 64  # K is padded to whole vectors of two groups (kernels/q8.c: CHUNK)
@@ -45,63 +30,10 @@ CHUNK = 64  # K is padded to whole vectors of two groups (kernels/q8.c: CHUNK)
 # 1 row 5.1 against 13.5 ms, 8 rows 12.2 / 29.6, 16 rows 22.1 / 33.6, 24 rows
 # 38.9 / 37.1, 32 rows 42.7 / 41.1.
 GEMM_ROWS = 24
-SOURCE = Path(__file__).with_name("kernels") / "q8.c"
-FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
-NATIVE = "-march=native"  # the VNNI path where the CPU has it; without: the plain C path
-_P = ctypes.c_void_p
-_I = ctypes.c_int
 
 
 def padded(k: int) -> int:
     return -(-k // CHUNK) * CHUNK
-
-
-def _cpu_id() -> str:
-    """What ``-march=native`` depends on: the CPU's model and feature flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    keep = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
-    return "\n".join(keep) or platform.machine()
-
-
-def _compiler() -> str | None:
-    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
-        if path := shutil.which(name):
-            return path
-    return None
-
-
-@functools.cache
-def load_kernel(native: bool = True) -> ctypes.CDLL | None:
-    """The compiled kernel (built once per source, compiler and CPU), or None
-    when this machine cannot build it (no C compiler, or the build failed:
-    logged). Cached for the process: the library stays loaded anyway.
-    ``native=False`` builds the plain C path, for tests on a VNNI machine."""
-    flags = (*FLAGS, NATIVE) if native else FLAGS
-    cc = _compiler()
-    if cc is None:
-        log.warning("q8: no C compiler found (set CC); int8 linears fall back to slower torch ops")
-        return None
-    key = hashlib.sha256(b"\0".join(s.encode() for s in (SOURCE.read_text(), cc, " ".join(flags), _cpu_id()))).hexdigest()
-    target = cache_dir() / "kernels" / f"q8-{key[:16]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            run = subprocess.run([cc, *flags, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, text=True)
-            if run.returncode != 0:
-                log.warning("q8: compiling %s failed, falling back to torch ops:\n%s", SOURCE, run.stderr[-2000:])
-                return None
-            os.replace(built, target)  # atomic: a concurrent build of the same key is identical
-    lib = ctypes.CDLL(str(target))
-    lib.q8_linear.argtypes = [_P, _I, _I, _I, _P, _P, _P, _I, _I, _P, _I, _I]
-    lib.q8_linear.restype = _I
-    lib.q8_has_vnni.restype = _I
-    lib.q8_dequantize.argtypes = [_P, _P, _I, _I, _I, _P, _I, _I]
-    lib.q8_dequantize.restype = None
-    return lib
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +86,7 @@ class Q8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
         self.register_buffer("bias_f32", bias)
-        self.kernel = load_kernel()
+        self.kernel = load_kernels()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_shape = (*x.shape[:-1], self.out_features)

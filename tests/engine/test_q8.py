@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from muxd.core.sequence import SamplingParams
-from muxd.engine import q8
+from muxd.engine import cpu_kernels, q8
 from muxd.engine.llm_engine import LLMEngine
-from muxd.engine.q8 import Q8Linear, dequantize, load_kernel, quantize_weight, reference_linear
+from muxd.engine.cpu_kernels import load_kernels
+from muxd.engine.q8 import Q8Linear, dequantize, quantize_weight, reference_linear
 from muxd.errors import ModelLoadError
 from muxd.models.loader import load_model
 from muxd.models.tokenizer import load_tokenizer
@@ -18,7 +19,7 @@ from muxd.sched.base import SchedulerConfig
 
 @pytest.fixture(scope="module")
 def kernel():
-    lib = load_kernel()
+    lib = load_kernels()
     if lib is None:
         pytest.skip("no C compiler here: q8 runs its torch fallback (tested below)")
     return lib
@@ -51,7 +52,7 @@ def test_kernel_computes_the_reference_arithmetic(kernel, k, n, bias, m, dtype) 
 
 @pytest.mark.parametrize("m", [1, 6])
 def test_the_plain_c_path_computes_what_the_vnni_path_does(kernel, m) -> None:
-    plain = load_kernel(native=False)
+    plain = load_kernels(native=False)
     assert plain is not None and plain.q8_has_vnni() == 0
     layer = Q8Linear(make_linear(130, 9, True))
     x = torch.randn(m, 130)
@@ -105,14 +106,14 @@ def test_the_torch_fallback_gives_the_kernels_results(kernel) -> None:
 
 
 def test_no_compiler_means_the_fallback_not_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setattr(q8, "_compiler", lambda: None)
-    q8.load_kernel.cache_clear()
+    monkeypatch.setattr(cpu_kernels, "_compiler", lambda: None)
+    load_kernels.cache_clear()
     try:
-        assert q8.load_kernel() is None
+        assert load_kernels() is None
         layer = Q8Linear(make_linear(64, 8, False))
         assert layer.kernel is None and layer(torch.randn(2, 64)).shape == (2, 8)
     finally:
-        q8.load_kernel.cache_clear()
+        load_kernels.cache_clear()
 
 
 def test_every_family_loads_and_generates_with_q8(tiny_model_dirs) -> None:
