@@ -87,15 +87,48 @@ class Q8Linear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
         self.register_buffer("bias_f32", bias)
         self.kernel = load_kernels()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Keep the kernel's weight arguments as plain ints: reading buffers
+        through ``nn.Module.__getattr__`` and calling ``data_ptr`` on each
+        cost more than the kernel's own call at batch 1 (a decode step makes
+        121 of these calls on SmolLM2). None where the buffers are not what
+        the kernel reads (moved or cast): the general path then handles it."""
+        w, scale, bias = self.weight_q, self.weight_scale, self.bias_f32
+        ok = w.device.type == "cpu" and w.dtype == torch.int8 and scale.dtype == torch.float16
+        ok = ok and (bias is None or bias.dtype == torch.float32)
+        self._weights = (
+            (self.in_features, w.data_ptr(), scale.data_ptr(), None if bias is None else bias.data_ptr(),
+             self.out_features, w.shape[1])
+            if ok else None
+        )  # fmt: skip
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self._refresh()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and 0 < x.shape[0] < GEMM_ROWS and x.dtype in _KERNEL_DTYPES and x.is_cpu:
+            if self.kernel is not None and self._weights is not None and x.is_contiguous():  # a decode step's path
+                y = x.new_empty(x.shape[0], self.out_features)
+                bf16 = x.dtype is torch.bfloat16
+                th = torch.get_num_threads()
+                if self.kernel.q8_linear(x.data_ptr(), bf16, x.shape[0], *self._weights, y.data_ptr(), bf16, th):
+                    raise MemoryError("q8: no memory for the activations' quantized copy")
+                return y
+        return self._general(x)
+
+    def _general(self, x: torch.Tensor) -> torch.Tensor:
+        """Any shape, dtype and row count: no rows, the GEMM, the fallback or the kernel."""
         out_shape = (*x.shape[:-1], self.out_features)
         x = x.reshape(-1, self.in_features)
         if x.shape[0] == 0:  # a prefill chunk that samples no token hands lm_head no rows
             return x.new_empty(out_shape)
         if x.shape[0] >= GEMM_ROWS:
             return self._gemm(x).view(out_shape)
-        if self.kernel is None or x.dtype not in (torch.bfloat16, torch.float32) or x.device.type != "cpu":
+        if self.kernel is None or self._weights is None or x.dtype not in _KERNEL_DTYPES or x.device.type != "cpu":
             return reference_linear(x, self.weight_q, self.weight_scale, self.bias_f32).to(x.dtype).view(out_shape)
         x = x.contiguous()
         bf16 = int(x.dtype == torch.bfloat16)
@@ -115,7 +148,7 @@ class Q8Linear(nn.Module):
         ``x``'s dtype: bf16 GEMMs run several times faster than fp32 ones here
         (SmolLM2's block linears at 64 rows: 88 against 267 ms), and bf16
         activations are finer than the kernel's int8 ones."""
-        if self.kernel is None:
+        if self.kernel is None or self._weights is None:
             weight = dequantize(self.weight_q, self.weight_scale, self.in_features).bfloat16()
         else:
             weight = torch.empty(self.out_features, self.in_features, dtype=torch.bfloat16)
@@ -128,6 +161,9 @@ class Q8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_f32 is not None}"
+
+
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def quantize_q8(model: nn.Module, names: tuple[str, ...]) -> nn.Module:

@@ -40,3 +40,22 @@ def test_every_family_decodes_as_on_the_torch_path(tiny_model_dirs, dtype, monke
         assert ids_c == ids_torch, family
         tol = 1e-4 if dtype == "float32" else 2e-2
         torch.testing.assert_close(logprobs_c, logprobs_torch, rtol=tol, atol=tol, msg=family)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_and_the_fused_residual_add_compute_the_torch_values(dtype, monkeypatch) -> None:
+    from muxd.engine import model
+
+    torch.manual_seed(0)
+    norm = model.RMSNorm(576, 1e-5).to(dtype)
+    norm.weight.data = torch.randn(576).to(dtype)
+    x, residual = torch.randn(3, 576).to(dtype) * 4, torch.randn(3, 576).to(dtype)
+    fast, (fast_sum, fast_norm) = norm(x), norm.add_and_norm(x, residual)
+    monkeypatch.setattr(model, "load_kernels", lambda: None)
+    slow, (slow_sum, slow_norm) = norm(x), norm.add_and_norm(x, residual)
+    assert torch.equal(fast_sum, slow_sum)  # one rounding of one add
+    # Only the mean of squares is summed in another order: fp32 agrees to
+    # rounding, bf16 to one unit in the last place.
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1 / 128, "atol": 1 / 128}
+    torch.testing.assert_close(fast, slow, **tol)
+    torch.testing.assert_close(fast_norm, slow_norm, **tol)

@@ -105,6 +105,17 @@ def test_the_torch_fallback_gives_the_kernels_results(kernel) -> None:
     torch.testing.assert_close(layer(x), fast, rtol=1e-5, atol=1e-5)
 
 
+def test_a_cast_layer_still_computes_the_same(kernel) -> None:
+    """``.float()`` turns the fp16 scales to fp32, which the kernel does not read:
+    the layer notices and takes the torch path."""
+    layer = Q8Linear(make_linear(130, 9, True))
+    x = torch.randn(3, 130)
+    before = layer(x)
+    layer.float()
+    assert layer.weight_scale.dtype == torch.float32
+    torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
+
+
 def test_no_compiler_means_the_fallback_not_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setattr(cpu_kernels, "_compiler", lambda: None)
     load_kernels.cache_clear()

@@ -42,6 +42,15 @@ static inline void load_row(const void *cache, long at, int bf16, int D, float *
     }
 }
 
+/* Pages lie anywhere in the pool: ask for key j's row before it is needed. */
+#define AHEAD 8
+static inline void prefetch_row(const void *cache, const int64_t *table, long j, long ctx, int page_tokens,
+                                long page_stride, long row_stride, int D, int bf16) {
+    if (j >= ctx) return;
+    const char *at = (const char *)cache + (table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride) * (bf16 ? 2 : 4);
+    for (int off = 0; off < D * (bf16 ? 2 : 4); off += 64) __builtin_prefetch(at + off);
+}
+
 static inline void store_value(void *p, long i, float v, int bf16) {
     if (!bf16) {
         ((float *)p)[i] = v;
@@ -115,6 +124,7 @@ int decode_attention(const void *qk, long qk_stride, const void *v, long v_strid
             }
             const int64_t *table = tables + ((long)b * Hkv + h) * M;
             for (long j = first; j < ctx; ++j) {
+                prefetch_row(k_cache, table, j + AHEAD, ctx, page_tokens, page_stride, row_stride, D, bf16);
                 load_row(k_cache, table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride, bf16, D, row);
                 for (int g = 0; g < G; ++g) {
                     const float *qg = qv + g * D;
@@ -132,6 +142,7 @@ int decode_attention(const void *qk, long qk_stride, const void *v, long v_strid
             }
             memset(acc, 0, sizeof(float) * G * D);
             for (long j = first; j < ctx; ++j) {
+                prefetch_row(v_cache, table, j + AHEAD, ctx, page_tokens, page_stride, row_stride, D, bf16);
                 load_row(v_cache, table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride, bf16, D, row);
                 for (int g = 0; g < G; ++g) {
                     float *ag = acc + g * D, p = scores[g * S + (j - first)];
