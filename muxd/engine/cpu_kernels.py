@@ -35,7 +35,9 @@ from muxd.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name("kernels") / name for name in ("q8.c", "attention.c", "norm.c"))
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = tuple(KERNELS / name for name in ("q8.c", "attention.c", "norm.c"))
+HEADERS = (KERNELS / "common.h",)
 # -ffp-contract=off: no fused multiply-adds where the C spells a product and a
 # sum, so that RoPE rounds as torch does (the kernels' own FMAs are explicit).
 FLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
@@ -77,7 +79,7 @@ def load_kernels(native: bool = True) -> ctypes.CDLL | None:
     if cc is None:
         log.warning("no C compiler found (set CC): muxd's CPU kernels fall back to slower torch ops")
         return None
-    parts = [src.read_text() for src in SOURCES] + [cc, " ".join(flags), _cpu_id()]
+    parts = [src.read_text() for src in SOURCES + HEADERS] + [cc, " ".join(flags), _cpu_id()]
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
     target = cache_dir() / "kernels" / f"muxd-cpu-{key[:16]}.so"
     if not target.exists():

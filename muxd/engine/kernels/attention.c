@@ -18,13 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static inline float load_value(const void *p, long i, int bf16) {
-    if (!bf16) return ((const float *)p)[i];
-    uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+#include "common.h"
 
 /* A K or V row as fp32. */
 static inline void load_row(const void *cache, long at, int bf16, int D, float *row) {
@@ -49,26 +43,6 @@ static inline void prefetch_row(const void *cache, const int64_t *table, long j,
     if (j >= ctx) return;
     const char *at = (const char *)cache + (table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride) * (bf16 ? 2 : 4);
     for (int off = 0; off < D * (bf16 ? 2 : 4); off += 64) __builtin_prefetch(at + off);
-}
-
-static inline void store_value(void *p, long i, float v, int bf16) {
-    if (!bf16) {
-        ((float *)p)[i] = v;
-        return;
-    }
-    uint32_t u;
-    memcpy(&u, &v, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) u |= 0x400000u; /* NaN stays NaN */
-    else u += 0x7fffu + ((u >> 16) & 1u);                 /* round to nearest even */
-    ((uint16_t *)p)[i] = (uint16_t)(u >> 16);
-}
-
-/* The value as the activations' dtype holds it: bf16-rounded, or as is. */
-static inline float rounded(float v, int bf16) {
-    if (!bf16) return v;
-    uint16_t h;
-    store_value(&h, 0, v, 1);
-    return load_value(&h, 0, 1);
 }
 
 /* RoPE of one head vector x (D values) at one position, as engine/model.py

@@ -27,6 +27,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "common.h"
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 #define Q8_VNNI 1
@@ -41,21 +43,6 @@
 #define PREFETCH 1024  /* bytes ahead of the next weight rows to prefetch */
 
 int q8_has_vnni(void) { return Q8_VNNI; }
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch does */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 static inline float f16_to_f32(uint16_t h) { /* IEEE half, subnormals included */
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
@@ -105,10 +92,7 @@ static void quantize_row(const void *x, int is_bf16, int K, int Kp, uint8_t *xab
     }
 }
 
-static inline void store(void *y, int y_bf16, long i, float v) {
-    if (y_bf16) ((uint16_t *)y)[i] = f32_to_bf16(v);
-    else ((float *)y)[i] = v;
-}
+static inline void store(void *y, int y_bf16, long i, float v) { store_value(y, i, v, y_bf16); }
 
 #if Q8_VNNI
 /* [s0 x8, s1 x8] from two adjacent fp32 scales */
