@@ -16,6 +16,7 @@ from torch import nn
 
 from muxd.engine.attention import AttentionMetadata, fused_decode_attention, paged_attention, write_kv
 from muxd.engine.cpu_kernels import load_kernels
+from muxd.engine.q8 import Q8Linear
 from muxd.models.spec import ModelSpec
 
 
@@ -191,10 +192,65 @@ class Transformer(nn.Module):
         x = self.embed_tokens(token_ids)  # [N, hidden]
         cos = self.cos_table[meta.positions][:, None, :]  # [N, 1, D], shared by all heads
         sin = self.sin_table[meta.positions][:, None, :]
-        for block in self.layers:
-            x = block(x, cos, sin, kv, meta, matmul_threads)
+        if not self._decode_in_c(x, cos, sin, kv, meta, matmul_threads):
+            for block in self.layers:
+                x = block(x, cos, sin, kv, meta, matmul_threads)
         x = self.norm(x[sample_rows])
         return linear(self.lm_head, x, matmul_threads).float()
+
+
+    def _decode_in_c(self, x, cos, sin, kv, meta: AttentionMetadata, threads: int) -> bool:
+        """Run every block of a CPU decode step in one call of
+        ``kernels/decode_step.c`` (``x`` updated in place); False, having done
+        nothing, where it does not apply: not a decode job, not on a CPU, not
+        a q8 model, Qwen3's q/k norms, no compiled kernels."""
+        if meta.max_q != 1 or x.device.type != "cpu" or (plan := self._decode_plan(x.dtype)) is None:
+            return False
+        kernels = load_kernels()
+        k_cache, v_cache = kv
+        if k_cache.dtype != x.dtype or k_cache.stride() != v_cache.stride() or k_cache.stride(2) != 1:
+            return False
+        s = self.spec
+        status = kernels.decode_layers(
+            x.data_ptr(), x.shape[0], plan.data_ptr(), s.num_layers, s.hidden_size, s.intermediate_size, s.num_heads,
+            s.num_kv_heads, s.head_dim, s.rms_norm_eps, int(x.dtype == torch.bfloat16), cos.data_ptr(), sin.data_ptr(),
+            meta.positions.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1),
+            meta.write_pages.data_ptr(), meta.tables.data_ptr(), meta.tables.shape[-1], k_cache.shape[1],
+            s.head_dim**-0.5, threads if threads > 0 else torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError("decode step: no memory for its activations")
+        return True
+
+    def _decode_plan(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """Per layer, the pointers ``decode_step.c`` reads (its LAYER_FIELDS), built
+        once; None where the blocks are not all q8 kernel layers."""
+        cached = self.__dict__.get("_plan")
+        if cached is not None and cached[0] == dtype:
+            return cached[1]
+        plan = None
+        if not self.spec.qk_norm and dtype in (torch.float32, torch.bfloat16) and load_kernels() is not None:
+            rows = [_layer_plan(block, dtype) for block in self.layers]
+            if all(row is not None for row in rows):
+                plan = torch.tensor(rows, dtype=torch.int64)
+        self.__dict__["_plan"] = (dtype, plan)
+        return plan
+
+    def _apply(self, fn, recurse: bool = True):
+        self.__dict__.pop("_plan", None)  # moved or cast tensors: pointers change
+        return super()._apply(fn, recurse)
+
+
+def _layer_plan(block: Block, dtype: torch.dtype) -> list[int] | None:
+    """One row of ``Transformer._decode_plan``, or None."""
+    linears = (block.self_attn.qkv_proj, block.self_attn.o_proj, block.mlp.gate_up_proj, block.mlp.down_proj)
+    norms = (block.input_layernorm.weight, block.post_attention_layernorm.weight)
+    if not all(isinstance(lin, Q8Linear) and lin.kernel is not None and lin._weights for lin in linears):
+        return None
+    if not all(w.dtype == dtype and w.is_contiguous() for w in norms):
+        return None
+    (qkv, o, gate_up, down) = [(lin._weights[1], lin._weights[2], lin._weights[3] or 0) for lin in linears]
+    return [norms[0].data_ptr(), *qkv, *o, norms[1].data_ptr(), *gate_up, *down, block.self_attn.window or 0]
 
 
 class PackedLinear(nn.Module):

@@ -59,3 +59,38 @@ def test_rms_norm_and_the_fused_residual_add_compute_the_torch_values(dtype, mon
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1 / 128, "atol": 1 / 128}
     torch.testing.assert_close(fast, slow, **tol)
     torch.testing.assert_close(fast_norm, slow_norm, **tol)
+
+
+def q8_decode(path, dtype: str, in_c: bool, monkeypatch: pytest.MonkeyPatch, prompts=PROMPTS):
+    from muxd.engine import model
+
+    with monkeypatch.context() as patch:
+        if not in_c:
+            patch.setattr(model.Transformer, "_decode_in_c", lambda *args: False)
+        loaded = load_model(path, dtype, quantization="q8")
+        engine = LLMEngine({"m": loaded}, kv_cache_bytes=8 << 20)
+        params = SamplingParams(max_tokens=12, ignore_eos=True, logprobs=True)
+        outs = engine.generate("m", prompts, params)
+    return loaded, [o.output_ids for o in outs], torch.tensor([o.logprobs for o in outs])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_q8_decode_step_in_one_c_call_computes_what_the_per_op_path_does(tiny_model_dirs, dtype, monkeypatch) -> None:
+    for family, path in tiny_model_dirs.items():
+        loaded, ids_c, logprobs_c = q8_decode(path, dtype, True, monkeypatch)
+        # Qwen3's q/k norms are not in decode_step.c: its model keeps the per-op path.
+        assert (loaded.model._decode_plan(loaded.dtype) is None) == loaded.spec.qk_norm, family
+        _, ids_ops, logprobs_ops = q8_decode(path, dtype, False, monkeypatch)
+        assert ids_c == ids_ops, family
+        tol = 1e-4 if dtype == "float32" else 2e-2
+        torch.testing.assert_close(logprobs_c, logprobs_ops, rtol=tol, atol=tol, msg=family)
+
+
+def test_the_one_call_decode_step_splits_over_threads_without_changing_results(tiny_model_dirs, monkeypatch) -> None:
+    """Two threads split every linear's rows and the batch's attention heads."""
+    results = []
+    for threads in (1, 2):
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "get_num_threads", lambda t=threads: t)
+            results.append(q8_decode(tiny_model_dirs["llama"], "float32", True, monkeypatch)[1])
+    assert results[0] == results[1]

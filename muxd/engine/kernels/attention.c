@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "kernels.h"
 
 /* A K or V row as fp32. */
 static inline void load_row(const void *cache, long at, int bf16, int D, float *row) {
@@ -57,6 +58,63 @@ static inline void rope(const void *x, long at, const void *cos, const void *sin
     }
 }
 
+/* decode_attention's work for sequence b and KV head h (its G query heads).
+ * Returns 0, or -1 if scratch memory could not be had. */
+int attention_head(const void *qk, long qk_stride, const void *v, long v_stride, const void *cos, const void *sin,
+                   const int64_t *positions, void *k_cache, void *v_cache, long page_stride, long row_stride,
+                   const int64_t *write_pages, const int64_t *tables, int M, int window, float scale, int b, int h,
+                   int Hq, int Hkv, int D, int page_tokens, void *out, int bf16) {
+    const int G = Hq / Hkv;
+    const long pos = positions[b], ctx = pos + 1;
+    const long first = window > 0 && ctx > window ? ctx - window : 0;
+    const long S = ctx - first;
+    float *scores = malloc(sizeof(float) * (size_t)(G * S + 2 * G * D + 2 * D));
+    if (!scores) {
+        return -1;
+    }
+    float *qv = scores + G * S, *acc = qv + G * D, *row = acc + G * D, *k_new = row + D;
+    /* the new token: q heads roped, k roped and stored, v stored */
+    for (int g = 0; g < G; ++g) rope(qk, b * qk_stride + (long)(h * G + g) * D, cos, sin, b * D, D, bf16, qv + g * D);
+    rope(qk, b * qk_stride + (long)(Hq + h) * D, cos, sin, b * D, D, bf16, k_new);
+    const long slot = write_pages[b * Hkv + h] * page_stride + (pos % page_tokens) * row_stride;
+    for (int d = 0; d < D; ++d) {
+        store_value(k_cache, slot + d, k_new[d], bf16);
+        store_value(v_cache, slot + d, load_value(v, b * v_stride + (long)h * D + d, bf16), bf16);
+    }
+    const int64_t *table = tables + ((long)b * Hkv + h) * M;
+    for (long j = first; j < ctx; ++j) {
+        prefetch_row(k_cache, table, j + AHEAD, ctx, page_tokens, page_stride, row_stride, D, bf16);
+        load_row(k_cache, table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride, bf16, D, row);
+        for (int g = 0; g < G; ++g) {
+            const float *qg = qv + g * D;
+            float dot = 0.f;
+            #pragma omp simd reduction(+ : dot)
+            for (int d = 0; d < D; ++d) dot += qg[d] * row[d];
+            scores[g * S + (j - first)] = dot * scale;
+        }
+    }
+    for (int g = 0; g < G; ++g) {
+        float *s = scores + g * S, top = -INFINITY, total = 0.f;
+        for (long j = 0; j < S; ++j) top = s[j] > top ? s[j] : top;
+        for (long j = 0; j < S; ++j) total += (s[j] = expf(s[j] - top));
+        for (long j = 0; j < S; ++j) s[j] /= total;
+    }
+    memset(acc, 0, sizeof(float) * G * D);
+    for (long j = first; j < ctx; ++j) {
+        prefetch_row(v_cache, table, j + AHEAD, ctx, page_tokens, page_stride, row_stride, D, bf16);
+        load_row(v_cache, table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride, bf16, D, row);
+        for (int g = 0; g < G; ++g) {
+            float *ag = acc + g * D, p = scores[g * S + (j - first)];
+            #pragma omp simd
+            for (int d = 0; d < D; ++d) ag[d] += p * row[d];
+        }
+    }
+    for (int g = 0; g < G; ++g)
+        for (int d = 0; d < D; ++d) store_value(out, (long)b * Hq * D + (long)(h * G + g) * D + d, acc[g * D + d], bf16);
+    free(scores);
+    return 0;
+}
+
 /* A decode step's attention for one layer: RoPE on the new token's q and k,
  * k and v written into their pages, then each query head attends to its
  * sequence's keys.
@@ -74,60 +132,13 @@ int decode_attention(const void *qk, long qk_stride, const void *v, long v_strid
                      const int64_t *positions, void *k_cache, void *v_cache, long page_stride, long row_stride,
                      const int64_t *write_pages, const int64_t *tables, int M, int window, float scale, int B, int Hq,
                      int Hkv, int D, int page_tokens, void *out, int bf16, int threads) {
-    const int G = Hq / Hkv;
     int failed = 0;
     #pragma omp parallel for num_threads(threads) schedule(dynamic) collapse(2) if (B * Hkv >= 8)
-    for (int b = 0; b < B; ++b) {
-        for (int h = 0; h < Hkv; ++h) {
-            const long pos = positions[b], ctx = pos + 1;
-            const long first = window > 0 && ctx > window ? ctx - window : 0;
-            const long S = ctx - first;
-            float *scores = malloc(sizeof(float) * (size_t)(G * S + 2 * G * D + 2 * D));
-            if (!scores) {
+    for (int b = 0; b < B; ++b)
+        for (int h = 0; h < Hkv; ++h)
+            if (attention_head(qk, qk_stride, v, v_stride, cos, sin, positions, k_cache, v_cache, page_stride,
+                               row_stride, write_pages, tables, M, window, scale, b, h, Hq, Hkv, D, page_tokens, out,
+                               bf16))
                 failed = 1;
-                continue;
-            }
-            float *qv = scores + G * S, *acc = qv + G * D, *row = acc + G * D, *k_new = row + D;
-            /* the new token: q heads roped, k roped and stored, v stored */
-            for (int g = 0; g < G; ++g) rope(qk, b * qk_stride + (long)(h * G + g) * D, cos, sin, b * D, D, bf16, qv + g * D);
-            rope(qk, b * qk_stride + (long)(Hq + h) * D, cos, sin, b * D, D, bf16, k_new);
-            const long slot = write_pages[b * Hkv + h] * page_stride + (pos % page_tokens) * row_stride;
-            for (int d = 0; d < D; ++d) {
-                store_value(k_cache, slot + d, k_new[d], bf16);
-                store_value(v_cache, slot + d, load_value(v, b * v_stride + (long)h * D + d, bf16), bf16);
-            }
-            const int64_t *table = tables + ((long)b * Hkv + h) * M;
-            for (long j = first; j < ctx; ++j) {
-                prefetch_row(k_cache, table, j + AHEAD, ctx, page_tokens, page_stride, row_stride, D, bf16);
-                load_row(k_cache, table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride, bf16, D, row);
-                for (int g = 0; g < G; ++g) {
-                    const float *qg = qv + g * D;
-                    float dot = 0.f;
-                    #pragma omp simd reduction(+ : dot)
-                    for (int d = 0; d < D; ++d) dot += qg[d] * row[d];
-                    scores[g * S + (j - first)] = dot * scale;
-                }
-            }
-            for (int g = 0; g < G; ++g) {
-                float *s = scores + g * S, top = -INFINITY, total = 0.f;
-                for (long j = 0; j < S; ++j) top = s[j] > top ? s[j] : top;
-                for (long j = 0; j < S; ++j) total += (s[j] = expf(s[j] - top));
-                for (long j = 0; j < S; ++j) s[j] /= total;
-            }
-            memset(acc, 0, sizeof(float) * G * D);
-            for (long j = first; j < ctx; ++j) {
-                prefetch_row(v_cache, table, j + AHEAD, ctx, page_tokens, page_stride, row_stride, D, bf16);
-                load_row(v_cache, table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride, bf16, D, row);
-                for (int g = 0; g < G; ++g) {
-                    float *ag = acc + g * D, p = scores[g * S + (j - first)];
-                    #pragma omp simd
-                    for (int d = 0; d < D; ++d) ag[d] += p * row[d];
-                }
-            }
-            for (int g = 0; g < G; ++g)
-                for (int d = 0; d < D; ++d) store_value(out, (long)b * Hq * D + (long)(h * G + g) * D + d, acc[g * D + d], bf16);
-            free(scores);
-        }
-    }
     return failed ? -1 : 0;
 }

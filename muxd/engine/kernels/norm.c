@@ -13,27 +13,36 @@
 #include <string.h>
 
 #include "common.h"
+#include "kernels.h"
 
-/* For each of `rows` rows of `dim` values: sum = x + residual (when residual
- * is not NULL; stored in `sum`, else x is read as is), out = RMSNorm(sum) * weight. */
+/* One row of `dim` values: sum = x + residual (when residual is not NULL;
+ * stored in `sum`, else x is read as is), out = RMSNorm(sum) * weight. */
+void norm_row(const void *x, const void *residual, const void *weight, float eps, int dim, void *sum, void *out,
+              int bf16) {
+    float row[dim];
+    float squares = 0.f;
+    for (int d = 0; d < dim; ++d) {
+        float v = load_value(x, d, bf16);
+        if (residual) {
+            v = rounded(v + load_value(residual, d, bf16), bf16);
+            store_value(sum, d, v, bf16);
+        }
+        row[d] = v;
+    }
+    #pragma omp simd reduction(+ : squares)
+    for (int d = 0; d < dim; ++d) squares += row[d] * row[d];
+    const float scale = 1.f / sqrtf(squares / (float)dim + eps);
+    for (int d = 0; d < dim; ++d)
+        store_value(out, d, rounded(rounded(row[d] * scale, bf16) * load_value(weight, d, bf16), bf16), bf16);
+}
+
+/* norm_row over `rows` rows. */
 void add_rms_norm(const void *x, const void *residual, const void *weight, float eps, int rows, int dim, void *sum,
                   void *out, int bf16) {
-    float row[dim];
+    const long es = bf16 ? 2 : 4;
     for (int r = 0; r < rows; ++r) {
-        const long at = (long)r * dim;
-        float squares = 0.f;
-        for (int d = 0; d < dim; ++d) {
-            float v = load_value(x, at + d, bf16);
-            if (residual) {
-                v = rounded(v + load_value(residual, at + d, bf16), bf16);
-                store_value(sum, at + d, v, bf16);
-            }
-            row[d] = v;
-        }
-        #pragma omp simd reduction(+ : squares)
-        for (int d = 0; d < dim; ++d) squares += row[d] * row[d];
-        const float scale = 1.f / sqrtf(squares / (float)dim + eps);
-        for (int d = 0; d < dim; ++d)
-            store_value(out, at + d, rounded(rounded(row[d] * scale, bf16) * load_value(weight, d, bf16), bf16), bf16);
+        const long at = (long)r * dim * es;
+        norm_row((const char *)x + at, residual ? (const char *)residual + at : NULL, weight, eps, dim,
+                 sum ? (char *)sum + at : NULL, (char *)out + at, bf16);
     }
 }

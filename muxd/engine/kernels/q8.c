@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "kernels.h"
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 #define Q8_VNNI 1
@@ -58,7 +59,7 @@ static inline float f16_to_f32(uint16_t h) { /* IEEE half, subnormals included *
 }
 
 /* One activation row -> |q| [Kp], sign bits [Kp/64], scales [Kp/32]. */
-static void quantize_row(const void *x, int is_bf16, int K, int Kp, uint8_t *xabs, uint64_t *xsign, float *xscale) {
+void q8_quantize_row(const void *x, int is_bf16, int K, int Kp, uint8_t *xabs, uint64_t *xsign, float *xscale) {
     for (int c = 0; c < Kp / CHUNK; ++c) {
         float v[CHUNK], inv[2];
         for (int g = 0; g < 2; ++g) {
@@ -111,7 +112,7 @@ static inline __m512 two_half_scales(const uint16_t *s, __m512i halves) {
 #endif
 
 /* Rows [n0, n0 + nr) of y for activation rows [m0, m0 + mr). */
-static void tile(const uint8_t *xabs, const uint64_t *xsign, const float *xscale, int m0, int mr, const int8_t *w,
+void q8_tile(const uint8_t *xabs, const uint64_t *xsign, const float *xscale, int m0, int mr, const int8_t *w,
                  const uint16_t *wscale, const float *bias, int N, int Kp, int n0, int nr, void *y, int y_bf16) {
     const int nc = Kp / CHUNK, ng = Kp / GROUP;
 #if Q8_VNNI
@@ -190,12 +191,12 @@ int q8_linear(const void *x, int x_bf16, int M, int K, const int8_t *w, const ui
     {
         #pragma omp for schedule(static)
         for (int m = 0; m < M; ++m)
-            quantize_row((const char *)x + m * x_row, x_bf16, K, Kp, xabs + (size_t)m * Kp, xsign + (size_t)m * nc,
+            q8_quantize_row((const char *)x + m * x_row, x_bf16, K, Kp, xabs + (size_t)m * Kp, xsign + (size_t)m * nc,
                          xscale + (size_t)m * ng);
         #pragma omp for schedule(static)
         for (int n0 = 0; n0 < N; n0 += ROWS)
             for (int m0 = 0; m0 < M; m0 += XROWS)
-                tile(xabs, xsign, xscale, m0, M - m0 < XROWS ? M - m0 : XROWS, w, wscale, bias, N, Kp, n0,
+                q8_tile(xabs, xsign, xscale, m0, M - m0 < XROWS ? M - m0 : XROWS, w, wscale, bias, N, Kp, n0,
                      N - n0 < ROWS ? N - n0 : ROWS, y, y_bf16);
     }
     free(xabs); free(xsign); free(xscale);

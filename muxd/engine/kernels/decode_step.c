@@ -1,0 +1,156 @@
+/* A whole batch-1-ish CPU decode step through the transformer blocks, in one
+ * call and one thread team: what llama.cpp does, for muxd's q8 models.
+ *
+ * Why: with every piece in C already (q8.c, attention.c, norm.c), what is
+ * left of a step is the Python between them (about ten calls a layer) and an
+ * OpenMP fork/join per linear (121 a step on SmolLM2), which is why a second
+ * core gained little. Here the team is forked once per step and its threads
+ * meet at a spinning barrier between the steps of a layer: each linear's
+ * rows are split over the threads, the norms and element-wise products over
+ * the batch's rows, attention over (sequence, KV head) pairs.
+ *
+ * Each piece is the same function the per-op path calls, in the same order
+ * and with the same roundings, so a step computes what the per-op path does
+ * (engine/model.py: Block.forward; tests/engine/test_cpu_kernels.py).
+ *
+ * plan: per layer, LAYER_FIELDS int64 (pointers as integers):
+ *   input norm weight, qkv (weights, scales, bias or 0), o (same), post norm
+ *   weight, gate_up (same), down (same), sliding window (0: none).
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <omp.h>
+
+#include "common.h"
+#include "kernels.h"
+
+enum {
+    IN_NORM, QKV_W, QKV_S, QKV_B, O_W, O_S, O_B, POST_NORM, GU_W, GU_S, GU_B, DOWN_W, DOWN_S, DOWN_B, WINDOW,
+    LAYER_FIELDS
+};
+
+typedef struct {
+    atomic_int arrived, phase;
+    int threads;
+} barrier_t;
+
+static void barrier_wait(barrier_t *bar) {
+    if (bar->threads == 1) return;
+    int phase = atomic_load_explicit(&bar->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&bar->arrived, 1, memory_order_acq_rel) == bar->threads - 1) {
+        atomic_store_explicit(&bar->arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&bar->phase, phase + 1, memory_order_release);
+        return;
+    }
+    while (atomic_load_explicit(&bar->phase, memory_order_acquire) == phase) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+
+/* [lo, hi) of n items for thread t of T, in whole units of `unit` items. */
+static void share(long n, long unit, int t, int T, long *lo, long *hi) {
+    long units = (n + unit - 1) / unit;
+    *lo = units * t / T * unit;
+    *hi = units * (t + 1) / T * unit;
+    if (*hi > n) *hi = n;
+    if (*lo > n) *lo = n;
+}
+
+typedef struct { /* the activations' quantized copy, shared by the team */
+    uint8_t *abs;
+    uint64_t *sign;
+    float *scale;
+} quantized_t;
+
+/* y [M, N] = x [M, K] . W^T, by the whole team (a barrier after each half). */
+static void linear(const void *x, int M, int K, const int64_t *layer, int field, int N, quantized_t *q, void *y,
+                   int bf16, int t, int T, barrier_t *bar) {
+    const int Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK, nc = Kp / Q8_CHUNK, ng = Kp / Q8_GROUP;
+    const long es = bf16 ? 2 : 4;
+    long lo, hi;
+    share(M, 1, t, T, &lo, &hi);
+    for (long m = lo; m < hi; ++m)
+        q8_quantize_row((const char *)x + m * K * es, bf16, K, Kp, q->abs + m * Kp, q->sign + m * nc, q->scale + m * ng);
+    barrier_wait(bar);
+    const int8_t *w = (const int8_t *)(intptr_t)layer[field];
+    const uint16_t *s = (const uint16_t *)(intptr_t)layer[field + 1];
+    const float *bias = (const float *)(intptr_t)layer[field + 2];
+    share(N, Q8_ROWS, t, T, &lo, &hi);
+    for (long n0 = lo; n0 < hi; n0 += Q8_ROWS)
+        for (int m0 = 0; m0 < M; m0 += Q8_XROWS)
+            q8_tile(q->abs, q->sign, q->scale, m0, M - m0 < Q8_XROWS ? M - m0 : Q8_XROWS, w, s, bias, N, Kp, (int)n0,
+                    N - n0 < Q8_ROWS ? (int)(N - n0) : Q8_ROWS, y, bf16);
+    barrier_wait(bar);
+}
+
+static inline float silu(float g) { return g / (1.f + expf(-g)); }
+
+/* x [B, H] (bf16 if bf16, else fp32) goes through layers [0, L) in place.
+ * cos, sin [B, D]; positions [B]; write_pages [L, B, Hkv]; tables
+ * [L, B, Hkv, M]; the caches as in attention.c. Returns 0, or -1 if scratch
+ * memory could not be had. */
+int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int Hq, int Hkv, int D, float eps,
+                  int bf16, const void *cos, const void *sin, const int64_t *positions, void *k_cache, void *v_cache,
+                  long page_stride, long row_stride, const int64_t *write_pages, const int64_t *tables, int M,
+                  int page_tokens, float scale, int threads) {
+    const long es = bf16 ? 2 : 4, QKV = (long)(Hq + 2 * Hkv) * D, widest = 2L * I > QKV ? 2L * I : QKV;
+    const long Kp = ((I > H ? I : H) + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
+    char *h = malloc((size_t)B * H * es), *wide = malloc((size_t)B * widest * es);
+    char *attn = malloc((size_t)B * Hq * D * es), *act = malloc((size_t)B * I * es), *add = malloc((size_t)B * H * es);
+    quantized_t q = {malloc((size_t)B * Kp), malloc((size_t)B * (Kp / Q8_CHUNK) * 8), malloc((size_t)B * (Kp / Q8_GROUP) * 4)};
+    int failed = !h || !wide || !attn || !act || !add || !q.abs || !q.sign || !q.scale;
+    if (!failed) {
+        barrier_t bar = {0, 0, 1};
+        atomic_int errors = 0;
+        #pragma omp parallel num_threads(threads)
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            #pragma omp single
+            bar.threads = T; /* the implied barrier publishes it */
+            long lo, hi;
+            for (int l = 0; l < L; ++l) {
+                const int64_t *layer = plan + (long)l * LAYER_FIELDS;
+                share(B, 1, t, T, &lo, &hi);
+                for (long b = lo; b < hi; ++b)
+                    norm_row((char *)x + b * H * es, NULL, (const void *)(intptr_t)layer[IN_NORM], eps, H, NULL,
+                             h + b * H * es, bf16);
+                barrier_wait(&bar);
+                linear(h, B, H, layer, QKV_W, (int)QKV, &q, wide, bf16, t, T, &bar);
+                share((long)B * Hkv, 1, t, T, &lo, &hi);
+                for (long i = lo; i < hi; ++i)
+                    if (attention_head(wide, QKV, wide + (long)(Hq + Hkv) * D * es, QKV, cos, sin, positions, k_cache,
+                                       v_cache, page_stride, row_stride, write_pages + (long)l * B * Hkv,
+                                       tables + (long)l * B * Hkv * M, M, (int)layer[WINDOW], scale, (int)(i / Hkv),
+                                       (int)(i % Hkv), Hq, Hkv, D, page_tokens, attn, bf16))
+                        atomic_store(&errors, 1);
+                barrier_wait(&bar);
+                linear(attn, B, Hq * D, layer, O_W, H, &q, add, bf16, t, T, &bar);
+                share(B, 1, t, T, &lo, &hi);
+                for (long b = lo; b < hi; ++b)
+                    norm_row((char *)x + b * H * es, add + b * H * es, (const void *)(intptr_t)layer[POST_NORM], eps, H,
+                             (char *)x + b * H * es, h + b * H * es, bf16);
+                barrier_wait(&bar);
+                linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, t, T, &bar);
+                share((long)B * I, 16, t, T, &lo, &hi);
+                for (long i = lo; i < hi; ++i) { /* silu(gate) * up, each rounded as torch rounds */
+                    long b = i / I, k = i % I;
+                    float gate = rounded(silu(load_value(wide, b * 2 * I + k, bf16)), bf16);
+                    store_value(act, i, gate * load_value(wide, b * 2 * I + I + k, bf16), bf16);
+                }
+                barrier_wait(&bar);
+                linear(act, B, I, layer, DOWN_W, H, &q, add, bf16, t, T, &bar);
+                share((long)B * H, 16, t, T, &lo, &hi);
+                for (long i = lo; i < hi; ++i)
+                    store_value(x, i, load_value(x, i, bf16) + load_value(add, i, bf16), bf16);
+                barrier_wait(&bar);
+            }
+        }
+        failed = atomic_load(&errors);
+    }
+    free(h); free(wide); free(attn); free(act); free(add); free(q.abs); free(q.sign); free(q.scale);
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,23 @@
+/* The kernels one file calls from another (decode_step.c runs the others'
+ * pieces inside one thread team). */
+#ifndef MUXD_KERNELS_H
+#define MUXD_KERNELS_H
+
+#include <stdint.h>
+
+#define Q8_GROUP 32 /* q8.c: inputs per scale */
+#define Q8_CHUNK 64 /* q8.c: inputs per vector */
+#define Q8_ROWS 4   /* q8.c: weight rows per tile */
+#define Q8_XROWS 4  /* q8.c: activation rows per tile */
+
+void q8_quantize_row(const void *x, int is_bf16, int K, int Kp, uint8_t *xabs, uint64_t *xsign, float *xscale);
+void q8_tile(const uint8_t *xabs, const uint64_t *xsign, const float *xscale, int m0, int mr, const int8_t *w,
+             const uint16_t *wscale, const float *bias, int N, int Kp, int n0, int nr, void *y, int y_bf16);
+void norm_row(const void *x, const void *residual, const void *weight, float eps, int dim, void *sum, void *out,
+              int bf16);
+int attention_head(const void *qk, long qk_stride, const void *v, long v_stride, const void *cos, const void *sin,
+                   const int64_t *positions, void *k_cache, void *v_cache, long page_stride, long row_stride,
+                   const int64_t *write_pages, const int64_t *tables, int M, int window, float scale, int b, int h,
+                   int Hq, int Hkv, int D, int page_tokens, void *out, int bf16);
+
+#endif
