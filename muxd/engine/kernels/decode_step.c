@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <omp.h>
 
 #include "common.h"
@@ -66,91 +67,125 @@ typedef struct { /* the activations' quantized copy, shared by the team */
     float *scale;
 } quantized_t;
 
-/* y [M, N] = x [M, K] . W^T, by the whole team (a barrier after each half). */
-static void linear(const void *x, int M, int K, const int64_t *layer, int field, int N, quantized_t *q, void *y,
-                   int bf16, int t, int T, barrier_t *bar) {
-    const int Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK, nc = Kp / Q8_CHUNK, ng = Kp / Q8_GROUP;
-    const long es = bf16 ? 2 : 4;
-    long lo, hi;
-    share(M, 1, t, T, &lo, &hi);
-    for (long m = lo; m < hi; ++m)
-        q8_quantize_row((const char *)x + m * K * es, bf16, K, Kp, q->abs + m * Kp, q->sign + m * nc, q->scale + m * ng);
-    barrier_wait(bar);
+/* Rows [lo, hi) of y [M, N] = x . W^T from x's quantized copy (q8.c's tiles). */
+static void gemv_rows(const quantized_t *q, int M, int K, const int64_t *layer, int field, int N, void *y, int bf16,
+                      long lo, long hi) {
+    const int Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
     const int8_t *w = (const int8_t *)(intptr_t)layer[field];
     const uint16_t *s = (const uint16_t *)(intptr_t)layer[field + 1];
     const float *bias = (const float *)(intptr_t)layer[field + 2];
-    share(N, Q8_ROWS, t, T, &lo, &hi);
     for (long n0 = lo; n0 < hi; n0 += Q8_ROWS)
         for (int m0 = 0; m0 < M; m0 += Q8_XROWS)
             q8_tile(q->abs, q->sign, q->scale, m0, M - m0 < Q8_XROWS ? M - m0 : Q8_XROWS, w, s, bias, N, Kp, (int)n0,
                     N - n0 < Q8_ROWS ? (int)(N - n0) : Q8_ROWS, y, bf16);
+}
+
+/* x [M, K] quantized into q (every thread its own copy: cheaper than a barrier). */
+static void quantize(const void *x, int M, int K, quantized_t *q, int bf16) {
+    const int Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK, nc = Kp / Q8_CHUNK, ng = Kp / Q8_GROUP;
+    const long es = bf16 ? 2 : 4;
+    for (long m = 0; m < M; ++m)
+        q8_quantize_row((const char *)x + m * K * es, bf16, K, Kp, q->abs + m * Kp, q->sign + m * nc, q->scale + m * ng);
+}
+
+/* y [M, N] = x [M, K] . W^T by the whole team: each thread quantizes x for
+ * itself and computes its share of W's rows; a barrier ends it. */
+static void linear(const void *x, int M, int K, const int64_t *layer, int field, int N, quantized_t *q, void *y,
+                   int bf16, int t, int T, barrier_t *bar) {
+    long lo, hi;
+    quantize(x, M, K, q, bf16);
+    share(N, Q8_ROWS, t, T, &lo, &hi);
+    gemv_rows(q, M, K, layer, field, N, y, bf16, lo, hi);
     barrier_wait(bar);
 }
 
 static inline float silu(float g) { return g / (1.f + expf(-g)); }
 
+static int alloc_quantized(quantized_t *q, int M, long Kp) {
+    q->abs = malloc((size_t)M * Kp);
+    q->sign = malloc((size_t)M * (Kp / Q8_CHUNK) * 8);
+    q->scale = malloc((size_t)M * (Kp / Q8_GROUP) * 4);
+    return q->abs && q->sign && q->scale;
+}
+
+static void free_quantized(quantized_t *q) {
+    free(q->abs);
+    free(q->sign);
+    free(q->scale);
+}
+
 /* x [B, H] (bf16 if bf16, else fp32) goes through layers [0, L) in place.
  * cos, sin [B, D]; positions [B]; write_pages [L, B, Hkv]; tables
  * [L, B, Hkv, M]; the caches as in attention.c. Returns 0, or -1 if scratch
- * memory could not be had. */
+ * memory could not be had.
+ *
+ * What the team shares: each linear's output and the attention's. What
+ * every thread computes for itself, from those: the residual stream, the
+ * norms, SiLU times up, and the quantized inputs of the next linear. The
+ * duplicated work is a few thousand values a layer; in exchange a layer has
+ * five barriers (one after each linear and one after attention). */
 int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int Hq, int Hkv, int D, float eps,
                   int bf16, const void *cos, const void *sin, const int64_t *positions, void *k_cache, void *v_cache,
                   long page_stride, long row_stride, const int64_t *write_pages, const int64_t *tables, int M,
                   int page_tokens, float scale, int threads) {
     const long es = bf16 ? 2 : 4, QKV = (long)(Hq + 2 * Hkv) * D, widest = 2L * I > QKV ? 2L * I : QKV;
     const long Kp = ((I > H ? I : H) + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
-    char *h = malloc((size_t)B * H * es), *wide = malloc((size_t)B * widest * es);
-    char *attn = malloc((size_t)B * Hq * D * es), *act = malloc((size_t)B * I * es), *add = malloc((size_t)B * H * es);
-    quantized_t q = {malloc((size_t)B * Kp), malloc((size_t)B * (Kp / Q8_CHUNK) * 8), malloc((size_t)B * (Kp / Q8_GROUP) * 4)};
-    int failed = !h || !wide || !attn || !act || !add || !q.abs || !q.sign || !q.scale;
-    if (!failed) {
+    char *wide = malloc((size_t)B * widest * es), *attn = malloc((size_t)B * Hq * D * es);
+    char *out = malloc((size_t)B * H * es); /* the o and down projections */
+    atomic_int errors = !wide || !attn || !out;
+    if (!errors) {
         barrier_t bar = {0, 0, 1};
-        atomic_int errors = 0;
         #pragma omp parallel num_threads(threads)
         {
             const int t = omp_get_thread_num(), T = omp_get_num_threads();
             #pragma omp single
             bar.threads = T; /* the implied barrier publishes it */
-            long lo, hi;
-            for (int l = 0; l < L; ++l) {
-                const int64_t *layer = plan + (long)l * LAYER_FIELDS;
-                share(B, 1, t, T, &lo, &hi);
-                for (long b = lo; b < hi; ++b)
-                    norm_row((char *)x + b * H * es, NULL, (const void *)(intptr_t)layer[IN_NORM], eps, H, NULL,
-                             h + b * H * es, bf16);
-                barrier_wait(&bar);
-                linear(h, B, H, layer, QKV_W, (int)QKV, &q, wide, bf16, t, T, &bar);
-                share((long)B * Hkv, 1, t, T, &lo, &hi);
-                for (long i = lo; i < hi; ++i)
-                    if (attention_head(wide, QKV, wide + (long)(Hq + Hkv) * D * es, QKV, cos, sin, positions, k_cache,
-                                       v_cache, page_stride, row_stride, write_pages + (long)l * B * Hkv,
-                                       tables + (long)l * B * Hkv * M, M, (int)layer[WINDOW], scale, (int)(i / Hkv),
-                                       (int)(i % Hkv), Hq, Hkv, D, page_tokens, attn, bf16))
-                        atomic_store(&errors, 1);
-                barrier_wait(&bar);
-                linear(attn, B, Hq * D, layer, O_W, H, &q, add, bf16, t, T, &bar);
-                share(B, 1, t, T, &lo, &hi);
-                for (long b = lo; b < hi; ++b)
-                    norm_row((char *)x + b * H * es, add + b * H * es, (const void *)(intptr_t)layer[POST_NORM], eps, H,
-                             (char *)x + b * H * es, h + b * H * es, bf16);
-                barrier_wait(&bar);
-                linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, t, T, &bar);
-                share((long)B * I, 16, t, T, &lo, &hi);
-                for (long i = lo; i < hi; ++i) { /* silu(gate) * up, each rounded as torch rounds */
-                    long b = i / I, k = i % I;
-                    float gate = rounded(silu(load_value(wide, b * 2 * I + k, bf16)), bf16);
-                    store_value(act, i, gate * load_value(wide, b * 2 * I + I + k, bf16), bf16);
+            /* this thread's own: residual stream, normed rows, SiLU * up, quantized input */
+            char *stream = malloc((size_t)B * H * es), *h = malloc((size_t)B * H * es), *act = malloc((size_t)B * I * es);
+            quantized_t q;
+            int ok = stream && h && act && alloc_quantized(&q, B, Kp);
+            if (!ok) atomic_store(&errors, 1);
+            #pragma omp barrier
+            if (!atomic_load(&errors)) {
+                memcpy(stream, x, (size_t)B * H * es);
+                long lo, hi;
+                for (int l = 0; l < L; ++l) {
+                    const int64_t *layer = plan + (long)l * LAYER_FIELDS;
+                    for (long b = 0; b < B; ++b)
+                        norm_row(stream + b * H * es, NULL, (const void *)(intptr_t)layer[IN_NORM], eps, H, NULL,
+                                 h + b * H * es, bf16);
+                    linear(h, B, H, layer, QKV_W, (int)QKV, &q, wide, bf16, t, T, &bar);
+                    share((long)B * Hkv, 1, t, T, &lo, &hi);
+                    for (long i = lo; i < hi; ++i)
+                        if (attention_head(wide, QKV, wide + (long)(Hq + Hkv) * D * es, QKV, cos, sin, positions,
+                                           k_cache, v_cache, page_stride, row_stride, write_pages + (long)l * B * Hkv,
+                                           tables + (long)l * B * Hkv * M, M, (int)layer[WINDOW], scale,
+                                           (int)(i / Hkv), (int)(i % Hkv), Hq, Hkv, D, page_tokens, attn, bf16))
+                            atomic_store(&errors, 1);
+                    barrier_wait(&bar);
+                    linear(attn, B, Hq * D, layer, O_W, H, &q, out, bf16, t, T, &bar);
+                    for (long b = 0; b < B; ++b) /* stream += o, then the post-attention norm */
+                        norm_row(stream + b * H * es, out + b * H * es, (const void *)(intptr_t)layer[POST_NORM], eps,
+                                 H, stream + b * H * es, h + b * H * es, bf16);
+                    linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, t, T, &bar);
+                    for (long i = 0; i < (long)B * I; ++i) { /* silu(gate) * up, each rounded as torch rounds */
+                        long b = i / I, k = i % I;
+                        float gate = rounded(silu(load_value(wide, b * 2 * I + k, bf16)), bf16);
+                        store_value(act, i, gate * load_value(wide, b * 2 * I + I + k, bf16), bf16);
+                    }
+                    /* `out` is read above (norm) by every thread before this
+                     * linear writes it: the barrier ending the gate_up
+                     * linear lies between. */
+                    linear(act, B, I, layer, DOWN_W, H, &q, out, bf16, t, T, &bar);
+                    for (long i = 0; i < (long)B * H; ++i)
+                        store_value(stream, i, load_value(stream, i, bf16) + load_value(out, i, bf16), bf16);
                 }
-                barrier_wait(&bar);
-                linear(act, B, I, layer, DOWN_W, H, &q, add, bf16, t, T, &bar);
-                share((long)B * H, 16, t, T, &lo, &hi);
-                for (long i = lo; i < hi; ++i)
-                    store_value(x, i, load_value(x, i, bf16) + load_value(add, i, bf16), bf16);
-                barrier_wait(&bar);
+                if (t == 0) memcpy(x, stream, (size_t)B * H * es);
             }
+            free(stream); free(h); free(act);
+            if (ok) free_quantized(&q);
         }
-        failed = atomic_load(&errors);
     }
-    free(h); free(wide); free(attn); free(act); free(add); free(q.abs); free(q.sign); free(q.scale);
-    return failed ? -1 : 0;
+    free(wide); free(attn); free(out);
+    return atomic_load(&errors) ? -1 : 0;
 }
