@@ -94,3 +94,17 @@ def test_the_one_call_decode_step_splits_over_threads_without_changing_results(t
             patch.setattr(torch, "get_num_threads", lambda t=threads: t)
             results.append(q8_decode(tiny_model_dirs["llama"], "float32", True, monkeypatch)[1])
     assert results[0] == results[1]
+
+
+def test_without_avx512_the_plain_c_build_decodes_the_same_tokens(tiny_model_dirs, monkeypatch) -> None:
+    """CPUs without AVX-512 VNNI get the kernels' plain C paths: same results."""
+    from muxd.engine import model, q8
+
+    plain = load_kernels(native=False)
+    assert plain is not None and plain.q8_has_vnni() == 0
+    native_ids = q8_decode(tiny_model_dirs["llama"], "float32", True, monkeypatch)[1]
+    for module in (model, attention, q8):
+        monkeypatch.setattr(module, "load_kernels", lambda *args, **kwargs: plain)
+    loaded, plain_ids, _ = q8_decode(tiny_model_dirs["llama"], "float32", True, monkeypatch)
+    assert loaded.model.layers[0].mlp.down_proj.kernel is plain
+    assert plain_ids == native_ids
