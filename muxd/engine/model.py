@@ -21,7 +21,9 @@ from muxd.models.spec import ModelSpec
 
 
 # Up to this many values (e.g. 64 rows of 1024) RMSNorm runs as one C call on
-# a CPU (kernels/norm.c); beyond, torch's vectorised ops are as fast.
+# a CPU (kernels/norm.c), which saves a decode step the dispatch of torch's
+# half-dozen ops; bigger inputs (prefill) keep torch's ops, which use every
+# intra-op thread where the C call uses one.
 NORM_KERNEL_VALUES = 1 << 16
 
 
@@ -56,7 +58,7 @@ class RMSNorm(nn.Module):
 
     def _kernels(self, x: torch.Tensor):
         """The C kernels where they apply: small batches (decode) of contiguous
-        CPU rows in the weight's dtype; larger ones gain nothing from them."""
+        CPU rows in the weight's dtype."""
         if x.device.type != "cpu" or x.dtype != self.weight.dtype or x.dtype not in (torch.float32, torch.bfloat16):
             return None
         if x.numel() > NORM_KERNEL_VALUES or not x.is_contiguous():
