@@ -39,22 +39,26 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (kernels := self._kernels(x)) is not None:
-            out = torch.empty_like(x)
-            kernels.add_rms_norm(x.data_ptr(), None, self.weight.data_ptr(), self.eps, x.numel() // x.shape[-1],
-                                 x.shape[-1], None, out.data_ptr(), int(x.dtype == torch.bfloat16))  # fmt: skip
-            return out
+            return self._in_c(kernels, x, None)[1]
         return self.weight * F.rms_norm(x, self.weight.shape, None, self.eps)
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x + residual, self(x + residual))``, in one C call on a CPU decode step."""
         if (kernels := self._kernels(x)) is not None and residual.is_contiguous() and residual.dtype == x.dtype:
-            total, out = torch.empty_like(x), torch.empty_like(x)
-            kernels.add_rms_norm(x.data_ptr(), residual.data_ptr(), self.weight.data_ptr(), self.eps,
-                                 x.numel() // x.shape[-1], x.shape[-1], total.data_ptr(), out.data_ptr(),
-                                 int(x.dtype == torch.bfloat16))  # fmt: skip
-            return total, out
+            return self._in_c(kernels, x, residual)
         total = x + residual
         return total, self(total)
+
+    def _in_c(self, kernels, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``kernels/norm.c``: ``(x + residual, its norm)``, or ``(x, its norm)`` without a residual."""
+        total = x if residual is None else torch.empty_like(x)
+        out = torch.empty_like(x)
+        kernels.add_rms_norm(
+            x.data_ptr(), None if residual is None else residual.data_ptr(), self.weight.data_ptr(), self.eps,
+            x.numel() // x.shape[-1], x.shape[-1], None if residual is None else total.data_ptr(), out.data_ptr(),
+            int(x.dtype == torch.bfloat16),
+        )  # fmt: skip
+        return total, out
 
     def _kernels(self, x: torch.Tensor):
         """The C kernels where they apply: small batches (decode) of contiguous
@@ -199,7 +203,6 @@ class Transformer(nn.Module):
                 x = block(x, cos, sin, kv, meta, matmul_threads)
         x = self.norm(x[sample_rows])
         return linear(self.lm_head, x, matmul_threads).float()
-
 
     def _decode_in_c(self, x, cos, sin, kv, meta: AttentionMetadata, threads: int) -> bool:
         """Run every block of a CPU decode step in one call of

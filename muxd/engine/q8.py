@@ -112,13 +112,17 @@ class Q8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2 and 0 < x.shape[0] < GEMM_ROWS and x.dtype in _KERNEL_DTYPES and x.is_cpu:
             if self.kernel is not None and self._weights is not None and x.is_contiguous():  # a decode step's path
-                y = x.new_empty(x.shape[0], self.out_features)
-                bf16 = x.dtype is torch.bfloat16
-                th = torch.get_num_threads()
-                if self.kernel.q8_linear(x.data_ptr(), bf16, x.shape[0], *self._weights, y.data_ptr(), bf16, th):
-                    raise MemoryError("q8: no memory for the activations' quantized copy")
-                return y
+                return self._kernel(x)
         return self._general(x)
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        """``kernels/q8.c`` on contiguous CPU rows ``x [M, K]`` (fp32 or bf16)."""
+        y = x.new_empty(x.shape[0], self.out_features)
+        bf16 = x.dtype is torch.bfloat16
+        th = torch.get_num_threads()
+        if self.kernel.q8_linear(x.data_ptr(), bf16, x.shape[0], *self._weights, y.data_ptr(), bf16, th):
+            raise MemoryError("q8: no memory for the activations' quantized copy")
+        return y
 
     def _general(self, x: torch.Tensor) -> torch.Tensor:
         """Any shape, dtype and row count: no rows, the GEMM, the fallback or the kernel."""
@@ -130,18 +134,7 @@ class Q8Linear(nn.Module):
             return self._gemm(x).view(out_shape)
         if self.kernel is None or self._weights is None or x.dtype not in _KERNEL_DTYPES or x.device.type != "cpu":
             return reference_linear(x, self.weight_q, self.weight_scale, self.bias_f32).to(x.dtype).view(out_shape)
-        x = x.contiguous()
-        bf16 = int(x.dtype == torch.bfloat16)
-        y = torch.empty(x.shape[0], self.out_features, dtype=x.dtype)
-        bias = self.bias_f32.data_ptr() if self.bias_f32 is not None else None
-        status = self.kernel.q8_linear(
-            x.data_ptr(), bf16, x.shape[0], self.in_features,
-            self.weight_q.data_ptr(), self.weight_scale.data_ptr(), bias,
-            self.out_features, self.weight_q.shape[1], y.data_ptr(), bf16, torch.get_num_threads(),
-        )  # fmt: skip
-        if status != 0:
-            raise MemoryError("q8: no memory for the activations' quantized copy")
-        return y.view(out_shape)
+        return self._kernel(x.contiguous()).view(out_shape)
 
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         """``x . W^T`` as a bf16 BLAS GEMM on the dequantized weight, whatever

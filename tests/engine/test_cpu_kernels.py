@@ -20,23 +20,25 @@ def kernels():
         pytest.skip("no C compiler here: decode attention takes its torch path")
 
 
-def decode_logprobs(path, dtype: str, use_kernel: bool, monkeypatch: pytest.MonkeyPatch):
-    """Greedy tokens and their logprobs, three sequences decoding together (and a
-    sliding window for mistral-window: the prompts outgrow its 8 tokens)."""
+def decode(path, dtype: str, monkeypatch: pytest.MonkeyPatch, quantization: str = "none", patches=()):
+    """The loaded model, greedy tokens and their logprobs of three sequences
+    decoding together (and a sliding window for mistral-window: the prompts
+    outgrow its 8 tokens), with ``patches`` ((object, name, value) triples) applied."""
     with monkeypatch.context() as patch:
-        if not use_kernel:
-            patch.setattr(attention, "load_kernels", lambda: None)
-        engine = LLMEngine({"m": load_model(path, dtype)}, kv_cache_bytes=8 << 20)
+        for target, name, value in patches:
+            patch.setattr(target, name, value)
+        loaded = load_model(path, dtype, quantization=quantization)
+        engine = LLMEngine({"m": loaded}, kv_cache_bytes=8 << 20)
         params = SamplingParams(max_tokens=12, ignore_eos=True, logprobs=True)
         outs = engine.generate("m", PROMPTS, params)
-    return [o.output_ids for o in outs], torch.tensor([o.logprobs for o in outs])
+    return loaded, [o.output_ids for o in outs], torch.tensor([o.logprobs for o in outs])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_family_decodes_as_on_the_torch_path(tiny_model_dirs, dtype, monkeypatch) -> None:
     for family, path in tiny_model_dirs.items():
-        ids_c, logprobs_c = decode_logprobs(path, dtype, True, monkeypatch)
-        ids_torch, logprobs_torch = decode_logprobs(path, dtype, False, monkeypatch)
+        _, ids_c, logprobs_c = decode(path, dtype, monkeypatch)
+        _, ids_torch, logprobs_torch = decode(path, dtype, monkeypatch, patches=[(attention, "load_kernels", lambda: None)])
         assert ids_c == ids_torch, family
         tol = 1e-4 if dtype == "float32" else 2e-2
         torch.testing.assert_close(logprobs_c, logprobs_torch, rtol=tol, atol=tol, msg=family)
@@ -61,26 +63,20 @@ def test_rms_norm_and_the_fused_residual_add_compute_the_torch_values(dtype, mon
     torch.testing.assert_close(fast_norm, slow_norm, **tol)
 
 
-def q8_decode(path, dtype: str, in_c: bool, monkeypatch: pytest.MonkeyPatch, prompts=PROMPTS):
+def per_op():
+    """The patch that keeps a q8 model's decode steps on the per-op path."""
     from muxd.engine import model
 
-    with monkeypatch.context() as patch:
-        if not in_c:
-            patch.setattr(model.Transformer, "_decode_in_c", lambda *args: False)
-        loaded = load_model(path, dtype, quantization="q8")
-        engine = LLMEngine({"m": loaded}, kv_cache_bytes=8 << 20)
-        params = SamplingParams(max_tokens=12, ignore_eos=True, logprobs=True)
-        outs = engine.generate("m", prompts, params)
-    return loaded, [o.output_ids for o in outs], torch.tensor([o.logprobs for o in outs])
+    return [(model.Transformer, "_decode_in_c", lambda *args: False)]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_q8_decode_step_in_one_c_call_computes_what_the_per_op_path_does(tiny_model_dirs, dtype, monkeypatch) -> None:
     for family, path in tiny_model_dirs.items():
-        loaded, ids_c, logprobs_c = q8_decode(path, dtype, True, monkeypatch)
+        loaded, ids_c, logprobs_c = decode(path, dtype, monkeypatch, "q8")
         # Qwen3's q/k norms are not in decode_step.c: its model keeps the per-op path.
         assert (loaded.model._decode_plan(loaded.dtype) is None) == loaded.spec.qk_norm, family
-        _, ids_ops, logprobs_ops = q8_decode(path, dtype, False, monkeypatch)
+        _, ids_ops, logprobs_ops = decode(path, dtype, monkeypatch, "q8", per_op())
         assert ids_c == ids_ops, family
         tol = 1e-4 if dtype == "float32" else 2e-2
         torch.testing.assert_close(logprobs_c, logprobs_ops, rtol=tol, atol=tol, msg=family)
@@ -92,7 +88,7 @@ def test_the_one_call_decode_step_splits_over_threads_without_changing_results(t
     for threads in (1, 2):
         with monkeypatch.context() as patch:
             patch.setattr(torch, "get_num_threads", lambda t=threads: t)
-            results.append(q8_decode(tiny_model_dirs["llama"], "float32", True, monkeypatch)[1])
+            results.append(decode(tiny_model_dirs["llama"], "float32", monkeypatch, "q8")[1])
     assert results[0] == results[1]
 
 
@@ -102,9 +98,8 @@ def test_without_avx512_the_plain_c_build_decodes_the_same_tokens(tiny_model_dir
 
     plain = load_kernels(native=False)
     assert plain is not None and plain.q8_has_vnni() == 0
-    native_ids = q8_decode(tiny_model_dirs["llama"], "float32", True, monkeypatch)[1]
-    for module in (model, attention, q8):
-        monkeypatch.setattr(module, "load_kernels", lambda *args, **kwargs: plain)
-    loaded, plain_ids, _ = q8_decode(tiny_model_dirs["llama"], "float32", True, monkeypatch)
+    native_ids = decode(tiny_model_dirs["llama"], "float32", monkeypatch, "q8")[1]
+    to_plain = [(module, "load_kernels", lambda *args, **kwargs: plain) for module in (model, attention, q8)]
+    loaded, plain_ids, _ = decode(tiny_model_dirs["llama"], "float32", monkeypatch, "q8", to_plain)
     assert loaded.model.layers[0].mlp.down_proj.kernel is plain
     assert plain_ids == native_ids

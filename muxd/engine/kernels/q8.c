@@ -93,8 +93,6 @@ void q8_quantize_row(const void *x, int is_bf16, int K, int Kp, uint8_t *xabs, u
     }
 }
 
-static inline void store(void *y, int y_bf16, long i, float v) { store_value(y, i, v, y_bf16); }
-
 #if Q8_VNNI
 /* [s0 x8, s1 x8] from two adjacent fp32 scales */
 static inline __m512 two_scales(const float *s, __m512i halves) {
@@ -149,7 +147,7 @@ void q8_tile(const uint8_t *xabs, const uint64_t *xsign, const float *xscale, in
         for (int i = 0; i < mr; ++i)
             for (int j = 0; j < ROWS; ++j) {
                 int n = n0 + j;
-                store(y, y_bf16, (long)(m0 + i) * N + n, _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[n] : 0.f));
+                store_value(y, (long)(m0 + i) * N + n, _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[n] : 0.f), y_bf16);
             }
         return;
     }
@@ -169,7 +167,7 @@ void q8_tile(const uint8_t *xabs, const uint64_t *xsign, const float *xscale, in
                 }
                 total += (float)dot * (xscale[m * ng + g] * f16_to_f32(wscale[(long)n * ng + g]));
             }
-            store(y, y_bf16, m * N + n, total + (bias ? bias[n] : 0.f));
+            store_value(y, m * N + n, total + (bias ? bias[n] : 0.f), y_bf16);
         }
     }
 }
@@ -229,6 +227,6 @@ void q8_dequantize(const int8_t *w, const uint16_t *wscale, int N, int K, int Kp
 #endif
         }
 #endif
-        for (; k < K; ++k) store(out, out_bf16, (long)n * K + k, (float)row[k] * f16_to_f32(wscale[(long)n * ng + k / GROUP]));
+        for (; k < K; ++k) store_value(out, (long)n * K + k, (float)row[k] * f16_to_f32(wscale[(long)n * ng + k / GROUP]), out_bf16);
     }
 }
