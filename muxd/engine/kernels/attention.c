@@ -6,7 +6,14 @@
  * another matmul) whose dispatch costs more than their arithmetic at small
  * batches: on SmolLM2 at batch 1 the attention took ~1.8 ms of a ~13 ms step.
  * Here each (sequence, KV head) walks its page table once and reads only the
- * keys its query may see.
+ * keys its query may see, page by page (no division per key: at ~40 cycles
+ * each, four a key once cost more than the dot products).
+ *
+ * A head's keys may be split into parts (decode_step.c does, so that two
+ * threads share a batch of one sequence and three KV heads evenly): each
+ * part yields, per query head, its largest score, the sum of exp(score -
+ * largest) and the exp-weighted sum of values, and attention_merge combines
+ * the parts as flash-decoding does.
  *
  * Layout (engine/kv_cache.py): K and V planes [pages, page_tokens, width],
  * the first D entries of a row holding one head's vector; a sequence's
@@ -21,98 +28,172 @@
 #include "common.h"
 #include "kernels.h"
 
-/* A K or V row as fp32. */
-static inline void load_row(const void *cache, long at, int bf16, int D, float *row) {
-    if (!bf16) {
-        memcpy(row, (const float *)cache + at, sizeof(float) * D);
-        return;
-    }
-    const uint16_t *src = (const uint16_t *)cache + at;
-    #pragma omp simd
-    for (int d = 0; d < D; ++d) {
-        uint32_t u = (uint32_t)src[d] << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        row[d] = f;
+/* Where key j of a head lies: its page's slot in the table and its row there. */
+typedef struct {
+    long page;
+    int row;
+} cursor_t;
+
+static inline cursor_t cursor_at(long j, int page_tokens) { return (cursor_t){j / page_tokens, (int)(j % page_tokens)}; }
+
+static inline void advance(cursor_t *c, int page_tokens) {
+    if (++c->row == page_tokens) {
+        c->row = 0;
+        ++c->page;
     }
 }
 
-/* Pages lie anywhere in the pool: ask for key j's row before it is needed. */
-#define AHEAD 8
-static inline void prefetch_row(const void *cache, const int64_t *table, long j, long ctx, int page_tokens,
-                                long page_stride, long row_stride, int D, int bf16) {
-    if (j >= ctx) return;
-    const char *at = (const char *)cache + (table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride) * (bf16 ? 2 : 4);
-    for (int off = 0; off < D * (bf16 ? 2 : 4); off += 64) __builtin_prefetch(at + off);
+static inline const char *row_address(const void *cache, const int64_t *table, cursor_t c, long page_stride,
+                                      long row_stride, long es) {
+    return (const char *)cache + (table[c.page] * page_stride + c.row * row_stride) * es;
 }
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* 16 values of a row from value c * 16 on, as fp32 */
+static inline __m512 load16(const char *row, int c, int bf16) {
+    if (!bf16) return _mm512_loadu_ps((const float *)row + 16 * c);
+    __m256i half = _mm256_loadu_si256((const __m256i *)((const uint16_t *)row + 16 * c));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+#endif
+
+/* q [D] . row (fp32 or bf16) */
+static inline float dot_row(const float *q, const char *row, int D, int bf16) {
+#if defined(__AVX512F__)
+    if (D % 16 == 0) {
+        __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(q), load16(row, 0, bf16));
+        for (int c = 1; c < D / 16; ++c) sum = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), load16(row, c, bf16), sum);
+        return _mm512_reduce_add_ps(sum);
+    }
+#endif
+    float sum = 0.f;
+    for (int d = 0; d < D; ++d) sum += q[d] * (bf16 ? bf16_to_f32(((const uint16_t *)row)[d]) : ((const float *)row)[d]);
+    return sum;
+}
+
+/* acc [D] = sum over j of p[j] * rows[j] (fp32 or bf16) */
+static inline void weighted_rows(const float *p, const char *const *rows, long S, int D, int bf16, float *acc) {
+#if defined(__AVX512F__)
+    if (D % 16 == 0) {
+        for (int c = 0; c < D / 16; ++c) { /* two accumulators: half the FMA latency chain */
+            __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
+            long j = 0;
+            for (; j + 1 < S; j += 2) {
+                even = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), load16(rows[j], c, bf16), even);
+                odd = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), load16(rows[j + 1], c, bf16), odd);
+            }
+            if (j < S) even = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), load16(rows[j], c, bf16), even);
+            _mm512_storeu_ps(acc + 16 * c, _mm512_add_ps(even, odd));
+        }
+        return;
+    }
+#endif
+    memset(acc, 0, sizeof(float) * D);
+    for (long j = 0; j < S; ++j)
+        for (int d = 0; d < D; ++d) acc[d] += p[j] * (bf16 ? bf16_to_f32(((const uint16_t *)rows[j])[d]) : ((const float *)rows[j])[d]);
+}
+
+static inline void prefetch_rows(const char *k, const char *v, long bytes) {
+    for (long off = 0; off < bytes; off += 64) {
+        __builtin_prefetch(k + off);
+        __builtin_prefetch(v + off);
+    }
+}
+
+/* Pages lie anywhere in the pool: ask for key j + AHEAD's rows before they are needed. */
+#define AHEAD 16
 
 /* RoPE of one head vector x (D values) at one position, as engine/model.py
  * computes it: x * cos + roll(x, D/2) * sin, sin's first half negated in its
  * table; each product and the sum rounded to the dtype, as torch rounds. */
 static inline void rope(const void *x, long at, const void *cos, const void *sin, long cos_at, int D, int bf16,
                         float *out) {
+    const int half = D / 2;
     for (int d = 0; d < D; ++d) {
+        const int partner = d < half ? d + half : d - half;
         float a = rounded(load_value(x, at + d, bf16) * load_value(cos, cos_at + d, bf16), bf16);
-        float b = rounded(load_value(x, at + (d + D / 2) % D, bf16) * load_value(sin, cos_at + d, bf16), bf16);
+        float b = rounded(load_value(x, at + partner, bf16) * load_value(sin, cos_at + d, bf16), bf16);
         out[d] = rounded(a + b, bf16);
     }
 }
 
-/* decode_attention's work for sequence b and KV head h (its G query heads).
- * Returns 0, or -1 if scratch memory could not be had. */
-int attention_head(const void *qk, long qk_stride, const void *v, long v_stride, const void *cos, const void *sin,
+/* Keys [j0, j1) of sequence b's KV head h for its G query heads; writes the
+ * new token's k and v first if j1 reaches it. Per query head g: top[g] the
+ * largest scaled score, total[g] the sum of exp(score - top), acc[g * D ..]
+ * the sum of exp(score - top) * v. Returns 0, or -1 without scratch memory. */
+int attention_part(const void *qk, long qk_stride, const void *v, long v_stride, const void *cos, const void *sin,
                    const int64_t *positions, void *k_cache, void *v_cache, long page_stride, long row_stride,
-                   const int64_t *write_pages, const int64_t *tables, int M, int window, float scale, int b, int h,
-                   int Hq, int Hkv, int D, int page_tokens, void *out, int bf16) {
+                   const int64_t *write_pages, const int64_t *tables, int M, float scale, int b, int h, int Hq,
+                   int Hkv, int D, int page_tokens, long j0, long j1, int bf16, float *top, float *total, float *acc) {
     const int G = Hq / Hkv;
-    const long pos = positions[b], ctx = pos + 1;
-    const long first = window > 0 && ctx > window ? ctx - window : 0;
-    const long S = ctx - first;
-    float *scores = malloc(sizeof(float) * (size_t)(G * S + 2 * G * D + 2 * D));
-    if (!scores) {
-        return -1;
-    }
-    float *qv = scores + G * S, *acc = qv + G * D, *row = acc + G * D, *k_new = row + D;
-    /* the new token: q heads roped, k roped and stored, v stored */
-    for (int g = 0; g < G; ++g) rope(qk, b * qk_stride + (long)(h * G + g) * D, cos, sin, b * D, D, bf16, qv + g * D);
-    rope(qk, b * qk_stride + (long)(Hq + h) * D, cos, sin, b * D, D, bf16, k_new);
-    const long slot = write_pages[b * Hkv + h] * page_stride + (pos % page_tokens) * row_stride;
-    for (int d = 0; d < D; ++d) {
-        store_value(k_cache, slot + d, k_new[d], bf16);
-        store_value(v_cache, slot + d, load_value(v, b * v_stride + (long)h * D + d, bf16), bf16);
+    const long es = bf16 ? 2 : 4, pos = positions[b], S = j1 - j0;
+    float *q = malloc(sizeof(float) * (size_t)(G * S + G * D + 2 * D) + sizeof(char *) * 2 * (size_t)S);
+    if (!q) return -1;
+    float *scores = q + G * D, *k_new = scores + G * S;
+    for (int g = 0; g < G; ++g) rope(qk, b * qk_stride + (long)(h * G + g) * D, cos, sin, b * D, D, bf16, q + g * D);
+    if (j1 > pos) { /* the new token: k roped and stored, v stored */
+        rope(qk, b * qk_stride + (long)(Hq + h) * D, cos, sin, b * D, D, bf16, k_new);
+        const long slot = write_pages[b * Hkv + h] * page_stride + (pos % page_tokens) * row_stride;
+        for (int d = 0; d < D; ++d) {
+            store_value(k_cache, slot + d, k_new[d], bf16);
+            store_value(v_cache, slot + d, load_value(v, b * v_stride + (long)h * D + d, bf16), bf16);
+        }
     }
     const int64_t *table = tables + ((long)b * Hkv + h) * M;
-    for (long j = first; j < ctx; ++j) {
-        prefetch_row(k_cache, table, j + AHEAD, ctx, page_tokens, page_stride, row_stride, D, bf16);
-        load_row(k_cache, table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride, bf16, D, row);
+    const char **keys = (const char **)(k_new + D), **values = keys + S; /* each key's K and V row */
+    cursor_t at = cursor_at(j0, page_tokens);
+    for (long j = 0; j < S; ++j, advance(&at, page_tokens)) {
+        keys[j] = row_address(k_cache, table, at, page_stride, row_stride, es);
+        values[j] = row_address(v_cache, table, at, page_stride, row_stride, es);
+    }
+    for (long j = 0; j < AHEAD && j < S; ++j) prefetch_rows(keys[j], values[j], D * es);
+    for (int g = 0; g < G; ++g) top[g] = -INFINITY;
+    for (long j = 0; j < S; ++j) { /* V too: its pass comes next, out of this core's caches */
+        if (j + AHEAD < S) prefetch_rows(keys[j + AHEAD], values[j + AHEAD], D * es);
         for (int g = 0; g < G; ++g) {
-            const float *qg = qv + g * D;
-            float dot = 0.f;
-            #pragma omp simd reduction(+ : dot)
-            for (int d = 0; d < D; ++d) dot += qg[d] * row[d];
-            scores[g * S + (j - first)] = dot * scale;
+            const float s = dot_row(q + g * D, keys[j], D, bf16) * scale;
+            scores[g * S + j] = s;
+            top[g] = s > top[g] ? s : top[g];
         }
     }
     for (int g = 0; g < G; ++g) {
-        float *s = scores + g * S, top = -INFINITY, total = 0.f;
-        for (long j = 0; j < S; ++j) top = s[j] > top ? s[j] : top;
-        for (long j = 0; j < S; ++j) total += (s[j] = expf(s[j] - top));
-        for (long j = 0; j < S; ++j) s[j] /= total;
+        float *s = scores + g * S, sum = 0.f;
+        for (long j = 0; j < S; ++j) sum += (s[j] = expf(s[j] - top[g]));
+        total[g] = sum;
+        weighted_rows(s, values, S, D, bf16, acc + g * D);
     }
-    memset(acc, 0, sizeof(float) * G * D);
-    for (long j = first; j < ctx; ++j) {
-        prefetch_row(v_cache, table, j + AHEAD, ctx, page_tokens, page_stride, row_stride, D, bf16);
-        load_row(v_cache, table[j / page_tokens] * page_stride + (j % page_tokens) * row_stride, bf16, D, row);
-        for (int g = 0; g < G; ++g) {
-            float *ag = acc + g * D, p = scores[g * S + (j - first)];
-            #pragma omp simd
-            for (int d = 0; d < D; ++d) ag[d] += p * row[d];
-        }
-    }
-    for (int g = 0; g < G; ++g)
-        for (int d = 0; d < D; ++d) store_value(out, (long)b * Hq * D + (long)(h * G + g) * D + d, acc[g * D + d], bf16);
-    free(scores);
+    free(q);
     return 0;
+}
+
+/* The keys sequence b may see, [*first, *ctx): all up to its new token, the
+ * last `window` of them under a sliding window (window > 0). */
+void attention_span(const int64_t *positions, int b, int window, long *first, long *ctx) {
+    *ctx = positions[b] + 1;
+    *first = window > 0 && *ctx > window ? *ctx - window : 0;
+}
+
+/* How many parts a head's S keys are split into: one per ATTENTION_PART_KEYS
+ * keys, at most ATTENTION_MAX_PARTS. A function of S alone, so that a step
+ * computes the same values on any number of threads. */
+long attention_parts(long S) {
+    long parts = (S + ATTENTION_PART_KEYS - 1) / ATTENTION_PART_KEYS;
+    return parts < 1 ? 1 : parts > ATTENTION_MAX_PARTS ? ATTENTION_MAX_PARTS : parts;
+}
+
+/* out [D] for one query head from `parts` parts' (top, total, acc) at
+ * strides (stride apart, acc D values): the softmax-weighted values. */
+void attention_merge(const float *top, const float *total, const float *acc, int parts, long stride, int D,
+                     void *out, long out_at, int bf16) {
+    float best = -INFINITY, sum = 0.f, weight[parts];
+    for (int p = 0; p < parts; ++p) best = top[p * stride] > best ? top[p * stride] : best;
+    for (int p = 0; p < parts; ++p) sum += (weight[p] = expf(top[p * stride] - best)) * total[p * stride];
+    for (int d = 0; d < D; ++d) {
+        float v = 0.f;
+        for (int p = 0; p < parts; ++p) v += weight[p] * acc[p * stride + d];
+        store_value(out, out_at + d, v / sum, bf16);
+    }
 }
 
 /* A decode step's attention for one layer: RoPE on the new token's q and k,
@@ -133,12 +214,33 @@ int decode_attention(const void *qk, long qk_stride, const void *v, long v_strid
                      const int64_t *write_pages, const int64_t *tables, int M, int window, float scale, int B, int Hq,
                      int Hkv, int D, int page_tokens, void *out, int bf16, int threads) {
     int failed = 0;
+    const int G = Hq / Hkv;
+    const long part_floats = (long)G * (D + 2); /* top [G], total [G], acc [G, D], as decode_step.c lays them */
     #pragma omp parallel for num_threads(threads) schedule(dynamic) collapse(2) if (B * Hkv >= 8)
     for (int b = 0; b < B; ++b)
-        for (int h = 0; h < Hkv; ++h)
-            if (attention_head(qk, qk_stride, v, v_stride, cos, sin, positions, k_cache, v_cache, page_stride,
-                               row_stride, write_pages, tables, M, window, scale, b, h, Hq, Hkv, D, page_tokens, out,
-                               bf16))
+        for (int h = 0; h < Hkv; ++h) {
+            long first, ctx;
+            attention_span(positions, b, window, &first, &ctx);
+            const long S = ctx - first, parts = attention_parts(S);
+            float *partial = malloc(sizeof(float) * (size_t)(parts * part_floats));
+            for (long p = 0; p < parts && partial; ++p) {
+                float *part = partial + p * part_floats;
+                if (attention_part(qk, qk_stride, v, v_stride, cos, sin, positions, k_cache, v_cache, page_stride,
+                                   row_stride, write_pages, tables, M, scale, b, h, Hq, Hkv, D, page_tokens,
+                                   first + S * p / parts, first + S * (p + 1) / parts, bf16, part, part + G,
+                                   part + 2 * G)) {
+                    free(partial);
+                    partial = NULL;
+                }
+            }
+            if (!partial) {
                 failed = 1;
+                continue;
+            }
+            for (int g = 0; g < G; ++g)
+                attention_merge(partial + g, partial + G + g, partial + 2 * G + g * D, (int)parts, part_floats, D, out,
+                                (long)b * Hq * D + (long)(h * G + g) * D, bf16);
+            free(partial);
+        }
     return failed ? -1 : 0;
 }

@@ -7,7 +7,7 @@
  * core gained little. Here the team is forked once per step and its threads
  * meet at a spinning barrier between the steps of a layer: each linear's
  * rows are split over the threads, the norms and element-wise products over
- * the batch's rows, attention over (sequence, KV head) pairs.
+ * the batch's rows, attention over (sequence, KV head, part of its keys).
  *
  * Each piece is the same function the per-op path calls, in the same order
  * and with the same roundings, so a step computes what the per-op path does
@@ -130,9 +130,12 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                   int page_tokens, float scale, int threads) {
     const long es = bf16 ? 2 : 4, QKV = (long)(Hq + 2 * Hkv) * D, widest = 2L * I > QKV ? 2L * I : QKV;
     const long Kp = ((I > H ? I : H) + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
-    char *wide = malloc((size_t)B * widest * es), *attn = malloc((size_t)B * Hq * D * es);
+    const int G = Hq / Hkv;
+    const long part_floats = (long)G * (D + 2);                          /* top [G], total [G], acc [G, D] */
+    char *wide = malloc((size_t)B * widest * es);
+    float *partial = malloc(sizeof(float) * (size_t)B * Hkv * ATTENTION_MAX_PARTS * part_floats);
     char *out = malloc((size_t)B * H * es); /* the o and down projections */
-    atomic_int errors = !wide || !attn || !out;
+    atomic_int errors = !wide || !partial || !out;
     if (!errors) {
         barrier_t bar = {0, 0, 1};
         #pragma omp parallel num_threads(threads)
@@ -142,8 +145,10 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
             bar.threads = T; /* the implied barrier publishes it */
             /* this thread's own: residual stream, normed rows, SiLU * up, quantized input */
             char *stream = malloc((size_t)B * H * es), *h = malloc((size_t)B * H * es), *act = malloc((size_t)B * I * es);
+            char *attn = malloc((size_t)B * Hq * D * es);
+            long *first = malloc(sizeof(long) * 4 * (size_t)B), *ctx = first + B, *parts = ctx + B, *offset = parts + B;
             quantized_t q;
-            int ok = stream && h && act && alloc_quantized(&q, B, Kp);
+            int ok = stream && h && act && attn && first && alloc_quantized(&q, B, Kp);
             if (!ok) atomic_store(&errors, 1);
             #pragma omp barrier
             if (!atomic_load(&errors)) {
@@ -155,14 +160,34 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         norm_row(stream + b * H * es, NULL, (const void *)(intptr_t)layer[IN_NORM], eps, H, NULL,
                                  h + b * H * es, bf16);
                     linear(h, B, H, layer, QKV_W, (int)QKV, &q, wide, bf16, t, T, &bar);
-                    share((long)B * Hkv, 1, t, T, &lo, &hi);
-                    for (long i = lo; i < hi; ++i)
-                        if (attention_head(wide, QKV, wide + (long)(Hq + Hkv) * D * es, QKV, cos, sin, positions,
+                    /* work items: (sequence, KV head, part of its keys), in that order */
+                    long items = 0;
+                    for (int b = 0; b < B; ++b) {
+                        attention_span(positions, b, (int)layer[WINDOW], &first[b], &ctx[b]);
+                        parts[b] = attention_parts(ctx[b] - first[b]);
+                        offset[b] = items;
+                        items += (long)Hkv * parts[b];
+                    }
+                    share(items, 1, t, T, &lo, &hi);
+                    for (long i = lo, b = 0; i < hi; ++i) {
+                        while (i >= offset[b] + (long)Hkv * parts[b]) ++b;
+                        const long head = (i - offset[b]) / parts[b], p = (i - offset[b]) % parts[b];
+                        const long S = ctx[b] - first[b];
+                        float *part = partial + i * part_floats;
+                        if (attention_part(wide, QKV, wide + (long)(Hq + Hkv) * D * es, QKV, cos, sin, positions,
                                            k_cache, v_cache, page_stride, row_stride, write_pages + (long)l * B * Hkv,
-                                           tables + (long)l * B * Hkv * M, M, (int)layer[WINDOW], scale,
-                                           (int)(i / Hkv), (int)(i % Hkv), Hq, Hkv, D, page_tokens, attn, bf16))
+                                           tables + (long)l * B * Hkv * M, M, scale, (int)b, (int)head, Hq, Hkv, D,
+                                           page_tokens, first[b] + S * p / parts[b], first[b] + S * (p + 1) / parts[b],
+                                           bf16, part, part + G, part + 2 * G))
                             atomic_store(&errors, 1);
+                    }
                     barrier_wait(&bar);
+                    for (long i = 0; i < (long)B * Hq; ++i) { /* each thread merges the parts for itself */
+                        const long b = i / Hq, head = i % Hq / G, g = i % G;
+                        const float *first_part = partial + (offset[b] + head * parts[b]) * part_floats;
+                        attention_merge(first_part + g, first_part + G + g, first_part + 2 * G + g * D, parts[b],
+                                        part_floats, D, attn, i * D, bf16);
+                    }
                     linear(attn, B, Hq * D, layer, O_W, H, &q, out, bf16, t, T, &bar);
                     for (long b = 0; b < B; ++b) /* stream += o, then the post-attention norm */
                         norm_row(stream + b * H * es, out + b * H * es, (const void *)(intptr_t)layer[POST_NORM], eps,
@@ -182,10 +207,10 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                 }
                 if (t == 0) memcpy(x, stream, (size_t)B * H * es);
             }
-            free(stream); free(h); free(act);
+            free(stream); free(h); free(act); free(attn); free(first);
             if (ok) free_quantized(&q);
         }
     }
-    free(wide); free(attn); free(out);
+    free(wide); free(partial); free(out);
     return atomic_load(&errors) ? -1 : 0;
 }

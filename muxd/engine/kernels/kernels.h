@@ -15,9 +15,15 @@ void q8_tile(const uint8_t *xabs, const uint64_t *xsign, const float *xscale, in
              const uint16_t *wscale, const float *bias, int N, int Kp, int n0, int nr, void *y, int y_bf16);
 void norm_row(const void *x, const void *residual, const void *weight, float eps, int dim, void *sum, void *out,
               int bf16);
-int attention_head(const void *qk, long qk_stride, const void *v, long v_stride, const void *cos, const void *sin,
+int attention_part(const void *qk, long qk_stride, const void *v, long v_stride, const void *cos, const void *sin,
                    const int64_t *positions, void *k_cache, void *v_cache, long page_stride, long row_stride,
-                   const int64_t *write_pages, const int64_t *tables, int M, int window, float scale, int b, int h,
-                   int Hq, int Hkv, int D, int page_tokens, void *out, int bf16);
+                   const int64_t *write_pages, const int64_t *tables, int M, float scale, int b, int h, int Hq,
+                   int Hkv, int D, int page_tokens, long j0, long j1, int bf16, float *top, float *total, float *acc);
+#define ATTENTION_PART_KEYS 32 /* attention.c: keys per part of a head's keys */
+#define ATTENTION_MAX_PARTS 8
+long attention_parts(long S);
+void attention_span(const int64_t *positions, int b, int window, long *first, long *ctx);
+void attention_merge(const float *top, const float *total, const float *acc, int parts, long stride, int D,
+                     void *out, long out_at, int bf16);
 
 #endif
