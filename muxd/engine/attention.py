@@ -24,10 +24,29 @@ class AttentionMetadata:
     tables: torch.Tensor  # [L, B, Hkv, M] page ids per layer, padded with page 0
     write_pages: torch.Tensor  # [L, N, Hkv] page of each new token per layer
     write_slots: torch.Tensor  # [N] slot of each new token inside its page
-    masks: dict[int | None, torch.Tensor]  # sliding window -> additive fp32 [B, 1, 1, Tq, S]
+    page_tokens: int
+    q_pos: torch.Tensor  # [B, Tq] position of each padded query (for the masks)
+    ends: torch.Tensor  # [B] context length of each sequence after the job
     pad_index: torch.Tensor | None  # [N] row of each token in [B * Tq]; None when no padding
     positions: torch.Tensor  # [N] position of each new token in its sequence
+    _masks: dict[int | None, torch.Tensor] = field(default_factory=dict, repr=False)
     _decode_masks: dict[tuple[int | None, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def mask(self, window: int | None) -> torch.Tensor:
+        """The additive fp32 mask ``[B, 1, 1, Tq, S]`` for ``window`` (None: no
+        window): key j is visible to a query if j <= its position, j < the
+        context and, under a window, j > its position - window. Built on first
+        use, then shared by every layer; a CPU decode step in C never needs one."""
+        mask = self._masks.get(window)
+        if mask is None:
+            keys = torch.arange(self.tables.shape[-1] * self.page_tokens, device=self.q_pos.device)
+            q_pos = self.q_pos[:, :, None]
+            visible = (keys <= q_pos) & (keys < self.ends[:, None, None])
+            if window is not None:
+                visible &= keys > q_pos - window
+            zero = torch.zeros((), dtype=torch.float32, device=keys.device)
+            mask = self._masks[window] = torch.where(visible, zero, float("-inf"))[:, None, None]
+        return mask
 
     def decode_mask(self, window: int | None, kv_heads: int) -> torch.Tensor:
         """A decode job's mask as ``[B * kv_heads or 1, 1, S]`` for ``baddbmm``:
@@ -35,7 +54,7 @@ class AttentionMetadata:
         mask = self._decode_masks.get((window, kv_heads))
         if mask is None:
             B = self.num_seqs
-            mask = self.masks[window].view(B, 1, 1, -1)
+            mask = self.mask(window).view(B, 1, 1, -1)
             mask = mask.view(1, 1, -1) if B == 1 else mask.expand(B, kv_heads, 1, -1).reshape(B * kv_heads, 1, -1)
             self._decode_masks[(window, kv_heads)] = mask
         return mask
@@ -47,43 +66,36 @@ class AttentionMetadata:
         ends: list[int],
         block_tables: torch.Tensor,
         page_tokens: int,
-        windows: set[int | None],
     ) -> AttentionMetadata:
         """Build the metadata of a job whose chunk ``b`` covers ``[starts[b], ends[b])``.
 
         ``block_tables``: ``[B, M, L, Hkv]`` page ids of each sequence's blocks.
         """
         device = block_tables.device
-        B, M = block_tables.shape[:2]
-        q_lens = [e - s for s, e in zip(starts, ends)]
-        max_q = max(q_lens)
+        B = block_tables.shape[0]
+        max_q = max(e - s for s, e in zip(starts, ends))
+        # Flat tokens: sequence index, position and padded row of each of the
+        # N new tokens, listed in Python (a decode step's handful of ints is
+        # cheaper so than a dozen small torch ops).
+        seq_of = [b for b, (s, e) in enumerate(zip(starts, ends)) for _ in range(e - s)]
+        flat = [p for s, e in zip(starts, ends) for p in range(s, e)]
+        positions = torch.tensor(flat, device=device)
+        index = torch.tensor([seq_of, [p // page_tokens for p in flat]], device=device)
+        write_pages = block_tables[index[0], index[1]]  # [N, L, Hkv]
+        pad_index = None
+        if max_q > 1:
+            pad = [b * max_q + p - starts[b] for b, p in zip(seq_of, flat)]
+            pad_index = torch.tensor(pad, device=device)
         start = torch.tensor(starts, device=device)
-        end = torch.tensor(ends, device=device)
-        q_len = end - start
-        # Flat tokens: sequence index and position of each of the N new tokens.
-        seq_of = torch.repeat_interleave(torch.arange(B, device=device), q_len)
-        offset = torch.arange(seq_of.numel(), device=device) - torch.repeat_interleave(
-            torch.cumsum(q_len, 0) - q_len, q_len
-        )
-        positions = start[seq_of] + offset
-        write_pages = block_tables[seq_of, positions // page_tokens]  # [N, L, Hkv]
-        # Mask [B, Tq, S]: key j is visible to query t if j <= its position and j < context.
-        q_pos = start[:, None] + torch.arange(max_q, device=device)[None, :]  # [B, Tq]
-        keys = torch.arange(M * page_tokens, device=device)
-        visible = (keys[None, None, :] <= q_pos[:, :, None]) & (keys[None, None, :] < end[:, None, None])
-        masks = {}
-        for window in windows:
-            vis = visible if window is None else visible & (keys[None, None, :] > q_pos[:, :, None] - window)
-            zero = torch.zeros((), dtype=torch.float32, device=device)
-            masks[window] = torch.where(vis, zero, float("-inf"))[:, None, None]
-        pad_index = None if max_q == 1 else seq_of * max_q + offset
         return cls(
             num_seqs=B,
             max_q=max_q,
             tables=block_tables.permute(2, 0, 3, 1).contiguous(),
             write_pages=write_pages.permute(1, 0, 2).contiguous(),
-            write_slots=(positions % page_tokens)[:, None],
-            masks=masks,
+            write_slots=torch.tensor([[p % page_tokens] for p in flat], device=device),
+            page_tokens=page_tokens,
+            q_pos=start[:, None] + torch.arange(max_q, device=device)[None, :],
+            ends=torch.tensor(ends, device=device),
             pad_index=pad_index,
             positions=positions,
         )
@@ -135,7 +147,7 @@ def paged_attention(
     # [B, Tq, Hkv, G, D] -> [B, Hkv, G * Tq, D]: grouped heads share their K/V.
     q = q.view(B, Tq, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * Tq, D)
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).view(B, Hkv, G, Tq, -1)
-    scores = scores + meta.masks[window]
+    scores = scores + meta.mask(window)
     probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs.view(B, Hkv, G * Tq, -1), v)  # [B, Hkv, G * Tq, D]
     out = out.view(B, Hkv, G, Tq, D).permute(0, 3, 1, 2, 4).reshape(B * Tq, Hq * D).to(out_dtype)

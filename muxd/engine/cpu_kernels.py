@@ -6,8 +6,9 @@ shares: ``q8.c`` (int8 linears read at nearly the memory bandwidth, see
 ``engine/q8.py``) and ``attention.c`` (a decode step's RoPE, KV write and
 attention for one layer in one call, see ``engine/attention.py``), with
 ``norm.c`` (RMSNorm and the residual add before it, see ``engine/model.py``),
-and ``decode_step.c``, which runs all of a q8 model's blocks for a decode
-step in one call and one thread team (``Transformer.forward``).
+``decode_step.c``, which runs all of a q8 model's blocks for a decode
+step in one call and one thread team (``Transformer.forward``), and
+``sampling.c`` (greedy tokens and log-normalisers, see ``engine/sampler.py``).
 
 The sources ship with the package and are compiled with the system C
 compiler (``$CC``, else ``cc``/``gcc``/``clang``) into one shared library
@@ -38,7 +39,7 @@ from muxd.paths import cache_dir
 log = logging.getLogger(__name__)
 
 KERNELS = Path(__file__).with_name("kernels")
-SOURCES = tuple(KERNELS / name for name in ("q8.c", "attention.c", "norm.c", "decode_step.c"))
+SOURCES = tuple(KERNELS / name for name in ("q8.c", "attention.c", "norm.c", "decode_step.c", "sampling.c"))
 HEADERS = (KERNELS / "common.h", KERNELS / "kernels.h")
 # -ffp-contract=off: no fused multiply-adds where the C spells a product and a
 # sum, so that RoPE rounds as torch does (the kernels' own FMAs are explicit).
@@ -54,6 +55,7 @@ SIGNATURES = {
         _I,
     ),
     "add_rms_norm": ([_P, _P, _P, _F, _I, _I, _P, _P, _I], None),
+    "logits_argmax_lse": ([_P, _I, _L, _P, _P], None),
     "decode_attention": ([_P, _L, _P, _L, _P, _P, _P, _P, _P, _L, _L, _P, _P, _I, _I, _F, _I, _I, _I, _I, _I, _P, _I, _I], _I),
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from array import array
 
 import torch
 
@@ -31,7 +32,6 @@ class ModelRunner:
         self.page_tokens = kv_cache.layout.page_tokens
         self.kv = kv_cache.view(loaded.dtype, loaded.spec.head_dim)
         self.null_page = kv_cache.null_page
-        self.windows = set(loaded.spec.sliding_windows)
         self._seeder = torch.Generator().manual_seed(seed)
         # A sampling generator per live sequence; dropped with the sequence.
         self._generators: weakref.WeakKeyDictionary[Sequence, torch.Generator] = weakref.WeakKeyDictionary()
@@ -61,7 +61,7 @@ class ModelRunner:
         block = spec.pages_per_block
         ids: list[int] = []
         rows: list[int] = []
-        tables: list[list[int]] = []
+        tables = array("q")  # [B, max_blocks * block] page ids, filled below; to a tensor without a per-int conversion
         fresh: list[int] = []  # pages of blocks this job writes first: zeroed before use
         max_blocks = max(-(-c.end // P) for c in job.chunks)
         for c in job.chunks:
@@ -71,12 +71,13 @@ class ModelRunner:
                 rows.append(len(ids) - 1)
             pages = seq.pages[: -(-c.end // P) * block]
             fresh.extend(pages[-(-c.start // P) * block :])
-            tables.append(pages + [self.null_page] * (max_blocks * block - len(pages)))
+            tables.extend(pages)
+            tables.extend([self.null_page] * (max_blocks * block - len(pages)))
         if fresh:
             index = torch.tensor(fresh, dtype=torch.int64, device=self.device)
             self.kv[0][index] = 0
             self.kv[1][index] = 0
-        block_tables = torch.tensor(tables, dtype=torch.int64, device=self.device).view(
+        block_tables = torch.frombuffer(tables, dtype=torch.int64).to(self.device).view(
             len(job.chunks), max_blocks, spec.num_layers, spec.num_kv_heads
         )
         meta = AttentionMetadata.build(
@@ -84,7 +85,6 @@ class ModelRunner:
             [c.end for c in job.chunks],
             block_tables,
             P,
-            self.windows,
         )
         token_ids = torch.tensor(ids, dtype=torch.int64, device=self.device)
         return token_ids, meta, torch.tensor(rows, dtype=torch.int64, device=self.device)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from muxd.core.sequence import SamplingParams
@@ -69,3 +70,26 @@ def test_logprobs_of_greedy_tokens_match_a_full_forward(tiny_model_dirs):
     ref = torch.log_softmax(hf(ids).logits[0, 5:-1].float(), -1)
     expected = ref[torch.arange(5), torch.tensor(out.output_ids)]
     assert torch.allclose(torch.tensor(out.logprobs), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 49152), (5, 1000), (3, 17)])
+def test_greedy_tokens_and_logprobs_match_torch(shape) -> None:
+    """The C pass (argmax and log-normaliser in one) gives torch's values."""
+    torch.manual_seed(0)
+    logits = torch.randn(*shape) * 5
+    tokens, logprobs = sample(logits, [SamplingParams()] * shape[0], [torch.Generator()] * shape[0])
+    assert torch.equal(tokens, logits.argmax(-1))
+    expected = torch.log_softmax(logits, -1).gather(1, tokens[:, None]).squeeze(1)
+    torch.testing.assert_close(logprobs, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_ties_nans_and_infinities_pick_what_torch_argmax_picks() -> None:
+    logits = torch.zeros(4, 40)
+    logits[0, 7] = logits[0, 9] = 1.0  # a tie: the first
+    logits[1, 7] = logits[1, 9] = float("nan")  # NaN wins, the first of them
+    logits[2] = float("-inf")
+    logits[3, 5] = float("inf")
+    tokens, logprobs = sample(logits, [SamplingParams()] * 4, [torch.Generator()] * 4)
+    assert tokens.tolist() == logits.argmax(-1).tolist() == [7, 7, 0, 5]
+    expected = torch.log_softmax(logits, -1).gather(1, tokens[:, None]).squeeze(1)
+    torch.testing.assert_close(logprobs, expected, equal_nan=True)
