@@ -32,24 +32,29 @@ enum {
     LAYER_FIELDS
 };
 
+/* A spinning barrier without a locked read-modify-write: each thread
+ * counts the barriers it has reached in its own cache line (a plain release
+ * store) and waits until every line shows as many. An atomic add's full
+ * fence waited on the thread's in-flight weight reads. */
 typedef struct {
-    atomic_int arrived, phase;
+    _Alignas(64) atomic_long reached;
+} barrier_slot_t;
+
+typedef struct {
+    barrier_slot_t *slots;
     int threads;
 } barrier_t;
 
-static void barrier_wait(barrier_t *bar) {
+static void barrier_wait(barrier_t *bar, int t) {
     if (bar->threads == 1) return;
-    int phase = atomic_load_explicit(&bar->phase, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&bar->arrived, 1, memory_order_acq_rel) == bar->threads - 1) {
-        atomic_store_explicit(&bar->arrived, 0, memory_order_relaxed);
-        atomic_store_explicit(&bar->phase, phase + 1, memory_order_release);
-        return;
-    }
-    while (atomic_load_explicit(&bar->phase, memory_order_acquire) == phase) {
+    const long n = atomic_load_explicit(&bar->slots[t].reached, memory_order_relaxed) + 1;
+    atomic_store_explicit(&bar->slots[t].reached, n, memory_order_release);
+    for (int i = 0; i < bar->threads; ++i)
+        while (atomic_load_explicit(&bar->slots[i].reached, memory_order_acquire) < n) {
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+            __builtin_ia32_pause();
 #endif
-    }
+        }
 }
 
 /* [lo, hi) of n items for thread t of T, in whole units of `unit` items. */
@@ -96,7 +101,7 @@ static void linear(const void *x, int M, int K, const int64_t *layer, int field,
     quantize(x, M, K, q, bf16);
     share(N, Q8_ROWS, t, T, &lo, &hi);
     gemv_rows(q, M, K, layer, field, N, y, bf16, lo, hi);
-    barrier_wait(bar);
+    barrier_wait(bar, t);
 }
 
 static inline float silu(float g) { return g / (1.f + expf(-g)); }
@@ -135,9 +140,10 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
     char *wide = malloc((size_t)B * widest * es);
     float *partial = malloc(sizeof(float) * (size_t)B * Hkv * ATTENTION_MAX_PARTS * part_floats);
     char *out = malloc((size_t)B * H * es); /* the o and down projections */
-    atomic_int errors = !wide || !partial || !out;
+    barrier_t bar = {aligned_alloc(64, sizeof(barrier_slot_t) * (size_t)(threads > 0 ? threads : 1)), 1};
+    atomic_int errors = !wide || !partial || !out || !bar.slots;
     if (!errors) {
-        barrier_t bar = {0, 0, 1};
+        for (int i = 0; i < threads; ++i) atomic_init(&bar.slots[i].reached, 0);
         #pragma omp parallel num_threads(threads)
         {
             const int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -181,7 +187,7 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                                            bf16, part, part + G, part + 2 * G))
                             atomic_store(&errors, 1);
                     }
-                    barrier_wait(&bar);
+                    barrier_wait(&bar, t);
                     for (long i = 0; i < (long)B * Hq; ++i) { /* each thread merges the parts for itself */
                         const long b = i / Hq, head = i % Hq / G, g = i % G;
                         const float *first_part = partial + (offset[b] + head * parts[b]) * part_floats;
@@ -211,6 +217,6 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
             if (ok) free_quantized(&q);
         }
     }
-    free(wide); free(partial); free(out);
+    free(wide); free(partial); free(out); free(bar.slots);
     return atomic_load(&errors) ? -1 : 0;
 }
