@@ -201,8 +201,9 @@ class Transformer(nn.Module):
         if not self._decode_in_c(x, cos, sin, kv, meta, matmul_threads):
             for block in self.layers:
                 x = block(x, cos, sin, kv, meta, matmul_threads)
-        x = self.norm(x[sample_rows])
-        return linear(self.lm_head, x, matmul_threads).float()
+        if meta.max_q > 1 or sample_rows.numel() != x.shape[0]:  # a decode job samples every row, in order
+            x = x[sample_rows]
+        return linear(self.lm_head, self.norm(x), matmul_threads).float()
 
     def _decode_in_c(self, x, cos, sin, kv, meta: AttentionMetadata, threads: int) -> bool:
         """Run every block of a CPU decode step in one call of
