@@ -71,6 +71,25 @@ static inline float dot_row(const float *q, const char *row, int D, int bf16) {
     return sum;
 }
 
+/* out [n] = q [D] . rows [0, n) (fp32 or bf16): four rows' dot products at
+ * a time share one shuffle tree (one horizontal sum a row was the K pass's
+ * largest cost). */
+static inline void dot_rows(const float *q, const char *const *rows, long n, int D, int bf16, float *out) {
+#if defined(__AVX512F__)
+    if (D % 16 == 0 && n == 4) {
+        __m512 sum[4];
+        for (int i = 0; i < 4; ++i) sum[i] = _mm512_mul_ps(_mm512_loadu_ps(q), load16(rows[i], 0, bf16));
+        for (int c = 1; c < D / 16; ++c) {
+            const __m512 qc = _mm512_loadu_ps(q + 16 * c);
+            for (int i = 0; i < 4; ++i) sum[i] = _mm512_fmadd_ps(qc, load16(rows[i], c, bf16), sum[i]);
+        }
+        _mm_storeu_ps(out, sum_each(sum[0], sum[1], sum[2], sum[3]));
+        return;
+    }
+#endif
+    for (long i = 0; i < n; ++i) out[i] = dot_row(q, rows[i], D, bf16);
+}
+
 /* acc [D] = sum over j of p[j] * rows[j] (fp32 or bf16) */
 static inline void weighted_rows(const float *p, const char *const *rows, long S, int D, int bf16, float *acc) {
 #if defined(__AVX512F__)
@@ -167,13 +186,20 @@ int attention_part(const void *qk, long qk_stride, const void *v, long v_stride,
     }
     for (long j = 0; j < AHEAD && j < S; ++j) prefetch_rows(keys[j], values[j], D * es);
     for (int g = 0; g < G; ++g) top[g] = -INFINITY;
-    for (long j = 0; j < S; ++j) { /* V too: its pass comes next, out of this core's caches */
-        if (j + AHEAD < S) prefetch_rows(keys[j + AHEAD], values[j + AHEAD], D * es);
+    for (long j = 0; j < S;) {
+        const long n = S - j >= 4 ? 4 : 1;
+        for (long i = j + AHEAD; i < j + AHEAD + n && i < S; ++i) /* V too: its pass comes next */
+            prefetch_rows(keys[i], values[i], D * es);
         for (int g = 0; g < G; ++g) {
-            const float s = dot_row(q + g * D, keys[j], D, bf16) * scale;
-            scores[g * S + j] = s;
-            top[g] = s > top[g] ? s : top[g];
+            float dots[4];
+            dot_rows(q + g * D, keys + j, n, D, bf16, dots);
+            for (long i = 0; i < n; ++i) {
+                const float s = dots[i] * scale;
+                scores[g * S + j + i] = s;
+                top[g] = s > top[g] ? s : top[g];
+            }
         }
+        j += n;
     }
     for (int g = 0; g < G; ++g) {
         total[g] = exp_shifted(scores + g * S, S, top[g]);

@@ -114,17 +114,6 @@ static inline __m512 two_half_scales(const uint16_t *s, __m512i halves) {
 #endif
 
 #if Q8_VNNI
-/* The sums of a, b, c and d's lanes, as [a, b, c, d]: 13 vector ops where
- * four full reductions take 32. */
-static inline __m128 sum_each(__m512 a, __m512 b, __m512 c, __m512 d) {
-    const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    const __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
-    const __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
-    const __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
-    const __m256 all = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
-    return _mm_add_ps(_mm256_castps256_ps128(all), _mm256_extractf128_ps(all, 1));
-}
-
 /* q8_tile's common case, one activation row (a batch-1 decode step): the
  * scales of a window of 8 chunks (16 groups) are converted and multiplied
  * once, and a chunk picks its two from them with one permute: 5 vector ops
