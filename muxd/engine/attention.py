@@ -25,8 +25,8 @@ class AttentionMetadata:
     write_pages: torch.Tensor  # [L, N, Hkv] page of each new token per layer
     write_slots: torch.Tensor  # [N] slot of each new token inside its page
     page_tokens: int
-    q_pos: torch.Tensor  # [B, Tq] position of each padded query (for the masks)
-    ends: torch.Tensor  # [B] context length of each sequence after the job
+    starts: list[int]  # [B] each chunk's first position (for the masks)
+    ends: list[int]  # [B] context length of each sequence after the job
     pad_index: torch.Tensor | None  # [N] row of each token in [B * Tq]; None when no padding
     positions: torch.Tensor  # [N] position of each new token in its sequence
     _masks: dict[int | None, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -39,9 +39,11 @@ class AttentionMetadata:
         use, then shared by every layer; a CPU decode step in C never needs one."""
         mask = self._masks.get(window)
         if mask is None:
-            keys = torch.arange(self.tables.shape[-1] * self.page_tokens, device=self.q_pos.device)
-            q_pos = self.q_pos[:, :, None]
-            visible = (keys <= q_pos) & (keys < self.ends[:, None, None])
+            device = self.tables.device
+            keys = torch.arange(self.tables.shape[-1] * self.page_tokens, device=device)
+            starts, ends = torch.tensor(self.starts, device=device), torch.tensor(self.ends, device=device)
+            q_pos = (starts[:, None] + torch.arange(self.max_q, device=device))[:, :, None]  # [B, Tq, 1]
+            visible = (keys <= q_pos) & (keys < ends[:, None, None])
             if window is not None:
                 visible &= keys > q_pos - window
             zero = torch.zeros((), dtype=torch.float32, device=keys.device)
@@ -86,7 +88,6 @@ class AttentionMetadata:
         if max_q > 1:
             pad = [b * max_q + p - starts[b] for b, p in zip(seq_of, flat)]
             pad_index = torch.tensor(pad, device=device)
-        start = torch.tensor(starts, device=device)
         return cls(
             num_seqs=B,
             max_q=max_q,
@@ -94,8 +95,8 @@ class AttentionMetadata:
             write_pages=write_pages.permute(1, 0, 2).contiguous(),
             write_slots=torch.tensor([[p % page_tokens] for p in flat], device=device),
             page_tokens=page_tokens,
-            q_pos=start[:, None] + torch.arange(max_q, device=device)[None, :],
-            ends=torch.tensor(ends, device=device),
+            starts=list(starts),
+            ends=list(ends),
             pad_index=pad_index,
             positions=positions,
         )
