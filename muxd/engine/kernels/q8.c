@@ -46,6 +46,7 @@
  * would only push out what is read again (the KV cache, the activations):
  * 4-6 % off a SmolLM2 decode step, most of it in the attention. */
 #define PREFETCH_HINT _MM_HINT_NTA
+#define SCALE_PREFETCH 2048 /* bytes ahead in the scales' stream (0.5, 1, 2 KiB measured: 2 best, by ~2 %) */
 
 int q8_has_vnni(void) { return Q8_VNNI; }
 
@@ -125,6 +126,10 @@ static void tile_one_row(const uint8_t *xabs, const uint64_t *xsign, const float
     const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512 acc[ROWS];
     for (int j = 0; j < ROWS; ++j) acc[j] = _mm512_setzero_ps();
+    { /* the scales' stream too: the hardware prefetcher stops at every 4 KiB page */
+        const char *next = (const char *)wscale + SCALE_PREFETCH;
+        for (int at = 0; at < ROWS * ng * 2 + 64; at += 64) _mm_prefetch(next + at, PREFETCH_HINT);
+    }
     for (int c0 = 0; c0 < nc; c0 += 8) {
         const int groups = ng - 2 * c0 < 16 ? ng - 2 * c0 : 16;
         const __mmask16 live = (__mmask16)((1u << groups) - 1);
