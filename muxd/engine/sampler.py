@@ -30,7 +30,7 @@ def _argmax_and_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     (``kernels/sampling.c``; torch's argmax and log_softmax over a 49k
     vocabulary cost ~70 us of a ~5 ms decode step), torch ops elsewhere."""
     kernels = load_kernels() if logits.device.type == "cpu" else None
-    if kernels is None or logits.dtype != torch.float32 or not logits.is_contiguous():
+    if kernels is None or logits.dtype != torch.float32 or not logits.is_contiguous() or logits.shape[-1] == 0:
         return logits.argmax(dim=-1), torch.logsumexp(logits, dim=-1)
     B, V = logits.shape
     tokens = torch.empty(B, dtype=torch.int64)
