@@ -165,7 +165,8 @@ int attention_part(const void *qk, long qk_stride, const void *v, long v_stride,
                    int Hkv, int D, int page_tokens, long j0, long j1, int bf16, float *top, float *total, float *acc) {
     const int G = Hq / Hkv;
     const long es = bf16 ? 2 : 4, pos = positions[b], S = j1 - j0;
-    float *q = malloc(sizeof(float) * (size_t)(G * S + G * D + 2 * D) + sizeof(char *) * 2 * (size_t)S);
+    const long floats = (G * S + G * D + D + 1) / 2 * 2; /* q, scores, k_new; even, so the pointers after are aligned */
+    float *q = malloc(sizeof(float) * (size_t)floats + sizeof(char *) * 2 * (size_t)S);
     if (!q) return -1;
     float *scores = q + G * D, *k_new = scores + G * S;
     for (int g = 0; g < G; ++g) rope(qk, b * qk_stride + (long)(h * G + g) * D, cos, sin, b * D, D, bf16, q + g * D);
@@ -178,7 +179,7 @@ int attention_part(const void *qk, long qk_stride, const void *v, long v_stride,
         }
     }
     const int64_t *table = tables + ((long)b * Hkv + h) * M;
-    const char **keys = (const char **)(k_new + D), **values = keys + S; /* each key's K and V row */
+    const char **keys = (const char **)(q + floats), **values = keys + S; /* each key's K and V row */
     cursor_t at = cursor_at(j0, page_tokens);
     for (long j = 0; j < S; ++j, advance(&at, page_tokens)) {
         keys[j] = row_address(k_cache, table, at, page_stride, row_stride, es);
