@@ -112,25 +112,6 @@ static inline void weighted_rows(const float *p, const char *const *rows, long S
         for (int d = 0; d < D; ++d) acc[d] += p[j] * (bf16 ? bf16_to_f32(((const uint16_t *)rows[j])[d]) : ((const float *)rows[j])[d]);
 }
 
-/* s[j] = exp(s[j] - top) for j < S, in place; returns their sum (16 at a
- * time with AVX-512: the scalar expf calls took a third of a head's time). */
-static inline float exp_shifted(float *s, long S, float top) {
-    long j = 0;
-    float sum = 0.f;
-#if defined(__AVX512F__)
-    __m512 total = _mm512_setzero_ps();
-    for (; j < S; j += 16) {
-        const __mmask16 live = S - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (S - j)) - 1);
-        const __m512 p = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, s + j), _mm512_set1_ps(top)));
-        _mm512_mask_storeu_ps(s + j, live, p);
-        total = _mm512_add_ps(total, _mm512_maskz_mov_ps(live, p));
-    }
-    return _mm512_reduce_add_ps(total);
-#endif
-    for (; j < S; ++j) sum += (s[j] = expf(s[j] - top));
-    return sum;
-}
-
 static inline void prefetch_rows(const char *k, const char *v, long bytes) {
     for (long off = 0; off < bytes; off += 64) {
         __builtin_prefetch(k + off);
@@ -156,15 +137,20 @@ static inline void rope(const void *x, long at, const void *cos, const void *sin
     }
 }
 
-/* Keys [j0, j1) of sequence b's KV head h for its G query heads; writes the
- * new token's k and v first if j1 reaches it. Per query head g: top[g] the
+/* Part p of the keys sequence b's KV head h may see (attention_span, split
+ * as attention_parts says), for its G query heads; the last part writes the
+ * new token's k and v first. Per query head g: top[g] the
  * largest scaled score, total[g] the sum of exp(score - top), acc[g * D ..]
  * the sum of exp(score - top) * v. Returns 0, or -1 without scratch memory. */
 int attention_part(const void *qk, long qk_stride, const void *v, long v_stride, const void *cos, const void *sin,
                    const int64_t *positions, void *k_cache, void *v_cache, long page_stride, long row_stride,
-                   const int64_t *write_pages, const int64_t *tables, int M, float scale, int b, int h, int Hq,
-                   int Hkv, int D, int page_tokens, long j0, long j1, int bf16, float *top, float *total, float *acc) {
+                   const int64_t *write_pages, const int64_t *tables, int M, int window, float scale, int b, int h,
+                   int Hq, int Hkv, int D, int page_tokens, long p, int bf16, float *top, float *total, float *acc) {
     const int G = Hq / Hkv;
+    long first, ctx;
+    attention_span(positions, b, window, &first, &ctx);
+    const long parts = attention_parts(ctx - first);
+    const long j0 = first + (ctx - first) * p / parts, j1 = first + (ctx - first) * (p + 1) / parts;
     const long es = bf16 ? 2 : 4, pos = positions[b], S = j1 - j0;
     const long floats = (G * S + G * D + D + 1) / 2 * 2; /* q, scores, k_new; even, so the pointers after are aligned */
     float *q = malloc(sizeof(float) * (size_t)floats + sizeof(char *) * 2 * (size_t)S);
@@ -204,7 +190,7 @@ int attention_part(const void *qk, long qk_stride, const void *v, long v_stride,
         j += n;
     }
     for (int g = 0; g < G; ++g) {
-        total[g] = exp_shifted(scores + g * S, S, top[g]);
+        total[g] = exp_shifted(scores + g * S, S, top[g], scores + g * S);
         weighted_rows(scores + g * S, values, S, D, bf16, acc + g * D);
     }
     free(q);
@@ -268,14 +254,13 @@ int decode_attention(const void *qk, long qk_stride, const void *v, long v_strid
         for (int h = 0; h < Hkv; ++h) {
             long first, ctx;
             attention_span(positions, b, window, &first, &ctx);
-            const long S = ctx - first, parts = attention_parts(S);
+            const long parts = attention_parts(ctx - first);
             float *partial = malloc(sizeof(float) * (size_t)(parts * part_floats));
             for (long p = 0; p < parts && partial; ++p) {
                 float *part = partial + p * part_floats;
                 if (attention_part(qk, qk_stride, v, v_stride, cos, sin, positions, k_cache, v_cache, page_stride,
-                                   row_stride, write_pages, tables, M, scale, b, h, Hq, Hkv, D, page_tokens,
-                                   first + S * p / parts, first + S * (p + 1) / parts, bf16, part, part + G,
-                                   part + 2 * G)) {
+                                   row_stride, write_pages, tables, M, window, scale, b, h, Hq, Hkv, D, page_tokens, p,
+                                   bf16, part, part + G, part + 2 * G)) {
                     free(partial);
                     partial = NULL;
                 }

@@ -3,6 +3,7 @@
 #ifndef MUXD_KERNELS_COMMON_H
 #define MUXD_KERNELS_COMMON_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__AVX512F__)
@@ -70,5 +71,29 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 #endif
+
+/* The sum of exp(x[j] - top) for j < n, each term also stored in out[j]
+ * when out is not NULL (out may be x). 16 at a time with AVX-512: scalar
+ * expf calls took a third of an attention head's time. */
+static inline float exp_shifted(const float *x, long n, float top, float *out) {
+    long j = 0;
+    float sum = 0.f;
+#if defined(__AVX512F__)
+    __m512 total = _mm512_setzero_ps();
+    for (; j < n; j += 16) {
+        const __mmask16 live = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, x + j), _mm512_set1_ps(top)));
+        if (out) _mm512_mask_storeu_ps(out + j, live, e);
+        total = _mm512_add_ps(total, _mm512_maskz_mov_ps(live, e));
+    }
+    return _mm512_reduce_add_ps(total);
+#endif
+    for (; j < n; ++j) {
+        const float e = expf(x[j] - top);
+        if (out) out[j] = e;
+        sum += e;
+    }
+    return sum;
+}
 
 #endif

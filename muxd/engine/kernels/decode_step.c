@@ -17,6 +17,7 @@
  *   input norm weight, qkv (weights, scales, bias or 0), o (same), post norm
  *   weight, gate_up (same), down (same), sliding window (0: none).
  */
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -93,13 +94,14 @@ static void quantize(const void *x, int M, int K, quantized_t *q, int bf16) {
         q8_quantize_row((const char *)x + m * K * es, bf16, K, Kp, q->abs + m * Kp, q->sign + m * nc, q->scale + m * ng);
 }
 
-/* Bytes [from, to) of this thread's share of a linear's weights, and of the
- * matching scales, asked for ahead of the linear (into L2: it runs soon). */
-static void prefetch_share(const int64_t *layer, int field, int N, int K, int t, int T, long from, long to) {
+/* Slice k of n of the first `limit` bytes of this thread's share of a
+ * linear's weights, and of the matching scales, asked for ahead of the
+ * linear (into L2: it runs soon). */
+static void prefetch_share(const int64_t *layer, int field, int N, int K, int t, int T, long limit, long k, long n) {
     const long Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
     long lo, hi;
     share(N, Q8_ROWS, t, T, &lo, &hi);
-    if (to > (hi - lo) * Kp) to = (hi - lo) * Kp;
+    const long bytes = (hi - lo) * Kp < limit ? (hi - lo) * Kp : limit, from = bytes * k / n, to = bytes * (k + 1) / n;
     const char *w = (const char *)(intptr_t)layer[field] + lo * Kp;
     const char *s = (const char *)(intptr_t)layer[field + 1] + lo * (Kp / Q8_GROUP) * 2;
     for (long at = from / 64 * 64; at < to; at += 64) __builtin_prefetch(w + at);
@@ -171,9 +173,9 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
             /* this thread's own: residual stream, normed rows, SiLU * up, quantized input */
             char *stream = malloc((size_t)B * H * es), *h = malloc((size_t)B * H * es), *act = malloc((size_t)B * I * es);
             char *attn = malloc((size_t)B * Hq * D * es);
-            long *first = malloc(sizeof(long) * 4 * (size_t)B), *ctx = first + B, *parts = ctx + B, *offset = parts + B;
+            long *parts = malloc(sizeof(long) * 2 * (size_t)B), *offset = parts + B; /* per sequence: its heads' parts, first item */
             quantized_t q;
-            int ok = stream && h && act && attn && first && alloc_quantized(&q, B, Kp);
+            int ok = stream && h && act && attn && parts && alloc_quantized(&q, B, Kp);
             if (!ok) atomic_store(&errors, 1);
             #pragma omp barrier
             if (!atomic_load(&errors)) {
@@ -188,26 +190,23 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                     /* work items: (sequence, KV head, part of its keys), in that order */
                     long items = 0;
                     for (int b = 0; b < B; ++b) {
-                        attention_span(positions, b, (int)layer[WINDOW], &first[b], &ctx[b]);
-                        parts[b] = attention_parts(ctx[b] - first[b]);
+                        long first, ctx;
+                        attention_span(positions, b, (int)layer[WINDOW], &first, &ctx);
+                        parts[b] = attention_parts(ctx - first);
                         offset[b] = items;
                         items += (long)Hkv * parts[b];
                     }
                     share(items, 1, t, T, &lo, &hi);
-                    const long o_bytes = ((long)H / T + Q8_ROWS) * (((long)Hq * D + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK);
                     for (long i = lo, b = 0; i < hi; ++i) {
-                        const long n = hi - lo, k = i - lo;
-                        prefetch_share(layer, O_W, H, Hq * D, t, T, o_bytes * k / n, o_bytes * (k + 1) / n);
-                        prefetch_share(layer, GU_W, 2 * I, H, t, T, GATE_UP_AHEAD * k / n, GATE_UP_AHEAD * (k + 1) / n);
+                        prefetch_share(layer, O_W, H, Hq * D, t, T, LONG_MAX, i - lo, hi - lo);
+                        prefetch_share(layer, GU_W, 2 * I, H, t, T, GATE_UP_AHEAD, i - lo, hi - lo);
                         while (i >= offset[b] + (long)Hkv * parts[b]) ++b;
                         const long head = (i - offset[b]) / parts[b], p = (i - offset[b]) % parts[b];
-                        const long S = ctx[b] - first[b];
                         float *part = partial + i * part_floats;
                         if (attention_part(wide, QKV, wide + (long)(Hq + Hkv) * D * es, QKV, cos, sin, positions,
                                            k_cache, v_cache, page_stride, row_stride, write_pages + (long)l * B * Hkv,
-                                           tables + (long)l * B * Hkv * M, M, scale, (int)b, (int)head, Hq, Hkv, D,
-                                           page_tokens, first[b] + S * p / parts[b], first[b] + S * (p + 1) / parts[b],
-                                           bf16, part, part + G, part + 2 * G))
+                                           tables + (long)l * B * Hkv * M, M, (int)layer[WINDOW], scale, (int)b,
+                                           (int)head, Hq, Hkv, D, page_tokens, p, bf16, part, part + G, part + 2 * G))
                             atomic_store(&errors, 1);
                     }
                     barrier_wait(&bar, t);
@@ -236,7 +235,7 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                 }
                 if (t == 0) memcpy(x, stream, (size_t)B * H * es);
             }
-            free(stream); free(h); free(act); free(attn); free(first);
+            free(stream); free(h); free(act); free(attn); free(parts);
             if (ok) free_quantized(&q);
         }
     }

@@ -41,15 +41,7 @@ static void row_argmax_lse(const float *x, long V, int64_t *argmax, float *lse) 
         *lse = nan ? NAN : top;
         return;
     }
-    float sum = 0.f;
-    j = 0;
-#if defined(__AVX512F__)
-    __m512 total = _mm512_setzero_ps();
-    for (; j + 16 <= V; j += 16) total = _mm512_add_ps(total, exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j), _mm512_set1_ps(top))));
-    sum = _mm512_reduce_add_ps(total);
-#endif
-    for (; j < V; ++j) sum += expf(x[j] - top);
-    *lse = top + logf(sum);
+    *lse = top + logf(exp_shifted(x, V, top, NULL));
 }
 
 /* logits [B, V] fp32 -> argmax [B], lse [B]. */
