@@ -31,6 +31,26 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     return dirs
 
 
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The device muxd's engine runs on in the tests that take this fixture:
+    ``$MUXD_TEST_DEVICE``, ``cpu`` by default.
+
+    ``MUXD_TEST_DEVICE=cuda`` runs them on the GPU (``scripts/gpu-check``
+    does); their references (transformers' generate, a model served alone)
+    stay as they are, so the same assertions check the CUDA paths. Asking
+    for a GPU that is not there fails rather than skips: a silent CPU run
+    would pass for a CUDA check.
+    """
+    name = os.environ.get("MUXD_TEST_DEVICE") or "cpu"
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.fail(f"MUXD_TEST_DEVICE={name} but torch sees no CUDA device")
+    return name
+
+
 def persistent_cache_dir() -> Path:
     """Where slow-to-make test data is kept across runs: ``$MUXD_TEST_CACHE`` or ``~/.cache/muxd-test``."""
     return Path(os.environ.get("MUXD_TEST_CACHE") or Path.home() / ".cache" / "muxd-test")

@@ -17,6 +17,12 @@ cannot beat ``step_read_bytes / measured read bandwidth``. A quantized run
 quantizes both sides the same way (bitsandbytes on the block linears); a
 ``q8`` run has no transformers twin and is compared with transformers in the
 same dtype unquantized, so its token match is also its accuracy.
+
+``device`` "cuda" runs both sides on the GPU (the roofline then uses the
+GPU's measured read bandwidth). A ``random:NAME`` model
+(``models.synthetic``) is made on the device with random weights, and its
+transformers twin holds the same tensors; a quantized random model is
+compared with its unquantized twin, as ``q8`` is.
 """
 
 from __future__ import annotations
@@ -98,6 +104,7 @@ def run_engine_bench(
     quantization: str | None = None,
     repeats: int = DEFAULT_REPEATS,
     progress: Callable[[str], None] | None = None,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Benchmark ``model_path`` at each batch size; one result dict per batch size.
 
@@ -106,8 +113,10 @@ def run_engine_bench(
     import torch
 
     from muxd.engine.executor import on_own_thread
-    from muxd.models.loader import load_model, parse_dtype
-    from muxd.models.tokenizer import load_tokenizer
+    from muxd.models.factory import build_tokenizer
+    from muxd.models.loader import from_hf_model, load_model, parse_dtype
+    from muxd.models.synthetic import is_random, random_hf_model
+    from muxd.models.tokenizer import Tokenizer, load_tokenizer
 
     quantization = None if quantization in (None, "none") else quantization
     if prompt_len < 1 or max_tokens < 1 or repeats < 1:
@@ -121,11 +130,16 @@ def run_engine_bench(
 
     with _quiet_transformers():
         say("measuring memory read bandwidth")
-        bandwidth = on_own_thread(measure_read_bandwidth)
+        bandwidth = on_own_thread(lambda: measure_read_bandwidth(device=device))
         say(f"loading {model_path}")
-        loaded = load_model(model_path, torch_dtype, quantization=quantization or "none")
-        tokenizer = load_tokenizer(loaded.path)
-        hf_model = on_own_thread(lambda: _load_hf(loaded.path, torch_dtype, quantization))
+        if is_random(model_path):
+            hf_model = on_own_thread(lambda: random_hf_model(str(model_path), torch_dtype, device))
+            loaded = from_hf_model(hf_model, str(model_path), torch_dtype, device, quantization=quantization or "none")
+            tokenizer = Tokenizer(build_tokenizer())
+        else:
+            loaded = load_model(model_path, torch_dtype, device, quantization=quantization or "none")
+            tokenizer = load_tokenizer(loaded.path)
+            hf_model = on_own_thread(lambda: _load_hf(loaded.path, torch_dtype, quantization, device))
         timed = {}
         for batch in batches:
             prompts = bench_prompts(tokenizer.encode, batch, prompt_len)
@@ -138,7 +152,7 @@ def run_engine_bench(
                 runners, max_tokens, repeats, lambda phase, b=batch: say(f"batch {b}: {phase}")
             )
         say("measuring memory read bandwidth again")  # the machine's figure is the better of the two
-        bandwidth = max(bandwidth, on_own_thread(measure_read_bandwidth))
+        bandwidth = max(bandwidth, on_own_thread(lambda: measure_read_bandwidth(device=device)))
     return [
         _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth, quantization)
         for batch, best in timed.items()
@@ -176,6 +190,7 @@ def _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth,
     return {
         "model": loaded.path.name,
         "dtype": str(loaded.dtype).removeprefix("torch."),
+        "device": str(loaded.device),
         "quantization": quantization,
         "batch": batch,
         "prompt_tokens": prompt_len,
@@ -222,7 +237,7 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_hf(path: Path, dtype, quantization: str | None) -> Any:
+def _load_hf(path: Path, dtype, quantization: str | None, device: str = "cpu") -> Any:
     """transformers' model, quantized as muxd's is: bitsandbytes on the block linears, head and embedding kept."""
     from transformers import AutoModelForCausalLM
 
@@ -241,8 +256,9 @@ def _load_hf(path: Path, dtype, quantization: str | None) -> Any:
                 bnb_4bit_compute_dtype=dtype,
                 bnb_4bit_use_double_quant=True,
             )
-        kwargs = {"quantization_config": config, "device_map": "cpu"}
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, **kwargs).eval()
+        kwargs = {"quantization_config": config, "device_map": device}
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, **kwargs).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
 
 
 Runner = Callable[[int], Timing]  # run(max_tokens) -> one timed generation of the whole batch
@@ -286,7 +302,7 @@ def _hf_generate_runner(model, prompts: list[list[int]]) -> Iterator[Runner]:
 
     from muxd.engine.executor import on_own_thread
 
-    input_ids = torch.tensor(prompts, dtype=torch.int64)  # [B, T]
+    input_ids = torch.tensor(prompts, dtype=torch.int64, device=model.device)  # [B, T]
     mask = torch.ones_like(input_ids)
     pad = model.generation_config.pad_token_id
     if pad is None:
@@ -297,6 +313,8 @@ def _hf_generate_runner(model, prompts: list[list[int]]) -> Iterator[Runner]:
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            if out.is_cuda:  # the last step may still be queued
+                torch.cuda.synchronize(out.device)
         seconds = time.perf_counter() - t0
         new = out[:, input_ids.shape[1] :].tolist()
         return Timing(sum(map(len, new)), seconds, new)

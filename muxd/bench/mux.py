@@ -375,13 +375,16 @@ def run_mux_bench(
     kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
     drain_s: float | None = None,
     progress: Progress | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run the bench; one JSON-ready dict (see the module docstring for the figures).
 
     ``requests`` replays a given workload instead of generating one (its
     models must be among ``model_paths``). ``drain_s`` bounds the time after
     the last arrival (default: ``duration_s``); unfinished requests then
-    count as SLO misses.
+    count as SLO misses. ``device`` is the unit's (``cuda``: its compute
+    shares are green contexts, ``engine/executor.py``); a model path
+    ``random:NAME`` is a random-weight model made there (``models.synthetic``).
     """
     from muxd.models.loader import load_model
     from muxd.sched import POLICIES
@@ -398,7 +401,7 @@ def run_mux_bench(
     models = {}
     for name, path in model_paths.items():
         say(f"loading {name}")
-        models[name] = load_model(path, dtype)
+        models[name] = load_model(path, dtype, device)
     solo = {}
     for name, loaded in models.items():
         say(f"measuring {name} served alone")
@@ -429,7 +432,7 @@ def run_mux_bench(
 
             results[policy]["max_rate_req_s"] = search_max_rate(probe, rate / 2)
 
-    return _report(bench, results, model_paths, rates, requests, spec, dtype, find_max_rate)
+    return {**_report(bench, results, model_paths, rates, requests, spec, dtype, find_max_rate), "device": device}
 
 
 def observed_rates(requests: list[RequestSpec], models: tuple[str, ...]) -> dict[str, float]:

@@ -38,7 +38,9 @@ def parse_batches(values: list[str]) -> list[int]:
 @app.command()
 def engine(
     model: Annotated[
-        Path | None, typer.Option(help="Model directory (default: the SmolLM2-135M-Instruct demo model).")
+        Path | None,
+        typer.Option(help="Model directory (default: the SmolLM2-135M-Instruct demo model), or random:NAME "
+                     "(e.g. random:llama-3.2-1b) for random weights made on the device."),
     ] = None,
     batch: Annotated[list[str] | None, typer.Option(help="Batch size; repeat or give a comma list.")] = None,
     dtype: Annotated[str, typer.Option(help="Weight dtype: float32, bfloat16 or float16.")] = "float32",
@@ -48,6 +50,7 @@ def engine(
     prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length in tokens.")] = 64,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per prompt.")] = 64,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per engine; the fastest counts.")] = 2,
+    device: Annotated[str, typer.Option(help="Device of both engines: cpu or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Also print the results as one JSON line, last.")] = False,
 ) -> None:
     """muxd's engine vs transformers' generate and continuous batching, on the same prompts."""
@@ -65,7 +68,8 @@ def engine(
             say = lambda msg: status.update(msg)  # noqa: E731
             path = model if model is not None else _demo_model(say)
             results = run_engine_bench(
-                path, batches, prompt_tokens, max_tokens, dtype, quantization, repeats=repeats, progress=say
+                path, batches, prompt_tokens, max_tokens, dtype, quantization, repeats=repeats, progress=say,
+                device=device,
             )
     except (MuxdError, ValueError) as e:
         exit_with(getattr(e, "message", None) or str(e))
@@ -92,7 +96,8 @@ def results_table(results: list[dict[str, Any]]):
     table = Table(
         box=box.SIMPLE_HEAD,
         title=(
-            f"{first['model']} {first['dtype']}{' ' + first['quantization'] if first['quantization'] else ''}: "
+            f"{first['model']} {first['dtype']}{' ' + first['quantization'] if first['quantization'] else ''}"
+            f"{' on ' + first['device'] if first.get('device', 'cpu') != 'cpu' else ''}: "
             f"{first['prompt_tokens']} prompt + {first['max_tokens']} new tokens"
         ),
         caption=(

@@ -38,7 +38,7 @@ def mux(
     models: Annotated[
         list[str] | None,
         typer.Option(help="NAME=PATH of a model, repeatable, most popular first (default: SmolLM2-135M and "
-                     "three random 13-48 M models)."),
+                     "three random 13-48 M models); PATH random:llama-3.1-8b etc. makes random weights on the device."),
     ] = None,
     alpha: Annotated[
         float, typer.Option(min=0, help="Popularity power law: rate of the k-th model ∝ k^-alpha.")
@@ -64,6 +64,7 @@ def mux(
     ] = False,
     dtype: Annotated[str, typer.Option(help="Weight dtype: bfloat16, float32 or float16.")] = bench.DEFAULT_DTYPE,
     kv_cache_mb: Annotated[int, typer.Option(min=1, help="KV pool size of the unit, MiB.")] = bench.DEFAULT_KV_CACHE_BYTES >> 20,
+    device: Annotated[str, typer.Option(help="The unit's device: cpu or cuda (compute shares as green contexts).")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Also print the results as one JSON line, last.")] = False,
 ) -> None:
     """ADBS against the spatial and temporal baselines: the same workload and models under each policy."""
@@ -97,6 +98,7 @@ def mux(
                 find_max_rate=find_max_rate,
                 kv_cache_bytes=kv_cache_mb << 20,
                 progress=say,
+                device=device,
             )
     except (MuxdError, ValueError, KeyError) as e:
         exit_with(getattr(e, "message", None) or str(e))

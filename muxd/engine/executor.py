@@ -4,9 +4,10 @@ CPU: the unit's cores are its compute slots. Each job runs in a worker
 thread that first sets its own intra-op thread count to the job's slots
 (PyTorch's count is per thread), so a one-core decode of one model and a
 one-core prefill of another really run side by side; torch ops release the
-GIL. CUDA: each share level gets its own stream, inside a green context
-sized to the share where ``torch.cuda.green_contexts`` exists; jobs launch
-on the stream of their share.
+GIL. CUDA: a job's slots out of the executor's are its share of the GPU; each worker
+thread keeps a stream per share level, inside a green context of that
+share's SMs where ``torch.cuda.green_contexts`` exists, and a job launches
+on its worker's stream of its share.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class Executor:
         self._held: dict[int, list[int]] = {}  # job id -> slot ids
         self._inboxes = [queue.SimpleQueue() for _ in range(slots)]
         self._done: queue.SimpleQueue = queue.SimpleQueue()
-        self._streams = _ShareStreams(self.device, slots) if self.device.type == "cuda" else None
+        cuda = self.device.type == "cuda"
+        self._streams = [_ShareStreams(self.device, slots) for _ in range(slots)] if cuda else None
         self._threads = [
             threading.Thread(target=self._worker, args=(i,), name=f"muxd-slot-{i}", daemon=True) for i in range(slots)
         ]
@@ -120,11 +122,11 @@ class Executor:
                 return
             job, run, threads = item
             try:
-                self._done.put((job, self._run(job, run, threads), None))
+                self._done.put((job, self._run(job, run, threads, slot), None))
             except BaseException as e:  # reported to the engine, the worker lives on
                 self._done.put((job, None, e))
 
-    def _run(self, job: Job, run: RunFn, threads: int) -> JobResult:
+    def _run(self, job: Job, run: RunFn, threads: int, slot: int) -> JobResult:
         if self._streams is None:
             if job.kind is JobKind.DECODE:
                 # Measured on SmolLM2 (bf16, the serving default): a decode
@@ -137,10 +139,14 @@ class Executor:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             return run(job)
-        with self._streams.context(threads):
+        with self._streams[slot].context(threads):  # ``threads``: the job's share level
             result = run(job)
             torch.cuda.current_stream().synchronize()
             return result
+
+    def green_sms(self) -> dict[int, int | None]:
+        """CUDA: the SMs of each share level's green context used so far (None: a plain stream)."""
+        return {level: sms for streams in self._streams or () for level, sms in streams.sms.items()}
 
     def shutdown(self) -> None:
         for inbox in self._inboxes:
@@ -150,24 +156,55 @@ class Executor:
 
 
 class _ShareStreams:
-    """One CUDA stream per share level, in a green context of that many SM groups when available."""
+    """One worker thread's CUDA streams, one per share level, made on first use.
+
+    Level ``k`` of ``levels`` runs in a green context of ``k/levels`` of the
+    SMs where ``torch.cuda.green_contexts`` provides one; the top level (the
+    whole GPU) and any level whose green context cannot be made get a plain
+    stream. Each worker thread has its own streams, so two jobs of the same
+    share never queue behind each other on one stream.
+    """
 
     def __init__(self, device: torch.device, levels: int) -> None:
         self.device = device
         self.levels = levels
+        self.sms: dict[int, int | None] = {}  # level -> SMs of its green context (None: a plain stream)
         self._contexts: dict[int, object] = {}  # held so the green contexts outlive their streams
         self._streams: dict[int, torch.cuda.Stream] = {}
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        for level in range(1, levels + 1):
-            ctx = None
-            try:  # SMs in proportion to the share (the driver rounds to its granularity)
-                from torch.cuda.green_contexts import GreenContext
-
-                ctx = GreenContext.create(num_sms=max(1, sms * level // levels), device_id=device.index or 0)
-            except (ImportError, RuntimeError):  # no green contexts: plain streams share the SMs
-                ctx = None
-            self._contexts[level] = ctx
-            self._streams[level] = ctx.Stream() if ctx is not None else torch.cuda.Stream(device)
 
     def context(self, level: int):
-        return torch.cuda.stream(self._streams[min(max(level, 1), self.levels)])
+        level = min(max(level, 1), self.levels)
+        if level not in self._streams:
+            self._streams[level] = self._make(level)
+        return torch.cuda.stream(self._streams[level])
+
+    def _make(self, level: int) -> torch.cuda.Stream:
+        self.sms[level] = None
+        if level < self.levels:
+            total = torch.cuda.get_device_properties(self.device).multi_processor_count
+            num_sms = max(1, total * level // self.levels)  # the driver rounds up to its granularity
+            made = _green_stream(num_sms, self.device)
+            if made is not None:
+                self._contexts[level], stream = made
+                self.sms[level] = num_sms
+                return stream
+        return torch.cuda.Stream(self.device)
+
+
+def _green_stream(num_sms: int, device: torch.device) -> tuple[object, torch.cuda.Stream] | None:
+    """A green context of ``num_sms`` SMs and a stream whose kernels run on them; None where unavailable."""
+    try:
+        from torch.cuda.green_contexts import GreenContext
+
+        ctx = GreenContext.create(num_sms=num_sms, device_id=device.index or 0)
+        if hasattr(ctx, "Stream"):
+            return ctx, ctx.Stream()
+        # Older torch has no ``Stream()``: a stream created while the green
+        # context is current belongs to it.
+        ctx.set_context()
+        try:
+            return ctx, torch.cuda.Stream(device)
+        finally:
+            ctx.pop_context()
+    except (ImportError, RuntimeError, AttributeError):  # no green contexts: plain streams share the SMs
+        return None

@@ -46,6 +46,10 @@ class KVCache:
         self.num_pages = num_pages
         self.null_page = num_pages - 1
         self.storage = torch.zeros((2, num_pages, layout.page_bytes), dtype=torch.uint8, device=device)
+        if self.storage.is_cuda:
+            # Zeroed on this thread's stream; the executor's streams read the
+            # pool next (the null page must be zero) and do not wait for it.
+            torch.cuda.synchronize(self.storage.device)
 
     @property
     def usable_pages(self) -> int:

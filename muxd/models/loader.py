@@ -24,6 +24,7 @@ from muxd.engine.q8 import quantize_q8
 from muxd.errors import ModelLoadError
 from muxd.models.quantize import BLOCK_LINEARS, QUANTIZATIONS, quant_state_tensors, quantize_linears, unique_bytes
 from muxd.models.spec import ModelSpec
+from muxd.models.synthetic import is_random, random_hf_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -94,8 +95,14 @@ def eos_token_ids(path: Path, hf_config: Any) -> tuple[int, ...]:
     gen = path / "generation_config.json"
     if gen.is_file():
         eos = json.loads(gen.read_text()).get("eos_token_id")
-    if eos is None:
-        eos = getattr(hf_config, "eos_token_id", None)
+    return _config_eos(hf_config) if eos is None else _as_ids(eos)
+
+
+def _config_eos(hf_config: Any) -> tuple[int, ...]:
+    return _as_ids(getattr(hf_config, "eos_token_id", None))
+
+
+def _as_ids(eos: Any) -> tuple[int, ...]:
     if eos is None:
         return ()
     return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
@@ -118,7 +125,13 @@ def load_model(
     count (``executor.on_own_thread``): loading is parallel torch work, and
     the OpenMP team it would leave on the caller's thread slows every
     two-thread decode matmul of an engine in the same process.
+
+    ``random:NAME`` (``models.synthetic``) makes a random-weight model of a
+    preset shape on ``device`` instead of reading a checkpoint.
     """
+    if is_random(name_or_path):
+        hf_model = on_own_thread(lambda: random_hf_model(str(name_or_path), parse_dtype(dtype), device))
+        return from_hf_model(hf_model, str(name_or_path), dtype, device, pack=pack, quantization=quantization)
     return on_own_thread(lambda: _load_model(name_or_path, dtype, device, pack, quantization))
 
 
@@ -133,8 +146,47 @@ def _load_model(
         spec = ModelSpec.from_hf_config(hf_config, eos_token_ids(path, hf_config))
     except ValueError as e:
         raise ModelLoadError(f"{path}: {e}") from None
-    torch_dtype = parse_dtype(dtype)
     state = _read_safetensors(path)
+    return _build(path, hf_config, spec, state, parse_dtype(dtype), device, pack, quantization)
+
+
+def from_hf_model(
+    hf_model: Any,
+    name: str,
+    dtype: str | torch.dtype,
+    device: str = "cpu",
+    *,
+    pack: bool = True,
+    quantization: str = "none",
+) -> LoadedModel:
+    """muxd's model holding the weights of a transformers model already in memory
+    (a random-weight twin, ``models.synthetic``); ``path`` is ``Path(name)``.
+
+    Unfused tensors (embedding, o/down projections, norms) are shared with
+    ``hf_model``, not copied; the fused q|k|v and gate|up are new tensors.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}; use one of {', '.join(QUANTIZATIONS)}")
+    config = hf_model.config
+    try:
+        spec = ModelSpec.from_hf_config(config, _config_eos(config))
+    except ValueError as e:
+        raise ModelLoadError(f"{name}: {e}") from None
+    state = dict(hf_model.state_dict())
+    return on_own_thread(lambda: _build(Path(name), config, spec, state, parse_dtype(dtype), device, pack, quantization))
+
+
+def _build(
+    path: Path,
+    hf_config: Any,
+    spec: ModelSpec,
+    state: dict[str, torch.Tensor],
+    torch_dtype: torch.dtype,
+    device: str,
+    pack: bool,
+    quantization: str,
+) -> LoadedModel:
+    """muxd's ``Transformer`` of ``spec`` from a transformers-layout ``state``, on ``device``."""
     layer0 = "model.layers.0."
     with torch.device("meta"):  # no random init: the checkpoint's tensors are assigned below
         model = Transformer(
@@ -150,14 +202,18 @@ def _load_model(
         if torch.device(device).type != "cpu":
             raise ModelLoadError(f"{path}: quantization q8 is a CPU kernel; on {device} use int8, nf4 or fp4")
         model = quantize_q8(model.to(dtype=torch_dtype), BLOCK_LINEARS + ("lm_head",))
-    else:  # quantized from the CPU copy, so the device never holds the full-precision weights
-        model = quantize_linears(model.to(dtype=torch_dtype), quantization, torch_dtype, device).to(device)
+    else:  # quantized from a CPU copy, so the device never holds the full-precision weights
+        model = quantize_linears(model.to(device="cpu", dtype=torch_dtype), quantization, torch_dtype, device).to(device)
     model = model.eval().requires_grad_(False)
     if spec.tie_word_embeddings and isinstance(model.lm_head, nn.Linear):
         model.lm_head.weight = model.embed_tokens.weight
     model.set_rope(*rope_tables(hf_config, spec, torch_dtype, device))
     if pack and can_pack(torch.device(device), torch_dtype):
         pack_linears(model)
+    if torch.device(device).type == "cuda":
+        # Loading ran on this thread's stream; the executor's streams read the
+        # weights next and do not wait for work queued on another stream.
+        torch.cuda.synchronize(device)
     return LoadedModel(path, spec, model, torch_dtype, torch.device(device))
 
 

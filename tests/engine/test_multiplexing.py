@@ -14,8 +14,8 @@ PARAMS = SamplingParams(max_tokens=10, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    return {f: load_model(tiny_model_dirs[f]) for f in FAMILIES}
+def models(tiny_model_dirs, device):
+    return {f: load_model(tiny_model_dirs[f], device=device) for f in FAMILIES}
 
 
 def solo(model, name):

@@ -14,9 +14,9 @@ GREEDY = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
 
 
 @pytest.mark.parametrize("family", ["llama", "llama3", "mistral", "mistral-window", "qwen2", "qwen3"])
-def test_greedy_tokens_match_transformers_while_another_model_shares_the_pool(family, tiny_model_dirs):
+def test_greedy_tokens_match_transformers_while_another_model_shares_the_pool(family, tiny_model_dirs, device):
     other = "qwen3" if family != "qwen3" else "llama"
-    models = {"m": load_model(tiny_model_dirs[family]), "other": load_model(tiny_model_dirs[other])}
+    models = {"m": load_model(tiny_model_dirs[family], device=device), "other": load_model(tiny_model_dirs[other], device=device)}
     engine = LLMEngine(models, kv_cache_bytes=8 << 20, page_tokens=8)
     ids = {}
     for i, prompt in enumerate(PROMPTS):  # interleaved: both models' sequences are live together
@@ -30,12 +30,12 @@ def test_greedy_tokens_match_transformers_while_another_model_shares_the_pool(fa
     assert_pool_whole(engine)
 
 
-def test_models_of_different_dtypes_reuse_each_others_pages(tiny_model_dirs):
+def test_models_of_different_dtypes_reuse_each_others_pages(tiny_model_dirs, device):
     """Pages freed by an fp32 model hold bytes that read as NaN in bf16; reuse must not see them."""
     models = {
-        "f32": load_model(tiny_model_dirs["llama"], "float32"),
-        "bf16": load_model(tiny_model_dirs["qwen3"], "bfloat16"),
-        "f16": load_model(tiny_model_dirs["qwen2"], "float16"),
+        "f32": load_model(tiny_model_dirs["llama"], "float32", device),
+        "bf16": load_model(tiny_model_dirs["qwen3"], "bfloat16", device),
+        "f16": load_model(tiny_model_dirs["qwen2"], "float16", device),
     }
 
     def alone(name):

@@ -20,8 +20,8 @@ def run(models, kv_cache_bytes):
     return [outputs[i].output_ids for _, i in ids], engine.scheduler.num_preemptions, engine.pool.total
 
 
-def test_small_pool_gives_the_same_greedy_output_as_a_large_one(tiny_model_dirs):
-    models = {"a": load_model(tiny_model_dirs["llama"]), "b": load_model(tiny_model_dirs["qwen3"])}
+def test_small_pool_gives_the_same_greedy_output_as_a_large_one(tiny_model_dirs, device):
+    models = {"a": load_model(tiny_model_dirs["llama"], device=device), "b": load_model(tiny_model_dirs["qwen3"], device=device)}
     large, large_preemptions, _ = run(models, 16 << 20)
     small, small_preemptions, small_pages = run(models, 64 << 10)
     assert large_preemptions == 0

@@ -24,8 +24,8 @@ def serve(model, prefix_caching: bool):
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral-window", "qwen3"])
-def test_greedy_tokens_are_the_same_with_prefix_caching_on_and_off(family, tiny_model_dirs):
-    model = load_model(tiny_model_dirs[family])
+def test_greedy_tokens_are_the_same_with_prefix_caching_on_and_off(family, tiny_model_dirs, device):
+    model = load_model(tiny_model_dirs[family], device=device)
     on, hits_second, hits_all = serve(model, True)
     off, no_hits, _ = serve(model, False)
     assert on == off
@@ -36,9 +36,9 @@ def test_greedy_tokens_are_the_same_with_prefix_caching_on_and_off(family, tiny_
     assert no_hits == 0
 
 
-def test_requests_prefilled_together_keep_duplicate_blocks_private(tiny_model_dirs):
+def test_requests_prefilled_together_keep_duplicate_blocks_private(tiny_model_dirs, device):
     """One job computes the same prefix for all four: the first registers it, the rest free theirs."""
-    model = load_model(tiny_model_dirs["llama"])
+    model = load_model(tiny_model_dirs["llama"], device=device)
     prompts = [SYSTEM + [i] for i in range(4)]
     outs = {}
     for on in (True, False):

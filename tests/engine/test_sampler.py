@@ -44,8 +44,8 @@ def test_sampling_follows_the_softmax_distribution():
     assert torch.allclose(counts / counts.sum(), torch.tensor([0.7, 0.2, 0.1]), atol=0.04)
 
 
-def test_a_seeded_request_gets_the_same_tokens_whatever_it_is_batched_with(tiny_model_dirs):
-    model = load_model(tiny_model_dirs["llama"])
+def test_a_seeded_request_gets_the_same_tokens_whatever_it_is_batched_with(tiny_model_dirs, device):
+    model = load_model(tiny_model_dirs["llama"], device=device)
     seeded = SamplingParams(max_tokens=10, temperature=1.0, seed=1234, ignore_eos=True)
 
     def run(batch_mates):
@@ -58,8 +58,8 @@ def test_a_seeded_request_gets_the_same_tokens_whatever_it_is_batched_with(tiny_
     assert run(0) == run(3)
 
 
-def test_logprobs_of_greedy_tokens_match_a_full_forward(tiny_model_dirs):
-    model = load_model(tiny_model_dirs["qwen2"])
+def test_logprobs_of_greedy_tokens_match_a_full_forward(tiny_model_dirs, device):
+    model = load_model(tiny_model_dirs["qwen2"], device=device)
     engine = LLMEngine({"m": model}, kv_cache_bytes=4 << 20)
     (out,) = engine.generate("m", [[4, 8, 15, 16, 23, 42]], SamplingParams(max_tokens=5, ignore_eos=True))
     assert len(out.logprobs) == 5 and all(lp <= 0 for lp in out.logprobs)

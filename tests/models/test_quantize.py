@@ -103,9 +103,9 @@ def test_int8_matmuls_log_no_warnings(smollm2, chat, caplog: pytest.LogCaptureFi
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kind", ["int8", "nf4", "fp4"])
-def test_every_family_quantizes_and_generates(tiny_model_dirs, kind, dtype) -> None:
+def test_every_family_quantizes_and_generates(tiny_model_dirs, kind, dtype, device) -> None:
     for family, path in tiny_model_dirs.items():
-        loaded = load_model(path, dtype, quantization=kind)
+        loaded = load_model(path, dtype, device, quantization=kind)
         engine = LLMEngine({family: loaded}, kv_cache_bytes=8 << 20)
         (out,) = engine.generate(family, [[1, 2, 3, 4, 5]], SamplingParams(max_tokens=4, ignore_eos=True))
         assert len(out.output_ids) == 4, family
