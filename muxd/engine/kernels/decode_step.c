@@ -125,7 +125,23 @@ static void linear(const void *x, int M, int K, const int64_t *layer, int field,
     barrier_wait(bar, t);
 }
 
-static inline float silu(float g) { return g / (1.f + expf(-g)); }
+/* act [B, I] = silu(gate) * up from wide [B, 2I] = (gate, up), each rounded
+ * as torch rounds. The exponentials go 16 at a time (common.h's exp16):
+ * with expf, one value at a time, this took 0.2-0.3 ms of a SmolLM2 batch-1
+ * step on every thread (each computes all of act for its quantized copy). */
+static void silu_times_up(const void *wide, long B, long I, void *act, int bf16) {
+    for (long b = 0; b < B; ++b)
+        for (long k0 = 0; k0 < I; k0 += 16) {
+            const long n = I - k0 < 16 ? I - k0 : 16;
+            float gate[16], e[16];
+            for (long j = 0; j < n; ++j) gate[j] = -load_value(wide, b * 2 * I + k0 + j, bf16);
+            exp_shifted(gate, n, 0.f, e); /* e = exp(-gate) */
+            for (long j = 0; j < n; ++j) {
+                const float silu = rounded(-gate[j] / (1.f + e[j]), bf16);
+                store_value(act, b * I + k0 + j, silu * load_value(wide, b * 2 * I + I + k0 + j, bf16), bf16);
+            }
+        }
+}
 
 static int alloc_quantized(quantized_t *q, int M, long Kp) {
     q->abs = malloc((size_t)M * Kp);
@@ -221,11 +237,7 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         norm_row(stream + b * H * es, out + b * H * es, (const void *)(intptr_t)layer[POST_NORM], eps,
                                  H, stream + b * H * es, h + b * H * es, bf16);
                     linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, t, T, &bar);
-                    for (long i = 0; i < (long)B * I; ++i) { /* silu(gate) * up, each rounded as torch rounds */
-                        long b = i / I, k = i % I;
-                        float gate = rounded(silu(load_value(wide, b * 2 * I + k, bf16)), bf16);
-                        store_value(act, i, gate * load_value(wide, b * 2 * I + I + k, bf16), bf16);
-                    }
+                    silu_times_up(wide, B, I, act, bf16);
                     /* `out` is read above (norm) by every thread before this
                      * linear writes it: the barrier ending the gate_up
                      * linear lies between. */
