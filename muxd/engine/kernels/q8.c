@@ -67,6 +67,24 @@ static inline float f16_to_f32(uint16_t h) { /* IEEE half, subnormals included *
 void q8_quantize_row(const void *x, int is_bf16, int K, int Kp, uint8_t *xabs, uint64_t *xsign, float *xscale) {
     for (int c = 0; c < Kp / CHUNK; ++c) {
         float v[CHUNK], inv[2];
+#if Q8_VNNI
+        if ((c + 1) * CHUNK <= K) { /* a whole chunk of x: loads and maxima 16 at a time */
+            for (int g = 0; g < 2; ++g) {
+                __m512 amax = _mm512_setzero_ps();
+                for (int i = g * GROUP; i < (g + 1) * GROUP; i += 16) {
+                    const long k = (long)c * CHUNK + i;
+                    const __m512 f = is_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                                   _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)x + k))), 16))
+                                             : _mm512_loadu_ps((const float *)x + k);
+                    _mm512_storeu_ps(v + i, f);
+                    amax = _mm512_max_ps(_mm512_abs_ps(f), amax); /* a NaN lane keeps amax, as below */
+                }
+                const float m = _mm512_reduce_max_ps(amax);
+                xscale[2 * c + g] = m / 127.f;
+                inv[g] = m > 0.f ? 127.f / m : 0.f;
+            }
+        } else
+#endif
         for (int g = 0; g < 2; ++g) {
             float amax = 0.f;
             for (int i = g * GROUP; i < (g + 1) * GROUP; ++i) {
