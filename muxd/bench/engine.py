@@ -28,6 +28,7 @@ compared with its unquantized twin, as ``q8`` is.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import statistics
 import time
@@ -165,25 +166,36 @@ def _time_interleaved(
     """Warm every engine up, then time them in turns, ``repeats`` rounds; the fastest run of each counts.
 
     Taking turns spreads a burst of other work on a shared machine over all
-    engines instead of charging it to whichever ran during it.
+    engines instead of charging it to whichever ran during it. A baseline
+    that fails to start or warm up (transformers' APIs move between
+    versions) is left out, its error kept under ``"errors"``; muxd's failure
+    is raised.
     """
+    errors: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
-        runs = {name: stack.enter_context(runner) for name, runner in runners.items()}
-        for name, run in runs.items():
+        runs = {}
+        for name, runner in runners.items():
             say(f"warming up {name}")
-            run(WARMUP_TOKENS)
+            try:
+                runs[name] = stack.enter_context(runner)
+                runs[name](WARMUP_TOKENS)
+            except Exception as e:
+                if name == "muxd":
+                    raise
+                runs.pop(name, None)
+                errors[name] = f"{type(e).__name__}: {e}"
         timings: dict[str, list[Timing]] = {name: [] for name in runs}
         for round_ in range(repeats):
             for name, run in runs.items():
                 say(f"timing {name} ({round_ + 1}/{repeats})")
                 timings[name].append(run(max_tokens))
-    return {name: min(ts, key=lambda t: t.seconds) for name, ts in timings.items()}
+    return {**{name: min(ts, key=lambda t: t.seconds) for name, ts in timings.items()}, "errors": errors}
 
 
 def _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth, quantization) -> dict[str, Any]:
     import torch
 
-    muxd, hf_gen, hf_cb = best["muxd"], best["hf_generate"], best["hf_cb"]
+    muxd, hf_gen, hf_cb = best["muxd"], best.get("hf_generate"), best.get("hf_cb")
     decode_s = muxd.step_times["decode"]  # empty when max_tokens == 1
     decode_ms = statistics.median(decode_s) * 1e3 if decode_s else None
     roofline_ms = loaded.step_read_bytes / (bandwidth * 1e9) * 1e3
@@ -198,10 +210,10 @@ def _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
         "muxd_tok_s": round(muxd.tok_s, 2),
-        "hf_generate_tok_s": round(hf_gen.tok_s, 2),
-        "hf_cb_tok_s": round(hf_cb.tok_s, 2),
-        "ratio_vs_hf_cb": round(muxd.tok_s / hf_cb.tok_s, 3),
-        "ratio_vs_hf_generate": round(muxd.tok_s / hf_gen.tok_s, 3),
+        "hf_generate_tok_s": hf_gen and round(hf_gen.tok_s, 2),
+        "hf_cb_tok_s": hf_cb and round(hf_cb.tok_s, 2),
+        "ratio_vs_hf_cb": hf_cb and round(muxd.tok_s / hf_cb.tok_s, 3),
+        "ratio_vs_hf_generate": hf_gen and round(muxd.tok_s / hf_gen.tok_s, 3),
         "decode_step_ms": _round(decode_ms),
         "prefill_ms": round(sum(muxd.step_times["prefill"]) * 1e3, 3),
         "roofline_step_ms": round(roofline_ms, 6),
@@ -209,7 +221,8 @@ def _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth,
         "bandwidth_gb_s": round(bandwidth, 2),
         "weight_bytes": loaded.weight_bytes,
         "step_read_bytes": loaded.step_read_bytes,
-        "tokens_match_hf_generate": _match_fraction(muxd.output_ids, hf_gen.output_ids),
+        "tokens_match_hf_generate": hf_gen and _match_fraction(muxd.output_ids, hf_gen.output_ids),
+        "errors": best["errors"],
     }
 
 
@@ -331,8 +344,11 @@ def _hf_cb_runner(model, prompts: list[list[int]], max_tokens: int) -> Iterator[
     from muxd.engine.executor import on_own_thread
 
     pages_per_seq = -(-(len(prompts[0]) + max_tokens) // PAGE_TOKENS) + 1
+    # Newer transformers names the page size ``page_size`` (``block_size``
+    # still works, with a deprecation warning); older 5.x (5.17) knows only ``block_size``.
+    size_key = "page_size" if "page_size" in inspect.signature(ContinuousBatchingConfig).parameters else "block_size"
     cb_config = ContinuousBatchingConfig(
-        page_size=PAGE_TOKENS,
+        **{size_key: PAGE_TOKENS},
         num_blocks=len(prompts) * pages_per_seq + 8,
         max_batch_tokens=MAX_BATCH_TOKENS,
     )
