@@ -44,6 +44,13 @@ def timed(executor: Executor, jobs: list[Job], run) -> float:
     return time.perf_counter() - t0
 
 
+def two_halves(executor: Executor, run, flop: int) -> float:
+    """TFLOP/s of two half-share jobs run at once (after one untimed pair that makes their streams)."""
+    pair = lambda base: [Job(JobKind.PREFILL, f"m{i}", [], job_id=base + i, slots=LEVELS // 2) for i in range(2)]  # noqa: E731
+    timed(executor, pair(200), run)
+    return round(2 * flop / timed(executor, pair(300), run) / 1e12, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda")
@@ -75,15 +82,15 @@ def main() -> None:
         timed(executor, [Job(JobKind.PREFILL, "w", [], job_id=100 + i, slots=level)], run)  # makes its stream
         alone[level] = round(flop / timed(executor, [Job(JobKind.PREFILL, "m", [], job_id=i, slots=level)], run) / 1e12, 1)
         print(f"share {level}/{LEVELS} alone: {alone[level]} TFLOP/s", flush=True)
-    halves = [Job(JobKind.PREFILL, f"m{i}", [], job_id=200 + i, slots=LEVELS // 2) for i in range(2)]
-    timed(executor, halves, run)  # warm: makes the second worker's streams
-    halves = [Job(JobKind.PREFILL, f"m{i}", [], job_id=300 + i, slots=LEVELS // 2) for i in range(2)]
-    both = timed(executor, halves, run)
-    together = round(2 * flop / both / 1e12, 1)
+    together = two_halves(executor, run, flop)
     print(f"two half shares at once: {together} TFLOP/s together (one alone: {alone[5]})", flush=True)
     report |= {"tflops_alone_by_share": alone, "tflops_two_halves_together": together,
                "green_sms_by_share": executor.green_sms()}  # fmt: skip
     executor.shutdown()
+    plain = Executor(LEVELS, device, green_contexts=False)
+    report["tflops_two_halves_together_plain_streams"] = two_halves(plain, run, flop)
+    print(f"two half shares at once, plain streams: {report['tflops_two_halves_together_plain_streams']} TFLOP/s")
+    plain.shutdown()
     print(json.dumps(report), flush=True)
 
 

@@ -43,7 +43,7 @@ def main(out: Path) -> None:
     for name in ("tests", "bnb-tests"):
         if (out / f"{name}.log").is_file():
             print(f"{name}:", pytest_line(out / f"{name}.log"))
-    for name in ("engine", "bnb-int8", "bnb-nf4"):
+    for name in ("engine", "engine8b", "bnb-int8", "bnb-nf4"):
         rows = last_json(out / f"{name}.log")
         for r in rows or []:
             print(
@@ -51,6 +51,7 @@ def main(out: Path) -> None:
                 f"muxd {r['muxd_tok_s']} tok/s, hf_generate {r['hf_generate_tok_s']}, hf_cb {r['hf_cb_tok_s']}; "
                 f"step {fmt(r['decode_step_ms'], '.2f')} ms vs roofline {r['roofline_step_ms']:.3f} ms "
                 f"({r['bandwidth_gb_s']} GB/s); prefill {r['prefill_ms']} ms; match {r['tokens_match_hf_generate']}"
+                + (f"; errors {r['errors']}" if r.get("errors") else "")
             )
     mux = last_json(out / "mux.log")
     if mux:

@@ -67,7 +67,7 @@ class Executor:
     threads, and at most ``slots`` threads ever compute.
     """
 
-    def __init__(self, slots: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, slots: int, device: torch.device | str = "cpu", *, green_contexts: bool = True) -> None:
         if slots < 1:
             raise ValueError(f"an executor needs at least one slot, got {slots}")
         self.slots = slots
@@ -77,7 +77,7 @@ class Executor:
         self._inboxes = [queue.SimpleQueue() for _ in range(slots)]
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         cuda = self.device.type == "cuda"
-        self._streams = [_ShareStreams(self.device, slots) for _ in range(slots)] if cuda else None
+        self._streams = [_ShareStreams(self.device, slots, green_contexts) for _ in range(slots)] if cuda else None
         self._threads = [
             threading.Thread(target=self._worker, args=(i,), name=f"muxd-slot-{i}", daemon=True) for i in range(slots)
         ]
@@ -163,11 +163,19 @@ class _ShareStreams:
     whole GPU) and any level whose green context cannot be made get a plain
     stream. Each worker thread has its own streams, so two jobs of the same
     share never queue behind each other on one stream.
+
+    Measured on an H200 (``scripts/gpu_probe.py``): a share's green context
+    does hold a job to its SMs (a 1/10 share, 13 SMs asked: 110 of 685 TFLOP/s
+    in bf16 matmuls), but
+    ``GreenContext.create`` carves every context from the same SMs, so two
+    half-share jobs at once got 469 TFLOP/s together, what one alone gets.
+    ``green_contexts=False`` gives plain streams, which share all SMs.
     """
 
-    def __init__(self, device: torch.device, levels: int) -> None:
+    def __init__(self, device: torch.device, levels: int, green_contexts: bool = True) -> None:
         self.device = device
         self.levels = levels
+        self.green_contexts = green_contexts
         self.sms: dict[int, int | None] = {}  # level -> SMs of its green context (None: a plain stream)
         self._contexts: dict[int, object] = {}  # held so the green contexts outlive their streams
         self._streams: dict[int, torch.cuda.Stream] = {}
@@ -180,7 +188,10 @@ class _ShareStreams:
 
     def _make(self, level: int) -> torch.cuda.Stream:
         self.sms[level] = None
-        if level < self.levels:
+        if self.green_contexts and level < self.levels:
+            # A runtime call first makes the primary context current on this
+            # thread; without one, torch's green-context constructor warns.
+            torch.cuda.current_stream(self.device).query()
             total = torch.cuda.get_device_properties(self.device).multi_processor_count
             num_sms = max(1, total * level // self.levels)  # the driver rounds up to its granularity
             made = _green_stream(num_sms, self.device)
