@@ -13,7 +13,14 @@ tokens per prompt (EOS is ignored), so ``tok/s = generated tokens / wall
 seconds of the whole generate`` (prefill included) compares like with like.
 Beside the throughputs the report places muxd's median decode step against
 the roofline of this machine: one step must read every weight once, so it
-cannot beat ``step_read_bytes / measured read bandwidth``. A quantized run
+cannot beat ``step_read_bytes / measured read bandwidth``. The bandwidth is
+probed right before and right after each timed muxd run (the better of the
+two counts for that run), because on a shared machine it moves from minute
+to minute: on a 2-vCPU cloud VM, ``torch.sum`` read 31-35 GB/s while the two
+vCPUs shared one core complex (a cache-line round trip of ~75 ns between
+them) and 45-56 GB/s while they sat on two (~340 ns), for spells of seconds
+to minutes. The highest figure any probe of the bench saw is reported too,
+with the step against it (``step_vs_roofline_peak``). A quantized run
 quantizes both sides the same way (bitsandbytes on the block linears); a
 ``q8`` run has no transformers twin and is compared with transformers in the
 same dtype unquantized, so its token match is also its accuracy.
@@ -45,6 +52,7 @@ DEFAULT_MAX_TOKENS = 64
 DEFAULT_REPEATS = 2
 WARMUP_TOKENS = 4
 PAGE_TOKENS = 16
+ADJACENT_PROBE_TRIALS = 7  # a probe around each muxd run: best of 7 sums (~0.1 s on a CPU)
 MAX_BATCH_TOKENS = 512  # prefill token budget per step, the same for muxd and transformers' CB
 
 # Real text, so attention sees realistic token statistics; row i of a batch
@@ -75,6 +83,7 @@ class Timing:
     seconds: float
     output_ids: list[list[int]]
     step_times: dict[str, list[float]] = field(default_factory=dict)  # muxd only: seconds per step kind
+    bandwidth_gb_s: float | None = None  # muxd only: read bandwidth probed around this run, the better of two
 
     @property
     def tok_s(self) -> float:
@@ -131,7 +140,7 @@ def run_engine_bench(
 
     with _quiet_transformers():
         say("measuring memory read bandwidth")
-        bandwidth = on_own_thread(lambda: measure_read_bandwidth(device=device))
+        probes = [on_own_thread(lambda: measure_read_bandwidth(device=device))]  # every probe of the bench
         say(f"loading {model_path}")
         if is_random(model_path):
             hf_model = on_own_thread(lambda: random_hf_model(str(model_path), torch_dtype, device))
@@ -145,17 +154,17 @@ def run_engine_bench(
         for batch in batches:
             prompts = bench_prompts(tokenizer.encode, batch, prompt_len)
             runners = {
-                "muxd": _muxd_runner(loaded, prompts, max_tokens),
+                "muxd": _muxd_runner(loaded, prompts, max_tokens, probes),
                 "hf_generate": _hf_generate_runner(hf_model, prompts),
                 "hf_cb": _hf_cb_runner(hf_model, prompts, max_tokens),
             }
             timed[batch] = _time_interleaved(
                 runners, max_tokens, repeats, lambda phase, b=batch: say(f"batch {b}: {phase}")
             )
-        say("measuring memory read bandwidth again")  # the machine's figure is the better of the two
-        bandwidth = max(bandwidth, on_own_thread(lambda: measure_read_bandwidth(device=device)))
+        say("measuring memory read bandwidth again")
+        probes.append(on_own_thread(lambda: measure_read_bandwidth(device=device)))
     return [
-        _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth, quantization)
+        _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, max(probes), quantization)
         for batch, best in timed.items()
     ]
 
@@ -192,13 +201,16 @@ def _time_interleaved(
     return {**{name: min(ts, key=lambda t: t.seconds) for name, ts in timings.items()}, "errors": errors}
 
 
-def _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth, quantization) -> dict[str, Any]:
+def _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, peak_bandwidth, quantization) -> dict[str, Any]:
+    """One batch size's figures; the roofline is the best muxd run's own (its probes), the peak is the bench's."""
     import torch
 
     muxd, hf_gen, hf_cb = best["muxd"], best.get("hf_generate"), best.get("hf_cb")
     decode_s = muxd.step_times["decode"]  # empty when max_tokens == 1
     decode_ms = statistics.median(decode_s) * 1e3 if decode_s else None
+    bandwidth = muxd.bandwidth_gb_s
     roofline_ms = loaded.step_read_bytes / (bandwidth * 1e9) * 1e3
+    peak_roofline_ms = loaded.step_read_bytes / (peak_bandwidth * 1e9) * 1e3
     return {
         "model": loaded.path.name,
         "dtype": str(loaded.dtype).removeprefix("torch."),
@@ -219,6 +231,8 @@ def _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, bandwidth,
         "roofline_step_ms": round(roofline_ms, 6),
         "step_vs_roofline": _round(decode_ms and decode_ms / roofline_ms),
         "bandwidth_gb_s": round(bandwidth, 2),
+        "bandwidth_peak_gb_s": round(peak_bandwidth, 2),
+        "step_vs_roofline_peak": _round(decode_ms and decode_ms / peak_roofline_ms),
         "weight_bytes": loaded.weight_bytes,
         "step_read_bytes": loaded.step_read_bytes,
         "tokens_match_hf_generate": hf_gen and _match_fraction(muxd.output_ids, hf_gen.output_ids),
@@ -278,8 +292,10 @@ Runner = Callable[[int], Timing]  # run(max_tokens) -> one timed generation of t
 
 
 @contextlib.contextmanager
-def _muxd_runner(loaded, prompts: list[list[int]], max_tokens: int) -> Iterator[Runner]:
-    """``LLMEngine.generate`` on one engine reused across runs; a timing carries that run's step seconds."""
+def _muxd_runner(loaded, prompts: list[list[int]], max_tokens: int, probes: list[float]) -> Iterator[Runner]:
+    """``LLMEngine.generate`` on one engine reused across runs; a timing carries that run's step
+    seconds and the read bandwidth probed just before and just after it (each probe also goes to ``probes``)."""
+    from muxd.engine.executor import on_own_thread
     from muxd.core.sequence import SamplingParams
     from muxd.engine.llm_engine import LLMEngine
     from muxd.sched.base import SchedulerConfig
@@ -295,13 +311,21 @@ def _muxd_runner(loaded, prompts: list[list[int]], max_tokens: int) -> Iterator[
         prefix_caching=False,  # every run repeats the same prompts: measure the engine, not the cache
     )
 
+    def probe() -> float:
+        probes.append(on_own_thread(lambda: measure_read_bandwidth(trials=ADJACENT_PROBE_TRIALS, device=device)))
+        return probes[-1]
+
+    device = str(loaded.device)
+
     def run(n: int) -> Timing:
         engine.stats.step_times = {"prefill": [], "decode": []}
+        before = probe()
         t0 = time.perf_counter()
         outs = engine.generate("bench", prompts, SamplingParams(max_tokens=n, ignore_eos=True))
         seconds = time.perf_counter() - t0
+        bandwidth = max(before, probe())
         ids = [o.output_ids for o in outs]
-        return Timing(sum(map(len, ids)), seconds, ids, engine.stats.step_times)
+        return Timing(sum(map(len, ids)), seconds, ids, engine.stats.step_times, bandwidth)
 
     yield run
 

@@ -17,6 +17,7 @@ REQUIRED_KEYS = {
     "model", "dtype", "batch", "prompt_tokens", "max_tokens",
     "muxd_tok_s", "hf_generate_tok_s", "hf_cb_tok_s", "ratio_vs_hf_cb", "ratio_vs_hf_generate",
     "decode_step_ms", "prefill_ms", "roofline_step_ms", "bandwidth_gb_s", "weight_bytes", "step_vs_roofline",
+    "bandwidth_peak_gb_s", "step_vs_roofline_peak",
 }  # fmt: skip
 TINY = {"prompt_len": 8, "max_tokens": 4, "repeats": 1}
 
@@ -43,6 +44,11 @@ def test_bench_values_are_consistent(tiny_results):
         assert row["step_vs_roofline"] == pytest.approx(row["decode_step_ms"] / row["roofline_step_ms"], rel=0.01)
         assert row["roofline_step_ms"] == pytest.approx(
             row["step_read_bytes"] / (row["bandwidth_gb_s"] * 1e9) * 1e3, rel=0.01
+        )
+        # The run's own roofline uses the probes around it; the peak is the highest of every probe.
+        assert row["bandwidth_peak_gb_s"] >= row["bandwidth_gb_s"]
+        assert row["step_vs_roofline_peak"] == pytest.approx(
+            row["decode_step_ms"] / (row["step_read_bytes"] / (row["bandwidth_peak_gb_s"] * 1e9) * 1e3), rel=0.01
         )
 
 
