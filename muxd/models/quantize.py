@@ -112,11 +112,14 @@ def _repack_4bit_for_cpu(layer: nn.Module) -> None:
 def import_bitsandbytes():
     """bitsandbytes with its noise off: the import's warning about the optional
     ``kernels`` package (bitsandbytes falls back to its own CPU kernel), the
-    deprecation warnings of the torch modules it pulls in, and the int8 matmul's
-    warning on every call that it casts inputs to fp16."""
-    log = logging.getLogger("bitsandbytes")
-    if log.level == logging.NOTSET:  # a level set on purpose is left alone
-        log.setLevel(logging.ERROR)
+    deprecation warnings of the torch modules it pulls in, the int8 matmul's
+    warning on every call that it casts inputs to fp16, and, where ``kernels``
+    is installed, its warning that offline (``HF_HUB_OFFLINE``) it cannot check
+    the publisher of the hub kernel bitsandbytes asks it for."""
+    for name in ("bitsandbytes", "kernels"):
+        log = logging.getLogger(name)
+        if log.level == logging.NOTSET:  # a level set on purpose is left alone
+            log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
