@@ -96,13 +96,23 @@ def ensure_bench_model(name: str, family: str, shape: dict[str, int], say: Progr
 
 
 def make_engine(
-    models: dict[str, Any], policy: str, rates: dict[str, float], kv_cache_bytes: int, prefix_caching: bool = True
+    models: dict[str, Any],
+    policy: str,
+    rates: dict[str, float],
+    kv_cache_bytes: int,
+    prefix_caching: bool = True,
+    green_contexts: bool = True,
 ):
     """An in-process unit serving ``models`` under ``policy``, told each model's expected rate."""
     from muxd.engine.llm_engine import LLMEngine
 
     return LLMEngine(
-        models, kv_cache_bytes=kv_cache_bytes, policy=policy, rates=rates, prefix_caching=prefix_caching
+        models,
+        kv_cache_bytes=kv_cache_bytes,
+        policy=policy,
+        rates=rates,
+        prefix_caching=prefix_caching,
+        green_contexts=green_contexts,
     )
 
 
@@ -289,12 +299,13 @@ class MuxBench:
     slo_scale: float
     kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES
     prompt_seed: int = 0
+    green_contexts: bool = True  # CUDA: compute shares as green contexts, else plain streams
 
     def run(self, policy: str, requests: list[RequestSpec], rates: dict[str, float], **replay_kw) -> dict[str, Any]:
         """Replay ``requests`` under ``policy`` in a fresh engine and summarize it."""
         requests = workload.with_slos(requests, self.solo, self.slo_scale)
         prompts = {r.id: prompt_ids(r, self.models[r.model].spec.vocab_size, self.prompt_seed) for r in requests}
-        engine = make_engine(self.models, policy, rates, self.kv_cache_bytes)
+        engine = make_engine(self.models, policy, rates, self.kv_cache_bytes, green_contexts=self.green_contexts)
         records, makespan = replay(engine, requests, prompts, **replay_kw)
         del engine  # its KV cache goes before the next policy allocates one
         return summarize(records, makespan)
@@ -376,6 +387,7 @@ def run_mux_bench(
     drain_s: float | None = None,
     progress: Progress | None = None,
     device: str = "cpu",
+    green_contexts: bool = True,
 ) -> dict[str, Any]:
     """Run the bench; one JSON-ready dict (see the module docstring for the figures).
 
@@ -406,7 +418,7 @@ def run_mux_bench(
     for name, loaded in models.items():
         say(f"measuring {name} served alone")
         solo[name] = measure_solo(loaded)
-    bench = MuxBench(models, solo, slo_scale, kv_cache_bytes, prompt_seed=seed)
+    bench = MuxBench(models, solo, slo_scale, kv_cache_bytes, prompt_seed=seed, green_contexts=green_contexts)
 
     if requests is None:
         requests = workload.generate(spec)

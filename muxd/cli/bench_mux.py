@@ -65,6 +65,13 @@ def mux(
     dtype: Annotated[str, typer.Option(help="Weight dtype: bfloat16, float32 or float16.")] = bench.DEFAULT_DTYPE,
     kv_cache_mb: Annotated[int, typer.Option(min=1, help="KV pool size of the unit, MiB.")] = bench.DEFAULT_KV_CACHE_BYTES >> 20,
     device: Annotated[str, typer.Option(help="The unit's device: cpu or cuda (compute shares as green contexts).")] = "cpu",
+    green_contexts: Annotated[
+        bool,
+        typer.Option(
+            "--green-contexts/--plain-streams",
+            help="CUDA: compute shares as green contexts (default), or plain streams sharing every SM.",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Also print the results as one JSON line, last.")] = False,
 ) -> None:
     """ADBS against the spatial and temporal baselines: the same workload and models under each policy."""
@@ -99,6 +106,7 @@ def mux(
                 kv_cache_bytes=kv_cache_mb << 20,
                 progress=say,
                 device=device,
+                green_contexts=green_contexts,
             )
     except (MuxdError, ValueError, KeyError) as e:
         exit_with(getattr(e, "message", None) or str(e))

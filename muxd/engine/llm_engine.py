@@ -70,6 +70,9 @@ class LLMEngine:
 
     ``prefix_caching`` (default on) lets a request start from cached blocks
     of an earlier request's identical prefix (``core/kv_manager.py``).
+    ``green_contexts`` (CUDA only) runs compute shares in green contexts;
+    off, every share is a plain stream over all SMs (torch's green contexts
+    of a unit overlap: see docs/gpu-check.md).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class LLMEngine:
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
         prefix_caching: bool = True,
+        green_contexts: bool = True,
     ) -> None:
         if not models:
             raise ValueError("an engine needs at least one model")
@@ -107,7 +111,7 @@ class LLMEngine:
         self.kv = KVManager(self.pool, page_tokens, prefix_caching=prefix_caching)
         config = replace(scheduler_config or SchedulerConfig(), compute_slots=slots, rates=dict(rates or {}))
         self.scheduler = POLICIES[policy](self.kv, config)
-        self.executor = Executor(slots, device)
+        self.executor = Executor(slots, device, green_contexts=green_contexts)
         self.models = models
         self.runners: dict[str, ModelRunner] = {}
         for name, loaded in models.items():
