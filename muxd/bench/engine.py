@@ -160,25 +160,25 @@ def run_engine_bench(
             }
             timed[batch] = _time_interleaved(
                 runners, max_tokens, repeats, lambda phase, b=batch: say(f"batch {b}: {phase}")
-            )
+            )  # (fastest timing per engine, errors of the baselines left out)
         say("measuring memory read bandwidth again")
         probes.append(on_own_thread(lambda: measure_read_bandwidth(device=device)))
     return [
-        _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, max(probes), quantization)
-        for batch, best in timed.items()
+        _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, errors, max(probes), quantization)
+        for batch, (best, errors) in timed.items()
     ]
 
 
 def _time_interleaved(
     runners: dict[str, contextlib.AbstractContextManager], max_tokens: int, repeats: int, say: Callable[[str], None]
-) -> dict[str, Timing]:
+) -> tuple[dict[str, Timing], dict[str, str]]:
     """Warm every engine up, then time them in turns, ``repeats`` rounds; the fastest run of each counts.
 
     Taking turns spreads a burst of other work on a shared machine over all
     engines instead of charging it to whichever ran during it. A baseline
     that fails to start or warm up (transformers' APIs move between
-    versions) is left out, its error kept under ``"errors"``; muxd's failure
-    is raised.
+    versions) is left out, its error returned beside the timings; muxd's
+    failure is raised.
     """
     errors: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
@@ -198,10 +198,12 @@ def _time_interleaved(
             for name, run in runs.items():
                 say(f"timing {name} ({round_ + 1}/{repeats})")
                 timings[name].append(run(max_tokens))
-    return {**{name: min(ts, key=lambda t: t.seconds) for name, ts in timings.items()}, "errors": errors}
+    return {name: min(ts, key=lambda t: t.seconds) for name, ts in timings.items()}, errors
 
 
-def _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, peak_bandwidth, quantization) -> dict[str, Any]:
+def _result_row(
+    loaded, batch, prompt_len, max_tokens, repeats, best, errors, peak_bandwidth, quantization
+) -> dict[str, Any]:
     """One batch size's figures; the roofline is the best muxd run's own (its probes), the peak is the bench's."""
     import torch
 
@@ -236,7 +238,7 @@ def _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, peak_bandw
         "weight_bytes": loaded.weight_bytes,
         "step_read_bytes": loaded.step_read_bytes,
         "tokens_match_hf_generate": hf_gen and _match_fraction(muxd.output_ids, hf_gen.output_ids),
-        "errors": best["errors"],
+        "errors": errors,
     }
 
 
@@ -295,8 +297,8 @@ Runner = Callable[[int], Timing]  # run(max_tokens) -> one timed generation of t
 def _muxd_runner(loaded, prompts: list[list[int]], max_tokens: int, probes: list[float]) -> Iterator[Runner]:
     """``LLMEngine.generate`` on one engine reused across runs; a timing carries that run's step
     seconds and the read bandwidth probed just before and just after it (each probe also goes to ``probes``)."""
-    from muxd.engine.executor import on_own_thread
     from muxd.core.sequence import SamplingParams
+    from muxd.engine.executor import on_own_thread
     from muxd.engine.llm_engine import LLMEngine
     from muxd.sched.base import SchedulerConfig
 
@@ -311,11 +313,11 @@ def _muxd_runner(loaded, prompts: list[list[int]], max_tokens: int, probes: list
         prefix_caching=False,  # every run repeats the same prompts: measure the engine, not the cache
     )
 
+    device = str(loaded.device)
+
     def probe() -> float:
         probes.append(on_own_thread(lambda: measure_read_bandwidth(trials=ADJACENT_PROBE_TRIALS, device=device)))
         return probes[-1]
-
-    device = str(loaded.device)
 
     def run(n: int) -> Timing:
         engine.stats.step_times = {"prefill": [], "decode": []}
