@@ -127,4 +127,5 @@ def run_unit(config: UnitConfig, conn: Connection) -> None:
     except Exception as e:  # a model that fails to load: tell the front end, then exit
         conn.send(ipc.StartFailed(config.name, f"{type(e).__name__}: {e}"))
         raise
-    Unit(config, engine, conn).serve_forever()
+    with engine:
+        Unit(config, engine, conn).serve_forever()

@@ -329,7 +329,8 @@ def _muxd_runner(loaded, prompts: list[list[int]], max_tokens: int, probes: list
         ids = [o.output_ids for o in outs]
         return Timing(sum(map(len, ids)), seconds, ids, engine.stats.step_times, bandwidth)
 
-    yield run
+    with engine:
+        yield run
 
 
 @contextlib.contextmanager

@@ -148,9 +148,10 @@ def measure_solo(
         total = time.perf_counter() - t0
         return first or total, (total - (first or total)) / max(max_tokens - 1, 1)
 
-    timed(sizes[0], 2)  # warm-up
-    ttfts = [min(timed(p, 1)[0] for _ in range(repeats)) for p in sizes]
-    tpot = min(timed(sizes[0], decode_tokens + 1)[1] for _ in range(repeats))
+    with engine:
+        timed(sizes[0], 2)  # warm-up
+        ttfts = [min(timed(p, 1)[0] for _ in range(repeats)) for p in sizes]
+        tpot = min(timed(sizes[0], decode_tokens + 1)[1] for _ in range(repeats))
     a, b = _fit_line(sizes, ttfts)
     return SoloLatency(ttft_base_s=a, ttft_per_token_s=b, tpot_s=tpot)
 
@@ -306,7 +307,8 @@ class MuxBench:
         requests = workload.with_slos(requests, self.solo, self.slo_scale)
         prompts = {r.id: prompt_ids(r, self.models[r.model].spec.vocab_size, self.prompt_seed) for r in requests}
         engine = make_engine(self.models, policy, rates, self.kv_cache_bytes, green_contexts=self.green_contexts)
-        records, makespan = replay(engine, requests, prompts, **replay_kw)
+        with engine:
+            records, makespan = replay(engine, requests, prompts, **replay_kw)
         del engine  # its KV cache goes before the next policy allocates one
         return summarize(records, makespan)
 

@@ -77,7 +77,8 @@ def generate(
     except (MuxdError, ValueError) as e:
         exit_with(getattr(e, "message", None) or str(e))
     console = Console()
-    _run(engine, run, prompts, console)
+    with engine:
+        _run(engine, run, prompts, console)
     _print_answers(run, prompts, list(paths), console)
     console.print(_summary(engine, run, list(paths)))
 

@@ -76,6 +76,7 @@ class Executor:
         self._held: dict[int, list[int]] = {}  # job id -> slot ids
         self._inboxes = [queue.SimpleQueue() for _ in range(slots)]
         self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
         cuda = self.device.type == "cuda"
         self._streams = [_ShareStreams(self.device, slots, green_contexts) for _ in range(slots)] if cuda else None
         self._threads = [
@@ -89,6 +90,8 @@ class Executor:
         return bool(self._held)
 
     def submit(self, job: Job, run: RunFn) -> None:
+        if self._closed:
+            raise RuntimeError("the executor is shut down")
         want = min(max(job.slots, 1), self.slots)
         if want > len(self._free):
             raise RuntimeError(f"job {job.job_id} wants {want} slots, {len(self._free)} are free")
@@ -149,10 +152,24 @@ class Executor:
         return {level: sms for streams in self._streams or () for level, sms in streams.sms.items()}
 
     def shutdown(self) -> None:
+        """Stop and join the workers, then let their CUDA streams go (idempotent).
+
+        On CUDA, a worker still holding its streams and green contexts when
+        the interpreter tears down aborted the process ("terminate called
+        without an active exception", seen on an H200): the streams must go
+        while torch's CUDA state is still alive.
+        """
+        if self._closed:
+            return
+        self._closed = True
         for inbox in self._inboxes:
             inbox.put(None)
         for t in self._threads:
             t.join(timeout=5)
+        if self._streams is not None:
+            torch.cuda.synchronize(self.device)
+            for streams in self._streams:
+                streams.release()
 
 
 class _ShareStreams:
@@ -185,6 +202,11 @@ class _ShareStreams:
         if level not in self._streams:
             self._streams[level] = self._make(level)
         return torch.cuda.stream(self._streams[level])
+
+    def release(self) -> None:
+        """Drop the streams, then the green contexts they run in."""
+        self._streams.clear()
+        self._contexts.clear()
 
     def _make(self, level: int) -> torch.cuda.Stream:
         self.sms[level] = None

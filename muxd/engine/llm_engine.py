@@ -124,6 +124,21 @@ class LLMEngine:
         self._requests: dict[str, _Request] = {}
         self._ids = itertools.count()
 
+    def close(self) -> None:
+        """Stop the executor's worker threads; the engine takes no more steps (idempotent).
+
+        Call it (or use the engine as a context manager) before the process
+        exits: on CUDA, worker threads left holding their streams at
+        interpreter shutdown abort the process.
+        """
+        self.executor.shutdown()
+
+    def __enter__(self) -> LLMEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # -- requests ----------------------------------------------------------
     def add_request(
         self,

@@ -93,12 +93,15 @@ def short_tmp_dir() -> Path:
 
 
 def tiny_config(models: dict[str, Path], socket: Path, warm_spare: bool = False, **limits: Any) -> str:
-    """TOML for one unit "cpu0" holding ``models`` (name -> dir), a small pool, and ``limits``.
+    """TOML for one unit holding ``models`` (name -> dir), a small pool, and ``limits``.
 
-    No warm spare by default: a standby process per daemon would cost every
-    test a torch import on a 2-core machine; the fault tests turn it on.
+    The unit is "cpu0", or the device ``$MUXD_TEST_DEVICE`` names ("cuda":
+    unit "cuda0"; scripts/gpu-check runs the SDK tests so). No warm spare by
+    default: a standby process per daemon would cost every test a torch
+    import on a 2-core machine; the fault tests turn it on.
     """
-    lines = [f'socket = "{socket}"', 'device = "cpu"', "kv_cache_mb = 16", "threads = 1",
+    device = os.environ.get("MUXD_TEST_DEVICE") or "cpu"
+    lines = [f'socket = "{socket}"', f'device = "{device}"', "kv_cache_mb = 16", "threads = 1",
              f"warm_spare = {str(warm_spare).lower()}", "[limits]"]  # fmt: skip
     lines += [f"{k} = {v}" for k, v in limits.items()]
     for name, path in models.items():

@@ -42,3 +42,16 @@ def test_adbs_runs_jobs_of_different_models_at_the_same_time(models):
         engine.add_request(f, PROMPTS[0], PARAMS)
     engine.run_until_done()
     assert engine.stats.peak_jobs == 2
+
+
+def test_closing_an_engine_stops_its_worker_threads_and_further_steps(models):
+    """``close`` joins the executor's workers (on CUDA they must not outlive torch's state at exit)."""
+    with LLMEngine({"llama": models["llama"]}, kv_cache_bytes=4 << 20, cores=2) as engine:
+        engine.generate("llama", PROMPTS[:1], PARAMS)
+        workers = list(engine.executor._threads)
+        assert all(t.is_alive() for t in workers)
+    assert not any(t.is_alive() for t in workers)
+    engine.close()  # idempotent
+    engine.add_request("llama", PROMPTS[0], PARAMS)
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.step()
