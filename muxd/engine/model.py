@@ -16,7 +16,7 @@ from torch import nn
 
 from muxd.engine.attention import AttentionMetadata, fused_decode_attention, paged_attention, write_kv
 from muxd.engine.cpu_kernels import load_kernels
-from muxd.engine.q8 import Q8Linear
+from muxd.engine.q8 import GEMM_ROWS, Q8Linear
 from muxd.models.spec import ModelSpec
 
 
@@ -198,35 +198,62 @@ class Transformer(nn.Module):
         x = self.embed_tokens(token_ids)  # [N, hidden]
         cos = self.cos_table[meta.positions][:, None, :]  # [N, 1, D], shared by all heads
         sin = self.sin_table[meta.positions][:, None, :]
-        if not self._decode_in_c(x, cos, sin, kv, meta, matmul_threads):
+        # A decode job samples every row, in order.
+        every_row = meta.max_q == 1 and sample_rows.numel() == x.shape[0]
+        done, logits = self._decode_in_c(x, cos, sin, kv, meta, matmul_threads, with_head=every_row)
+        if logits is not None:
+            return logits
+        if not done:
             for block in self.layers:
                 x = block(x, cos, sin, kv, meta, matmul_threads)
-        if meta.max_q > 1 or sample_rows.numel() != x.shape[0]:  # a decode job samples every row, in order
+        if not every_row:
             x = x[sample_rows]
         return linear(self.lm_head, self.norm(x), matmul_threads).float()
 
-    def _decode_in_c(self, x, cos, sin, kv, meta: AttentionMetadata, threads: int) -> bool:
+    def _decode_in_c(
+        self, x, cos, sin, kv, meta: AttentionMetadata, threads: int, with_head: bool = False
+    ) -> tuple[bool, torch.Tensor | None]:
         """Run every block of a CPU decode step in one call of
-        ``kernels/decode_step.c`` (``x`` updated in place); False, having done
-        nothing, where it does not apply: not a decode job, not on a CPU, not
-        a q8 model, Qwen3's q/k norms, no compiled kernels."""
+        ``kernels/decode_step.c`` (``x`` updated in place) and, ``with_head``
+        where lm_head is a q8 kernel layer too, the final norm and lm_head:
+        ``(True, logits [B, vocab] fp32 or None)``. ``(False, None)``, having
+        done nothing, where it does not apply: not a decode job, not on a CPU,
+        not a q8 model, Qwen3's q/k norms, no compiled kernels."""
         if meta.max_q != 1 or x.device.type != "cpu" or (plan := self._decode_plan(x.dtype)) is None:
-            return False
+            return False, None
         kernels = load_kernels()
         k_cache, v_cache = kv
         if k_cache.dtype != x.dtype or k_cache.stride() != v_cache.stride() or k_cache.stride(2) != 1:
-            return False
+            return False, None
         s = self.spec
+        head = self._head_plan(x.dtype) if with_head and x.shape[0] < GEMM_ROWS else None
+        logits = None if head is None else torch.empty(x.shape[0], s.vocab_size, dtype=torch.float32)
         status = kernels.decode_layers(
             x.data_ptr(), x.shape[0], plan.data_ptr(), s.num_layers, s.hidden_size, s.intermediate_size, s.num_heads,
             s.num_kv_heads, s.head_dim, s.rms_norm_eps, int(x.dtype == torch.bfloat16), cos.data_ptr(), sin.data_ptr(),
             meta.positions.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1),
             meta.write_pages.data_ptr(), meta.tables.data_ptr(), meta.tables.shape[-1], k_cache.shape[1],
-            s.head_dim**-0.5, threads if threads > 0 else torch.get_num_threads(),
+            s.head_dim**-0.5, None if head is None else head.data_ptr(), s.vocab_size,
+            None if logits is None else logits.data_ptr(), threads if threads > 0 else torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
             raise MemoryError("decode step: no memory for its activations")
-        return True
+        return True, logits
+
+    def _head_plan(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The final norm's and lm_head's pointers ``decode_step.c`` reads (its
+        HEAD_FIELDS), built once; None where lm_head is not a q8 kernel layer
+        (the head then runs in torch, at more rows it takes the GEMM path)."""
+        cached = self.__dict__.get("_head")
+        if cached is not None and cached[0] == dtype:
+            return cached[1]
+        head, norm = self.lm_head, self.norm.weight
+        plan = None
+        if isinstance(head, Q8Linear) and head.kernel is not None and head._weights:
+            if norm.dtype == dtype and norm.is_contiguous() and head.in_features == self.spec.hidden_size:
+                plan = torch.tensor([norm.data_ptr(), head._weights[1], head._weights[2], head._weights[3] or 0])
+        self.__dict__["_head"] = (dtype, plan)
+        return plan
 
     def _decode_plan(self, dtype: torch.dtype) -> torch.Tensor | None:
         """Per layer, the pointers ``decode_step.c`` reads (its LAYER_FIELDS), built
@@ -244,6 +271,7 @@ class Transformer(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         self.__dict__.pop("_plan", None)  # moved or cast tensors: pointers change
+        self.__dict__.pop("_head", None)
         return super()._apply(fn, recurse)
 
 

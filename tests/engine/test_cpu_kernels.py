@@ -68,7 +68,7 @@ def per_op():
     """The patch that keeps a q8 model's decode steps on the per-op path."""
     from muxd.engine import model
 
-    return [(model.Transformer, "_decode_in_c", lambda *args: False)]
+    return [(model.Transformer, "_decode_in_c", lambda *args, **kwargs: (False, None))]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -77,6 +77,7 @@ def test_a_q8_decode_step_in_one_c_call_computes_what_the_per_op_path_does(tiny_
         loaded, ids_c, logprobs_c = decode(path, dtype, monkeypatch, "q8")
         # Qwen3's q/k norms are not in decode_step.c: its model keeps the per-op path.
         assert (loaded.model._decode_plan(loaded.dtype) is None) == loaded.spec.qk_norm, family
+        assert loaded.model._head_plan(loaded.dtype) is not None, family  # the final norm and lm_head in the same call
         _, ids_ops, logprobs_ops = decode(path, dtype, monkeypatch, "q8", per_op())
         assert ids_c == ids_ops, family
         tol = 1e-4 if dtype == "float32" else 2e-2

@@ -16,6 +16,8 @@
  * plan: per layer, LAYER_FIELDS int64 (pointers as integers):
  *   input norm weight, qkv (weights, scales, bias or 0), o (same), post norm
  *   weight, gate_up (same), down (same), sliding window (0: none).
+ * head (or NULL): HEAD_FIELDS int64: the final norm's weight, lm_head (weights,
+ *   scales, bias or 0). With it, the same team ends the step with the logits.
  */
 #include <limits.h>
 #include <math.h>
@@ -32,6 +34,7 @@ enum {
     IN_NORM, QKV_W, QKV_S, QKV_B, O_W, O_S, O_B, POST_NORM, GU_W, GU_S, GU_B, DOWN_W, DOWN_S, DOWN_B, WINDOW,
     LAYER_FIELDS
 };
+enum { HEAD_NORM, HEAD_W, HEAD_S, HEAD_B, HEAD_FIELDS };
 
 /* A spinning barrier without a locked read-modify-write: each thread
  * counts the barriers it has reached in its own cache line (a plain release
@@ -73,13 +76,14 @@ typedef struct { /* the activations' quantized copy, shared by the team */
     float *scale;
 } quantized_t;
 
-/* Rows [lo, hi) of y [M, N] = x . W^T from x's quantized copy (q8.c's tiles). */
-static void gemv_rows(const quantized_t *q, int M, int K, const int64_t *layer, int field, int N, void *y, int bf16,
-                      long lo, long hi) {
+/* Rows [lo, hi) of y [M, N] = x . W^T from x's quantized copy (q8.c's
+ * tiles); W's weights, scales and bias (or 0) are at linear[0..2]. */
+static void gemv_rows(const quantized_t *q, int M, int K, const int64_t *linear, int N, void *y, int bf16, long lo,
+                      long hi) {
     const int Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
-    const int8_t *w = (const int8_t *)(intptr_t)layer[field];
-    const uint16_t *s = (const uint16_t *)(intptr_t)layer[field + 1];
-    const float *bias = (const float *)(intptr_t)layer[field + 2];
+    const int8_t *w = (const int8_t *)(intptr_t)linear[0];
+    const uint16_t *s = (const uint16_t *)(intptr_t)linear[1];
+    const float *bias = (const float *)(intptr_t)linear[2];
     for (long n0 = lo; n0 < hi; n0 += Q8_ROWS)
         for (int m0 = 0; m0 < M; m0 += Q8_XROWS)
             q8_tile(q->abs, q->sign, q->scale, m0, M - m0 < Q8_XROWS ? M - m0 : Q8_XROWS, w, s, bias, N, Kp, (int)n0,
@@ -121,7 +125,7 @@ static void linear(const void *x, int M, int K, const int64_t *layer, int field,
     long lo, hi;
     quantize(x, M, K, q, bf16);
     share(N, Q8_ROWS, t, T, &lo, &hi);
-    gemv_rows(q, M, K, layer, field, N, y, bf16, lo, hi);
+    gemv_rows(q, M, K, layer + field, N, y, bf16, lo, hi);
     barrier_wait(bar, t);
 }
 
@@ -165,11 +169,17 @@ static void free_quantized(quantized_t *q) {
  * every thread computes for itself, from those: the residual stream, the
  * norms, SiLU times up, and the quantized inputs of the next linear. The
  * duplicated work is a few thousand values a layer; in exchange a layer has
- * five barriers (one after each linear and one after attention). */
+ * five barriers (one after each linear and one after attention).
+ *
+ * With `head`, each thread then norms the final stream and computes its
+ * share of logits [B, V] (fp32, rounded to bf16 first if bf16, as the
+ * per-op path's bf16 lm_head and its cast round): the head's read joins
+ * the same team, and the step leaves no Python between the blocks and the
+ * sampler. */
 int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int Hq, int Hkv, int D, float eps,
                   int bf16, const void *cos, const void *sin, const int64_t *positions, void *k_cache, void *v_cache,
                   long page_stride, long row_stride, const int64_t *write_pages, const int64_t *tables, int M,
-                  int page_tokens, float scale, int threads) {
+                  int page_tokens, float scale, const int64_t *head, int V, float *logits, int threads) {
     const long es = bf16 ? 2 : 4, QKV = (long)(Hq + 2 * Hkv) * D, widest = 2L * I > QKV ? 2L * I : QKV;
     const long Kp = ((I > H ? I : H) + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
     const int G = Hq / Hkv;
@@ -246,6 +256,17 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         store_value(stream, i, load_value(stream, i, bf16) + load_value(out, i, bf16), bf16);
                 }
                 if (t == 0) memcpy(x, stream, (size_t)B * H * es);
+                if (head) {
+                    for (long b = 0; b < B; ++b)
+                        norm_row(stream + b * H * es, NULL, (const void *)(intptr_t)head[HEAD_NORM], eps, H, NULL,
+                                 h + b * H * es, bf16);
+                    quantize(h, B, H, &q, bf16);
+                    share(V, Q8_ROWS, t, T, &lo, &hi);
+                    gemv_rows(&q, B, H, head + HEAD_W, V, logits, 0, lo, hi);
+                    if (bf16)
+                        for (long b = 0; b < B; ++b)
+                            for (long n = lo; n < hi; ++n) logits[b * V + n] = rounded(logits[b * V + n], 1);
+                }
             }
             free(stream); free(h); free(act); free(attn); free(parts);
             if (ok) free_quantized(&q);
