@@ -10,6 +10,8 @@ The linears are plain ``nn.Linear`` so quantized layers can take their place.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -159,8 +161,17 @@ class Block(nn.Module):
         return x + self.mlp(h, threads)
 
 
+class Logits(NamedTuple):
+    """A step's logits ``[rows, vocab]`` (fp32) and, where the step computed
+    them on the way (a CPU decode step in C), each row's argmax and
+    log-normaliser, which the sampler then need not compute."""
+
+    values: torch.Tensor
+    argmax_lse: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
 class Transformer(nn.Module):
-    """``forward(token_ids [N], meta, kv, sample_rows) -> logits [len(sample_rows), vocab]`` (fp32).
+    """``forward(token_ids [N], meta, kv, sample_rows) -> Logits`` of ``len(sample_rows)`` rows.
 
     ``matmul_threads`` > 0 runs the linears on that many intra-op threads
     and leaves the caller's count (one, for a CPU decode job) to the rest.
@@ -194,7 +205,7 @@ class Transformer(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor],
         sample_rows: torch.Tensor,
         matmul_threads: int = 0,
-    ) -> torch.Tensor:
+    ) -> Logits:
         x = self.embed_tokens(token_ids)  # [N, hidden]
         cos = self.cos_table[meta.positions][:, None, :]  # [N, 1, D], shared by all heads
         sin = self.sin_table[meta.positions][:, None, :]
@@ -208,17 +219,18 @@ class Transformer(nn.Module):
                 x = block(x, cos, sin, kv, meta, matmul_threads)
         if not every_row:
             x = x[sample_rows]
-        return linear(self.lm_head, self.norm(x), matmul_threads).float()
+        return Logits(linear(self.lm_head, self.norm(x), matmul_threads).float())
 
     def _decode_in_c(
         self, x, cos, sin, kv, meta: AttentionMetadata, threads: int, with_head: bool = False
-    ) -> tuple[bool, torch.Tensor | None]:
+    ) -> tuple[bool, Logits | None]:
         """Run every block of a CPU decode step in one call of
         ``kernels/decode_step.c`` (``x`` updated in place) and, ``with_head``
-        where lm_head is a q8 kernel layer too, the final norm and lm_head:
-        ``(True, logits [B, vocab] fp32 or None)``. ``(False, None)``, having
-        done nothing, where it does not apply: not a decode job, not on a CPU,
-        not a q8 model, Qwen3's q/k norms, no compiled kernels."""
+        where lm_head is a q8 kernel layer too, the final norm, lm_head and
+        each row's argmax and log-normaliser: ``(True, Logits or None)``.
+        ``(False, None)``, having done nothing, where it does not apply: not a
+        decode job, not on a CPU, not a q8 model, Qwen3's q/k norms, no
+        compiled kernels."""
         if meta.max_q != 1 or x.device.type != "cpu" or (plan := self._decode_plan(x.dtype)) is None:
             return False, None
         kernels = load_kernels()
@@ -227,14 +239,19 @@ class Transformer(nn.Module):
             return False, None
         s = self.spec
         head = self._head_plan(x.dtype) if with_head and x.shape[0] < GEMM_ROWS else None
-        logits = None if head is None else torch.empty(x.shape[0], s.vocab_size, dtype=torch.float32)
+        B = x.shape[0]
+        logits = None
+        if head is not None:
+            f32, i64 = torch.float32, torch.int64
+            logits = Logits(torch.empty(B, s.vocab_size, dtype=f32), (torch.empty(B, dtype=i64), torch.empty(B, dtype=f32)))
         status = kernels.decode_layers(
             x.data_ptr(), x.shape[0], plan.data_ptr(), s.num_layers, s.hidden_size, s.intermediate_size, s.num_heads,
             s.num_kv_heads, s.head_dim, s.rms_norm_eps, int(x.dtype == torch.bfloat16), cos.data_ptr(), sin.data_ptr(),
             meta.positions.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1),
             meta.write_pages.data_ptr(), meta.tables.data_ptr(), meta.tables.shape[-1], k_cache.shape[1],
             s.head_dim**-0.5, None if head is None else head.data_ptr(), s.vocab_size,
-            None if logits is None else logits.data_ptr(), threads if threads > 0 else torch.get_num_threads(),
+            *((None,) * 3 if logits is None else (logits.values.data_ptr(), *(t.data_ptr() for t in logits.argmax_lse))),
+            threads if threads > 0 else torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
             raise MemoryError("decode step: no memory for its activations")

@@ -48,7 +48,7 @@ class ModelRunner:
         result = JobResult(job)
         if sampled:
             gens = [self._generator(s) for s in sampled]
-            tokens, logprobs = sample(logits, [s.params for s in sampled], gens)
+            tokens, logprobs = sample(logits.values, [s.params for s in sampled], gens, logits.argmax_lse)
             for seq, tok, lp in zip(sampled, tokens.tolist(), logprobs.tolist()):
                 result.tokens[seq.seq_id] = tok
                 result.logprobs[seq.seq_id] = lp

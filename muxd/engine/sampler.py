@@ -16,9 +16,14 @@ def sample(
     logits: torch.Tensor,  # [B, V] fp32
     params: list[SamplingParams],
     generators: list[torch.Generator],
+    argmax_lse: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(tokens [B], logprobs [B])``; logprobs are of the model's raw distribution."""
-    tokens, normalisers = _argmax_and_logsumexp(logits)
+    """Return ``(tokens [B], logprobs [B])``; logprobs are of the model's raw distribution.
+
+    ``argmax_lse``: each row's argmax and log-normaliser where the step has
+    computed them already (``model.Logits``); ``tokens`` may then be that
+    argmax tensor, filled in."""
+    tokens, normalisers = argmax_lse or _argmax_and_logsumexp(logits)
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if rows:
         tokens[rows] = _sample_rows(logits[rows], [params[i] for i in rows], [generators[i] for i in rows])

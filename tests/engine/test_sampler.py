@@ -1,7 +1,10 @@
+import ctypes
+
 import pytest
 import torch
 
 from muxd.core.sequence import SamplingParams
+from muxd.engine.cpu_kernels import load_kernels
 from muxd.engine.llm_engine import LLMEngine
 from muxd.engine.sampler import sample
 from muxd.models.loader import load_model
@@ -93,3 +96,38 @@ def test_greedy_ties_nans_and_infinities_pick_what_torch_argmax_picks() -> None:
     assert tokens.tolist() == logits.argmax(-1).tolist() == [7, 7, 0, 5]
     expected = torch.log_softmax(logits, -1).gather(1, tokens[:, None]).squeeze(1)
     torch.testing.assert_close(logprobs, expected, equal_nan=True)
+
+
+class _Part(ctypes.Structure):  # kernels.h's argmax_lse_t
+    _fields_ = [("best", ctypes.c_long), ("top", ctypes.c_float), ("sum", ctypes.c_float), ("nan", ctypes.c_int)]
+
+
+@pytest.mark.parametrize("cuts", [[0, 9], [0, 8, 20], [0, 1, 2, 39]])
+def test_a_row_split_into_parts_merges_to_what_one_pass_finds(cuts) -> None:
+    """decode_step.c has each thread sum its own share of a row's logits;
+    merging the shares gives the whole row's argmax (ties, NaN, infinities
+    included) and log-normaliser."""
+    kernels = load_kernels()
+    if kernels is None:
+        pytest.skip("no C compiler here")
+    part_fn, merge_fn = kernels.argmax_lse_part, kernels.argmax_lse_merge
+    part_fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.POINTER(_Part)]
+    merge_fn.argtypes = [ctypes.POINTER(_Part), ctypes.POINTER(ctypes.c_long), ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    torch.manual_seed(0)
+    rows = torch.randn(6, 40) * 3
+    rows[1, 8] = rows[1, 30] = 50.0  # a tie across parts: the first
+    rows[2, 25] = rows[2, 33] = float("nan")  # NaN wins, the first of them
+    rows[2, 3] = 60.0
+    rows[3] = float("-inf")
+    rows[4, 12] = float("inf")
+    rows[5, :20] = float("-inf")  # a part of nothing but -inf
+    for row in rows:
+        ends = [*cuts[1:], row.numel()]
+        parts = (_Part * len(cuts))()
+        for i, (lo, hi) in enumerate(zip(cuts, ends)):
+            part_fn(row[lo:hi].data_ptr(), hi - lo, ctypes.byref(parts[i]))
+        offsets = (ctypes.c_long * len(cuts))(*cuts)
+        token, lse = torch.zeros(1, dtype=torch.int64), torch.zeros(1)
+        merge_fn(parts, offsets, len(cuts), token.data_ptr(), lse.data_ptr())
+        assert token.item() == row.argmax().item()
+        torch.testing.assert_close(lse, torch.logsumexp(row, 0, keepdim=True), equal_nan=True)

@@ -173,13 +173,16 @@ static void free_quantized(quantized_t *q) {
  *
  * With `head`, each thread then norms the final stream and computes its
  * share of logits [B, V] (fp32, rounded to bf16 first if bf16, as the
- * per-op path's bf16 lm_head and its cast round): the head's read joins
- * the same team, and the step leaves no Python between the blocks and the
- * sampler. */
+ * per-op path's bf16 lm_head and its cast round), and of each row's argmax
+ * and log-normaliser (sampling.c's, merged into argmax [B] and lse [B]):
+ * the head's read joins the same team, and no thread reads the logits
+ * another wrote (at 49k values a row, reading the other core's half cost
+ * more than the sums). */
 int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int Hq, int Hkv, int D, float eps,
                   int bf16, const void *cos, const void *sin, const int64_t *positions, void *k_cache, void *v_cache,
                   long page_stride, long row_stride, const int64_t *write_pages, const int64_t *tables, int M,
-                  int page_tokens, float scale, const int64_t *head, int V, float *logits, int threads) {
+                  int page_tokens, float scale, const int64_t *head, int V, float *logits, int64_t *argmax, float *lse,
+                  int threads) {
     const long es = bf16 ? 2 : 4, QKV = (long)(Hq + 2 * Hkv) * D, widest = 2L * I > QKV ? 2L * I : QKV;
     const long Kp = ((I > H ? I : H) + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
     const int G = Hq / Hkv;
@@ -188,7 +191,9 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
     float *partial = malloc(sizeof(float) * (size_t)B * Hkv * ATTENTION_MAX_PARTS * part_floats);
     char *out = malloc((size_t)B * H * es); /* the o and down projections */
     barrier_t bar = {aligned_alloc(64, sizeof(barrier_slot_t) * (size_t)(threads > 0 ? threads : 1)), 1};
-    atomic_int errors = !wide || !partial || !out || !bar.slots;
+    argmax_lse_t *row_parts = malloc(sizeof(argmax_lse_t) * (size_t)B * (threads > 0 ? threads : 1));
+    long *row_offsets = malloc(sizeof(long) * (size_t)(threads > 0 ? threads : 1));
+    atomic_int errors = !wide || !partial || !out || !bar.slots || !row_parts || !row_offsets;
     if (!errors) {
         for (int i = 0; i < threads; ++i) atomic_init(&bar.slots[i].reached, 0);
         #pragma omp parallel num_threads(threads)
@@ -263,15 +268,22 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                     quantize(h, B, H, &q, bf16);
                     share(V, Q8_ROWS, t, T, &lo, &hi);
                     gemv_rows(&q, B, H, head + HEAD_W, V, logits, 0, lo, hi);
-                    if (bf16)
-                        for (long b = 0; b < B; ++b)
-                            for (long n = lo; n < hi; ++n) logits[b * V + n] = rounded(logits[b * V + n], 1);
+                    row_offsets[t] = lo;
+                    for (long b = 0; b < B; ++b) {
+                        float *row = logits + b * V;
+                        if (bf16)
+                            for (long n = lo; n < hi; ++n) row[n] = rounded(row[n], 1);
+                        if (hi > lo) argmax_lse_part(row + lo, hi - lo, &row_parts[b * T + t]);
+                        else row_parts[b * T + t] = (argmax_lse_t){0, -INFINITY, 0.f, 0};
+                    }
                 }
             }
             free(stream); free(h); free(act); free(attn); free(parts);
             if (ok) free_quantized(&q);
         }
     }
-    free(wide); free(partial); free(out); free(bar.slots);
+    if (head && !atomic_load(&errors))
+        for (long b = 0; b < B; ++b) argmax_lse_merge(row_parts + b * bar.threads, row_offsets, bar.threads, argmax + b, lse + b);
+    free(wide); free(partial); free(out); free(bar.slots); free(row_parts); free(row_offsets);
     return atomic_load(&errors) ? -1 : 0;
 }

@@ -26,4 +26,12 @@ void attention_span(const int64_t *positions, int b, int window, long *first, lo
 void attention_merge(const float *top, const float *total, const float *acc, int parts, long stride, int D,
                      void *out, long out_at, int bf16);
 
+typedef struct { /* sampling.c: a part of a row of logits */
+    long best; /* index of the largest value (or of the first NaN) in the part */
+    float top, sum; /* the largest value; the sum of exp(x - top) */
+    int nan;
+} argmax_lse_t;
+void argmax_lse_part(const float *x, long n, argmax_lse_t *part);
+void argmax_lse_merge(const argmax_lse_t *parts, const long *offsets, int n, int64_t *argmax, float *lse);
+
 #endif

@@ -15,14 +15,18 @@
 
 #include "common.h"
 
-static void row_argmax_lse(const float *x, long V, int64_t *argmax, float *lse) {
+#include "kernels.h"
+
+/* x [0, n) (n > 0) -> its argmax, largest value, whether it holds a NaN, and
+ * the sum of exp(x - largest) (0 where that is not finite). */
+void argmax_lse_part(const float *x, long n, argmax_lse_t *part) {
     long best = 0, j = 0;
     float top = x[0];
     int nan = 0;
 #if defined(__AVX512F__)
     __m512 tops = _mm512_set1_ps(x[0]);
     __mmask16 unordered = 0;
-    for (; j + 16 <= V; j += 16) {
+    for (; j + 16 <= n; j += 16) {
         const __m512 v = _mm512_loadu_ps(x + j);
         unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         tops = _mm512_max_ps(tops, v);
@@ -30,21 +34,42 @@ static void row_argmax_lse(const float *x, long V, int64_t *argmax, float *lse) 
     top = _mm512_reduce_max_ps(tops);
     nan = unordered != 0;
 #endif
-    for (long k = j; k < V; ++k) {
+    for (long k = j; k < n; ++k) {
         nan |= isnan(x[k]);
         top = x[k] > top ? x[k] : top;
     }
-    for (best = 0; best < V && !(nan ? isnan(x[best]) : x[best] == top); ++best) {
+    for (best = 0; best < n && !(nan ? isnan(x[best]) : x[best] == top); ++best) {
     }
-    *argmax = best;
-    if (nan || isinf(top)) { /* NaN, or +inf (e^(inf - inf)), or all -inf */
-        *lse = nan ? NAN : top;
+    part->best = best;
+    part->top = top;
+    part->nan = nan;
+    part->sum = nan || isinf(top) ? 0.f : exp_shifted(x, n, top, NULL);
+}
+
+/* The argmax and lse of a row from its consecutive parts' (`offsets`: each
+ * part's first index): the first part holding the largest value (or the
+ * first NaN) has the first index of it, as one pass over the row finds. */
+void argmax_lse_merge(const argmax_lse_t *parts, const long *offsets, int n, int64_t *argmax, float *lse) {
+    int at = 0;
+    for (int p = 1; p < n; ++p)
+        if (!parts[at].nan && (parts[p].nan || parts[p].top > parts[at].top)) at = p;
+    const float top = parts[at].top;
+    *argmax = offsets[at] + parts[at].best;
+    if (parts[at].nan || isinf(top)) { /* NaN, or +inf (e^(inf - inf)), or all -inf */
+        *lse = parts[at].nan ? NAN : top;
         return;
     }
-    *lse = top + logf(exp_shifted(x, V, top, NULL));
+    float sum = 0.f;
+    for (int p = 0; p < n; ++p) sum += parts[p].sum * (p == at ? 1.f : expf(parts[p].top - top));
+    *lse = top + logf(sum);
 }
 
 /* logits [B, V] fp32 -> argmax [B], lse [B]. */
 void logits_argmax_lse(const float *logits, int B, long V, int64_t *argmax, float *lse) {
-    for (int b = 0; b < B; ++b) row_argmax_lse(logits + (long)b * V, V, argmax + b, lse + b);
+    const long start = 0;
+    for (int b = 0; b < B; ++b) {
+        argmax_lse_t whole;
+        argmax_lse_part(logits + (long)b * V, V, &whole);
+        argmax_lse_merge(&whole, &start, 1, argmax + b, lse + b);
+    }
 }
