@@ -11,6 +11,7 @@ page_tokens``, masking what lies past a sequence's context.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -19,18 +20,38 @@ from muxd.engine.cpu_kernels import load_kernels
 
 @dataclass
 class AttentionMetadata:
+    """A job's attention metadata. The per-layer views of its page tables
+    (``tables``, ``write_pages``, ``write_slots``) are made on first use: a
+    CPU decode step in C reads ``block_tables`` as they are and never needs
+    them (their half-dozen ops cost ~0.1 ms of a ~5 ms SmolLM2 step)."""
+
     num_seqs: int  # B
     max_q: int  # Tq: the longest chunk of the job (1 for decode)
-    tables: torch.Tensor  # [L, B, Hkv, M] page ids per layer, padded with page 0
-    write_pages: torch.Tensor  # [L, N, Hkv] page of each new token per layer
-    write_slots: torch.Tensor  # [N] slot of each new token inside its page
+    block_tables: torch.Tensor  # [B, M, L, Hkv] page ids of each sequence's blocks, padded with page 0
     page_tokens: int
     starts: list[int]  # [B] each chunk's first position (for the masks)
     ends: list[int]  # [B] context length of each sequence after the job
     pad_index: torch.Tensor | None  # [N] row of each token in [B * Tq]; None when no padding
     positions: torch.Tensor  # [N] position of each new token in its sequence
+    token_seqs: list[int]  # [N] the sequence of each new token
     _masks: dict[int | None, torch.Tensor] = field(default_factory=dict, repr=False)
     _decode_masks: dict[tuple[int | None, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def tables(self) -> torch.Tensor:
+        """``[L, B, Hkv, M]`` page ids per layer."""
+        return self.block_tables.permute(2, 0, 3, 1).contiguous()
+
+    @cached_property
+    def write_pages(self) -> torch.Tensor:
+        """``[L, N, Hkv]`` page of each new token per layer."""
+        seqs = torch.tensor(self.token_seqs, device=self.positions.device)
+        return self.block_tables[seqs, self.positions // self.page_tokens].permute(1, 0, 2).contiguous()
+
+    @cached_property
+    def write_slots(self) -> torch.Tensor:
+        """``[N, 1]`` slot of each new token inside its page."""
+        return (self.positions % self.page_tokens)[:, None]
 
     def mask(self, window: int | None) -> torch.Tensor:
         """The additive fp32 mask ``[B, 1, 1, Tq, S]`` for ``window`` (None: no
@@ -39,8 +60,8 @@ class AttentionMetadata:
         use, then shared by every layer; a CPU decode step in C never needs one."""
         mask = self._masks.get(window)
         if mask is None:
-            device = self.tables.device
-            keys = torch.arange(self.tables.shape[-1] * self.page_tokens, device=device)
+            device = self.block_tables.device
+            keys = torch.arange(self.block_tables.shape[1] * self.page_tokens, device=device)
             starts, ends = torch.tensor(self.starts, device=device), torch.tensor(self.ends, device=device)
             q_pos = (starts[:, None] + torch.arange(self.max_q, device=device))[:, :, None]  # [B, Tq, 1]
             visible = (keys <= q_pos) & (keys < ends[:, None, None])
@@ -81,9 +102,6 @@ class AttentionMetadata:
         # cheaper so than a dozen small torch ops).
         seq_of = [b for b, (s, e) in enumerate(zip(starts, ends)) for _ in range(e - s)]
         flat = [p for s, e in zip(starts, ends) for p in range(s, e)]
-        positions = torch.tensor(flat, device=device)
-        index = torch.tensor([seq_of, [p // page_tokens for p in flat]], device=device)
-        write_pages = block_tables[index[0], index[1]]  # [N, L, Hkv]
         pad_index = None
         if max_q > 1:
             pad = [b * max_q + p - starts[b] for b, p in zip(seq_of, flat)]
@@ -91,14 +109,13 @@ class AttentionMetadata:
         return cls(
             num_seqs=B,
             max_q=max_q,
-            tables=block_tables.permute(2, 0, 3, 1).contiguous(),
-            write_pages=write_pages.permute(1, 0, 2).contiguous(),
-            write_slots=torch.tensor([[p % page_tokens] for p in flat], device=device),
+            block_tables=block_tables,
             page_tokens=page_tokens,
             starts=list(starts),
             ends=list(ends),
             pad_index=pad_index,
-            positions=positions,
+            positions=torch.tensor(flat, device=device),
+            token_seqs=seq_of,
         )
 
 

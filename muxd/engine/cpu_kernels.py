@@ -51,7 +51,7 @@ SIGNATURES = {
     "q8_linear": ([_P, _I, _I, _I, _P, _P, _P, _I, _I, _P, _I, _I], _I),
     "q8_dequantize": ([_P, _P, _I, _I, _I, _P, _I, _I], None),
     "decode_layers": (
-        [_P, _I, _P, _I, _I, _I, _I, _I, _I, _F, _I, _P, _P, _P, _P, _P, _L, _L, _P, _P, _I, _I, _F, _P, _I, _P, _P, _P, _I],
+        [_P, _I, _P, _I, _I, _I, _I, _I, _I, _F, _I, _P, _P, _P, _P, _P, _L, _L, _P, _I, _I, _F, _P, _I, _P, _P, _P, _I],
         _I,
     ),
     "add_rms_norm": ([_P, _P, _P, _F, _I, _I, _P, _P, _I], None),

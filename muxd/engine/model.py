@@ -237,6 +237,9 @@ class Transformer(nn.Module):
         k_cache, v_cache = kv
         if k_cache.dtype != x.dtype or k_cache.stride() != v_cache.stride() or k_cache.stride(2) != 1:
             return False, None
+        tables = meta.block_tables  # [B, M, L, Hkv], read as they are
+        if not tables.is_contiguous():
+            return False, None
         s = self.spec
         head = self._head_plan(x.dtype) if with_head and x.shape[0] < GEMM_ROWS else None
         B = x.shape[0]
@@ -248,7 +251,7 @@ class Transformer(nn.Module):
             x.data_ptr(), x.shape[0], plan.data_ptr(), s.num_layers, s.hidden_size, s.intermediate_size, s.num_heads,
             s.num_kv_heads, s.head_dim, s.rms_norm_eps, int(x.dtype == torch.bfloat16), cos.data_ptr(), sin.data_ptr(),
             meta.positions.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1),
-            meta.write_pages.data_ptr(), meta.tables.data_ptr(), meta.tables.shape[-1], k_cache.shape[1],
+            tables.data_ptr(), tables.shape[1], k_cache.shape[1],
             s.head_dim**-0.5, None if head is None else head.data_ptr(), s.vocab_size,
             *((None,) * 3 if logits is None else (logits.values.data_ptr(), *(t.data_ptr() for t in logits.argmax_lse))),
             threads if threads > 0 else torch.get_num_threads(),

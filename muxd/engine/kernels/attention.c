@@ -43,9 +43,9 @@ static inline void advance(cursor_t *c, int page_tokens) {
     }
 }
 
-static inline const char *row_address(const void *cache, const int64_t *table, cursor_t c, long page_stride,
-                                      long row_stride, long es) {
-    return (const char *)cache + (table[c.page] * page_stride + c.row * row_stride) * es;
+static inline const char *row_address(const void *cache, const int64_t *table, long block_stride, cursor_t c,
+                                      long page_stride, long row_stride, long es) {
+    return (const char *)cache + (table[c.page * block_stride] * page_stride + c.row * row_stride) * es;
 }
 
 #if defined(__AVX512F__)
@@ -139,12 +139,13 @@ static inline void rope(const void *x, long at, const void *cos, const void *sin
 
 /* Part p of the keys sequence b's KV head h may see (attention_span, split
  * as attention_parts says), for its G query heads; the last part writes the
- * new token's k and v first. Per query head g: top[g] the
+ * new token's k and v first, into page `write_page`. `table`: the head's
+ * page of each block, block_stride apart. Per query head g: top[g] the
  * largest scaled score, total[g] the sum of exp(score - top), acc[g * D ..]
  * the sum of exp(score - top) * v. Returns 0, or -1 without scratch memory. */
 int attention_part(const void *qk, long qk_stride, const void *v, long v_stride, const void *cos, const void *sin,
                    const int64_t *positions, void *k_cache, void *v_cache, long page_stride, long row_stride,
-                   const int64_t *write_pages, const int64_t *tables, int M, int window, float scale, int b, int h,
+                   const int64_t *table, long block_stride, long write_page, int window, float scale, int b, int h,
                    int Hq, int Hkv, int D, int page_tokens, long p, int bf16, float *top, float *total, float *acc) {
     const int G = Hq / Hkv;
     long first, ctx;
@@ -159,18 +160,17 @@ int attention_part(const void *qk, long qk_stride, const void *v, long v_stride,
     for (int g = 0; g < G; ++g) rope(qk, b * qk_stride + (long)(h * G + g) * D, cos, sin, b * D, D, bf16, q + g * D);
     if (j1 > pos) { /* the new token: k roped and stored, v stored */
         rope(qk, b * qk_stride + (long)(Hq + h) * D, cos, sin, b * D, D, bf16, k_new);
-        const long slot = write_pages[b * Hkv + h] * page_stride + (pos % page_tokens) * row_stride;
+        const long slot = write_page * page_stride + (pos % page_tokens) * row_stride;
         for (int d = 0; d < D; ++d) {
             store_value(k_cache, slot + d, k_new[d], bf16);
             store_value(v_cache, slot + d, load_value(v, b * v_stride + (long)h * D + d, bf16), bf16);
         }
     }
-    const int64_t *table = tables + ((long)b * Hkv + h) * M;
     const char **keys = (const char **)(q + floats), **values = keys + S; /* each key's K and V row */
     cursor_t at = cursor_at(j0, page_tokens);
     for (long j = 0; j < S; ++j, advance(&at, page_tokens)) {
-        keys[j] = row_address(k_cache, table, at, page_stride, row_stride, es);
-        values[j] = row_address(v_cache, table, at, page_stride, row_stride, es);
+        keys[j] = row_address(k_cache, table, block_stride, at, page_stride, row_stride, es);
+        values[j] = row_address(v_cache, table, block_stride, at, page_stride, row_stride, es);
     }
     for (long j = 0; j < AHEAD && j < S; ++j) prefetch_rows(keys[j], values[j], D * es);
     for (int g = 0; g < G; ++g) top[g] = -INFINITY;
@@ -259,8 +259,8 @@ int decode_attention(const void *qk, long qk_stride, const void *v, long v_strid
             for (long p = 0; p < parts && partial; ++p) {
                 float *part = partial + p * part_floats;
                 if (attention_part(qk, qk_stride, v, v_stride, cos, sin, positions, k_cache, v_cache, page_stride,
-                                   row_stride, write_pages, tables, M, window, scale, b, h, Hq, Hkv, D, page_tokens, p,
-                                   bf16, part, part + G, part + 2 * G)) {
+                                   row_stride, tables + ((long)b * Hkv + h) * M, 1, write_pages[b * Hkv + h], window,
+                                   scale, b, h, Hq, Hkv, D, page_tokens, p, bf16, part, part + G, part + 2 * G)) {
                     free(partial);
                     partial = NULL;
                 }

@@ -161,9 +161,10 @@ static void free_quantized(quantized_t *q) {
 }
 
 /* x [B, H] (bf16 if bf16, else fp32) goes through layers [0, L) in place.
- * cos, sin [B, D]; positions [B]; write_pages [L, B, Hkv]; tables
- * [L, B, Hkv, M]; the caches as in attention.c. Returns 0, or -1 if scratch
- * memory could not be had.
+ * cos, sin [B, D]; positions [B]; block_tables [B, M, L, Hkv] (each
+ * sequence's pages, block after block, as the runner lists them: the new
+ * token's page is its block's); the caches as in attention.c. Returns 0, or
+ * -1 if scratch memory could not be had.
  *
  * What the team shares: each linear's output and the attention's. What
  * every thread computes for itself, from those: the residual stream, the
@@ -180,8 +181,8 @@ static void free_quantized(quantized_t *q) {
  * more than the sums). */
 int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int Hq, int Hkv, int D, float eps,
                   int bf16, const void *cos, const void *sin, const int64_t *positions, void *k_cache, void *v_cache,
-                  long page_stride, long row_stride, const int64_t *write_pages, const int64_t *tables, int M,
-                  int page_tokens, float scale, const int64_t *head, int V, float *logits, int64_t *argmax, float *lse,
+                  long page_stride, long row_stride, const int64_t *block_tables, int M, int page_tokens, float scale,
+                  const int64_t *head, int V, float *logits, int64_t *argmax, float *lse,
                   int threads) {
     const long es = bf16 ? 2 : 4, QKV = (long)(Hq + 2 * Hkv) * D, widest = 2L * I > QKV ? 2L * I : QKV;
     const long Kp = ((I > H ? I : H) + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
@@ -234,10 +235,13 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         while (i >= offset[b] + (long)Hkv * parts[b]) ++b;
                         const long head = (i - offset[b]) / parts[b], p = (i - offset[b]) % parts[b];
                         float *part = partial + i * part_floats;
+                        const long block_stride = (long)L * Hkv; /* block_tables [B, M, L, Hkv] */
+                        const int64_t *table = block_tables + (long)b * M * block_stride + (long)l * Hkv + head;
+                        const long write_page = table[positions[b] / page_tokens * block_stride];
                         if (attention_part(wide, QKV, wide + (long)(Hq + Hkv) * D * es, QKV, cos, sin, positions,
-                                           k_cache, v_cache, page_stride, row_stride, write_pages + (long)l * B * Hkv,
-                                           tables + (long)l * B * Hkv * M, M, (int)layer[WINDOW], scale, (int)b,
-                                           (int)head, Hq, Hkv, D, page_tokens, p, bf16, part, part + G, part + 2 * G))
+                                           k_cache, v_cache, page_stride, row_stride, table, block_stride, write_page,
+                                           (int)layer[WINDOW], scale, (int)b, (int)head, Hq, Hkv, D, page_tokens, p,
+                                           bf16, part, part + G, part + 2 * G))
                             atomic_store(&errors, 1);
                     }
                     barrier_wait(&bar, t);

@@ -17,7 +17,7 @@ void norm_row(const void *x, const void *residual, const void *weight, float eps
               int bf16);
 int attention_part(const void *qk, long qk_stride, const void *v, long v_stride, const void *cos, const void *sin,
                    const int64_t *positions, void *k_cache, void *v_cache, long page_stride, long row_stride,
-                   const int64_t *write_pages, const int64_t *tables, int M, int window, float scale, int b, int h,
+                   const int64_t *table, long block_stride, long write_page, int window, float scale, int b, int h,
                    int Hq, int Hkv, int D, int page_tokens, long p, int bf16, float *top, float *total, float *acc);
 #define ATTENTION_PART_KEYS 128 /* attention.c: keys per part of a head's keys */
 #define ATTENTION_MAX_PARTS 8
