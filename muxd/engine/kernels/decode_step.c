@@ -25,11 +25,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <omp.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-#endif
 
 #include "common.h"
 #include "kernels.h"
@@ -74,48 +70,6 @@ static void share(long n, long unit, int t, int T, long *lo, long *hi) {
     if (*lo > n) *lo = n;
 }
 
-/* The linears' rows go to the threads in proportion to how fast each read
- * its rows of the linears before (bytes per tick, a moving average over the
- * step), not in equal shares: on a cloud VM whose two vCPUs sit on two core
- * complexes one thread read its rows up to twice as fast as the other,
- * which then held every barrier. A row is computed whole by one thread, so
- * where the rows go never changes a value. rate [2][T]: linear k splits
- * by slot k % 2 and its threads write their new rates into the other. */
-typedef struct {
-    double *rate;
-    int phase; /* this thread's count of linears so far (the same in every thread) */
-} balance_t;
-
-#define RATE_WEIGHT 0.25 /* of the latest linear in a thread's moving average */
-#define RATE_FLOOR 0.25  /* no thread's weight below this fraction of the largest */
-
-static inline uint64_t ticks(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    return __rdtsc();
-#else
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
-#endif
-}
-
-/* share, in proportion to rate [T] (every thread computes the same
- * boundaries from the same values, in the same order). */
-static void share_by(const double *rate, long n, long unit, int t, int T, long *lo, long *hi) {
-    double top = 0., total = 0., start = 0., end = 0.; /* thread t's weights run from start to end */
-    for (int u = 0; u < T; ++u) top = rate[u] > top ? rate[u] : top;
-    for (int u = 0; u < T; ++u) {
-        total += rate[u] > RATE_FLOOR * top ? rate[u] : RATE_FLOOR * top;
-        if (u == t - 1) start = total;
-        if (u == t) end = total;
-    }
-    const long units = (n + unit - 1) / unit;
-    *lo = t == 0 ? 0 : (long)(units * (start / total) + 0.5) * unit;
-    *hi = t == T - 1 ? units * unit : (long)(units * (end / total) + 0.5) * unit;
-    if (*hi > n) *hi = n;
-    if (*lo > n) *lo = n;
-}
-
 typedef struct { /* the activations' quantized copy, shared by the team */
     uint8_t *abs;
     uint64_t *sign;
@@ -147,11 +101,10 @@ static void quantize(const void *x, int M, int K, quantized_t *q, int bf16) {
 /* Slice k of n of the first `limit` bytes of this thread's share of a
  * linear's weights, and of the matching scales, asked for ahead of the
  * linear (into L2: it runs soon). */
-static void prefetch_share(const int64_t *layer, int field, int N, int K, const balance_t *bal, int t, int T,
-                           long limit, long k, long n) {
+static void prefetch_share(const int64_t *layer, int field, int N, int K, int t, int T, long limit, long k, long n) {
     const long Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
     long lo, hi;
-    share_by(bal->rate + (bal->phase % 2) * T, N, Q8_ROWS, t, T, &lo, &hi);
+    share(N, Q8_ROWS, t, T, &lo, &hi);
     const long bytes = (hi - lo) * Kp < limit ? (hi - lo) * Kp : limit, from = bytes * k / n, to = bytes * (k + 1) / n;
     const char *w = (const char *)(intptr_t)layer[field] + lo * Kp;
     const char *s = (const char *)(intptr_t)layer[field + 1] + lo * (Kp / Q8_GROUP) * 2;
@@ -165,27 +118,14 @@ static void prefetch_share(const int64_t *layer, int field, int N, int K, const 
  * decode step; more of gate/up gained nothing). */
 #define GATE_UP_AHEAD (256L << 10)
 
-/* Rows [*lo, *hi) of y [M, N] = x . W^T, this thread's share by `bal`;
- * its rate (bytes per tick) goes into the moving average for the next. */
-static void balanced_gemv(const quantized_t *q, int M, int K, const int64_t *linear, int N, void *y, int bf16,
-                          balance_t *bal, int t, int T, long *lo, long *hi) {
-    double *now = bal->rate + (bal->phase % 2) * T, *next = bal->rate + ((bal->phase + 1) % 2) * T;
-    share_by(now, N, Q8_ROWS, t, T, lo, hi);
-    const uint64_t start = ticks();
-    gemv_rows(q, M, K, linear, N, y, bf16, *lo, *hi);
-    const uint64_t spent = ticks() - start;
-    next[t] = spent > 0 && *hi > *lo ? (1. - RATE_WEIGHT) * now[t] + RATE_WEIGHT * (double)(*hi - *lo) * K / spent
-                                     : now[t];
-    ++bal->phase;
-}
-
 /* y [M, N] = x [M, K] . W^T by the whole team: each thread quantizes x for
  * itself and computes its share of W's rows; a barrier ends it. */
 static void linear(const void *x, int M, int K, const int64_t *layer, int field, int N, quantized_t *q, void *y,
-                   int bf16, balance_t *bal, int t, int T, barrier_t *bar) {
+                   int bf16, int t, int T, barrier_t *bar) {
     long lo, hi;
     quantize(x, M, K, q, bf16);
-    balanced_gemv(q, M, K, layer + field, N, y, bf16, bal, t, T, &lo, &hi);
+    share(N, Q8_ROWS, t, T, &lo, &hi);
+    gemv_rows(q, M, K, layer + field, N, y, bf16, lo, hi);
     barrier_wait(bar, t);
 }
 
@@ -235,11 +175,10 @@ static void free_quantized(quantized_t *q) {
  * With `head`, each thread then norms the final stream and computes its
  * share of logits [B, V] (fp32, rounded to bf16 first if bf16, as the
  * per-op path's bf16 lm_head and its cast round), and of each row's argmax
- * and log-normaliser (sampling.c's, over equal fixed shares of each row,
- * merged into argmax [B] and lse [B]): the head's read joins the same team,
- * and a thread reads only the few logits another wrote where the balanced
- * split of the rows and the fixed one differ (at 49k values a row, reading
- * the other core's whole half cost more than the sums). */
+ * and log-normaliser (sampling.c's, merged into argmax [B] and lse [B]):
+ * the head's read joins the same team, and no thread reads the logits
+ * another wrote (at 49k values a row, reading the other core's half cost
+ * more than the sums). */
 int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int Hq, int Hkv, int D, float eps,
                   int bf16, const void *cos, const void *sin, const int64_t *positions, void *k_cache, void *v_cache,
                   long page_stride, long row_stride, const int64_t *block_tables, int M, int page_tokens, float scale,
@@ -255,9 +194,7 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
     barrier_t bar = {aligned_alloc(64, sizeof(barrier_slot_t) * (size_t)(threads > 0 ? threads : 1)), 1};
     argmax_lse_t *row_parts = malloc(sizeof(argmax_lse_t) * (size_t)B * (threads > 0 ? threads : 1));
     long *row_offsets = malloc(sizeof(long) * (size_t)(threads > 0 ? threads : 1));
-    double *rates = malloc(sizeof(double) * 2 * (size_t)(threads > 0 ? threads : 1)); /* balance_t's */
-    for (int i = 0; rates && i < 2 * (threads > 0 ? threads : 1); ++i) rates[i] = 1.;
-    atomic_int errors = !wide || !partial || !out || !bar.slots || !row_parts || !row_offsets || !rates;
+    atomic_int errors = !wide || !partial || !out || !bar.slots || !row_parts || !row_offsets;
     if (!errors) {
         for (int i = 0; i < threads; ++i) atomic_init(&bar.slots[i].reached, 0);
         #pragma omp parallel num_threads(threads)
@@ -272,7 +209,6 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
             quantized_t q;
             int ok = stream && h && act && attn && parts && alloc_quantized(&q, B, Kp);
             if (!ok) atomic_store(&errors, 1);
-            balance_t bal = {rates, 0};
             #pragma omp barrier
             if (!atomic_load(&errors)) {
                 memcpy(stream, x, (size_t)B * H * es);
@@ -282,7 +218,7 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                     for (long b = 0; b < B; ++b)
                         norm_row(stream + b * H * es, NULL, (const void *)(intptr_t)layer[IN_NORM], eps, H, NULL,
                                  h + b * H * es, bf16);
-                    linear(h, B, H, layer, QKV_W, (int)QKV, &q, wide, bf16, &bal, t, T, &bar);
+                    linear(h, B, H, layer, QKV_W, (int)QKV, &q, wide, bf16, t, T, &bar);
                     /* work items: (sequence, KV head, part of its keys), in that order */
                     long items = 0;
                     for (int b = 0; b < B; ++b) {
@@ -294,8 +230,8 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                     }
                     share(items, 1, t, T, &lo, &hi);
                     for (long i = lo, b = 0; i < hi; ++i) {
-                        prefetch_share(layer, O_W, H, Hq * D, &bal, t, T, LONG_MAX, i - lo, hi - lo);
-                        prefetch_share(layer, GU_W, 2 * I, H, &bal, t, T, GATE_UP_AHEAD, i - lo, hi - lo);
+                        prefetch_share(layer, O_W, H, Hq * D, t, T, LONG_MAX, i - lo, hi - lo);
+                        prefetch_share(layer, GU_W, 2 * I, H, t, T, GATE_UP_AHEAD, i - lo, hi - lo);
                         while (i >= offset[b] + (long)Hkv * parts[b]) ++b;
                         const long head = (i - offset[b]) / parts[b], p = (i - offset[b]) % parts[b];
                         float *part = partial + i * part_floats;
@@ -315,16 +251,16 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         attention_merge(first_part + g, first_part + G + g, first_part + 2 * G + g * D, parts[b],
                                         part_floats, D, attn, i * D, bf16);
                     }
-                    linear(attn, B, Hq * D, layer, O_W, H, &q, out, bf16, &bal, t, T, &bar);
+                    linear(attn, B, Hq * D, layer, O_W, H, &q, out, bf16, t, T, &bar);
                     for (long b = 0; b < B; ++b) /* stream += o, then the post-attention norm */
                         norm_row(stream + b * H * es, out + b * H * es, (const void *)(intptr_t)layer[POST_NORM], eps,
                                  H, stream + b * H * es, h + b * H * es, bf16);
-                    linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, &bal, t, T, &bar);
+                    linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, t, T, &bar);
                     silu_times_up(wide, B, I, act, bf16);
                     /* `out` is read above (norm) by every thread before this
                      * linear writes it: the barrier ending the gate_up
                      * linear lies between. */
-                    linear(act, B, I, layer, DOWN_W, H, &q, out, bf16, &bal, t, T, &bar);
+                    linear(act, B, I, layer, DOWN_W, H, &q, out, bf16, t, T, &bar);
                     for (long i = 0; i < (long)B * H; ++i)
                         store_value(stream, i, load_value(stream, i, bf16) + load_value(out, i, bf16), bf16);
                 }
@@ -334,17 +270,14 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         norm_row(stream + b * H * es, NULL, (const void *)(intptr_t)head[HEAD_NORM], eps, H, NULL,
                                  h + b * H * es, bf16);
                     quantize(h, B, H, &q, bf16);
-                    balanced_gemv(&q, B, H, head + HEAD_W, V, logits, 0, &bal, t, T, &lo, &hi);
-                    if (bf16)
-                        for (long b = 0; b < B; ++b)
-                            for (long n = lo; n < hi; ++n) logits[b * V + n] = rounded(logits[b * V + n], 1);
-                    /* The sums over equal, fixed shares, whatever the rows' split: the
-                     * log-normaliser's rounding never depends on timing. */
-                    barrier_wait(&bar, t);
                     share(V, Q8_ROWS, t, T, &lo, &hi);
+                    gemv_rows(&q, B, H, head + HEAD_W, V, logits, 0, lo, hi);
                     row_offsets[t] = lo;
                     for (long b = 0; b < B; ++b) {
-                        if (hi > lo) argmax_lse_part(logits + b * V + lo, hi - lo, &row_parts[b * T + t]);
+                        float *row = logits + b * V;
+                        if (bf16)
+                            for (long n = lo; n < hi; ++n) row[n] = rounded(row[n], 1);
+                        if (hi > lo) argmax_lse_part(row + lo, hi - lo, &row_parts[b * T + t]);
                         else row_parts[b * T + t] = (argmax_lse_t){0, -INFINITY, 0.f, 0};
                     }
                 }
@@ -355,6 +288,6 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
     }
     if (head && !atomic_load(&errors))
         for (long b = 0; b < B; ++b) argmax_lse_merge(row_parts + b * bar.threads, row_offsets, bar.threads, argmax + b, lse + b);
-    free(wide); free(partial); free(out); free(bar.slots); free(row_parts); free(row_offsets); free(rates);
+    free(wide); free(partial); free(out); free(bar.slots); free(row_parts); free(row_offsets);
     return atomic_load(&errors) ? -1 : 0;
 }
