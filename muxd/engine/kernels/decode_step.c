@@ -147,6 +147,43 @@ static void silu_times_up(const void *wide, long B, long I, void *act, int bf16)
         }
 }
 
+/* Ask for the K and V rows this thread's attention items of layer l will
+ * read (the cached keys: the new token's are not written yet), into L2, a
+ * layer ahead, while the MLP streams its weights: the rows lie in pages
+ * anywhere in the pool, and fetched only when attention reads them each
+ * cost a trip to L3 or memory. On SmolLM2 at batch 1: -0.28 and -0.10 ms
+ * median in two runs of 20 paired steps, 28 of 40 faster. */
+static void prefetch_attention(int l, int L, int B, int Hkv, int D, const int64_t *positions, int window,
+                               const char *k_cache, const char *v_cache, long page_stride, long row_stride,
+                               const int64_t *block_tables, int M, int page_tokens, long es, int t, int T) {
+    long items = 0, lo, hi;
+    for (int b = 0; b < B; ++b) {
+        long first, ctx;
+        attention_span(positions, b, window, &first, &ctx);
+        items += (long)Hkv * attention_parts(ctx - first);
+    }
+    share(items, 1, t, T, &lo, &hi);
+    const long block_stride = (long)L * Hkv, bytes = (long)D * es;
+    for (long i = 0, b = 0; b < B && i < hi; ++b) {
+        long first, ctx;
+        attention_span(positions, b, window, &first, &ctx);
+        const long parts = attention_parts(ctx - first);
+        for (long unit = 0; unit < Hkv * parts; ++unit, ++i) {
+            if (i < lo || i >= hi) continue;
+            const long head = unit / parts, p = unit % parts;
+            const long j0 = first + (ctx - first) * p / parts, j1 = first + (ctx - first) * (p + 1) / parts;
+            const int64_t *table = block_tables + b * M * block_stride + (long)l * Hkv + head;
+            for (long j = j0; j < j1 && j < positions[b]; ++j) {
+                const long at = (table[j / page_tokens * block_stride] * page_stride + j % page_tokens * row_stride) * es;
+                for (long off = 0; off < bytes; off += 64) {
+                    __builtin_prefetch(k_cache + at + off, 0, 2);
+                    __builtin_prefetch(v_cache + at + off, 0, 2);
+                }
+            }
+        }
+    }
+}
+
 static int alloc_quantized(quantized_t *q, int M, long Kp) {
     q->abs = malloc((size_t)M * Kp);
     q->sign = malloc((size_t)M * (Kp / Q8_CHUNK) * 8);
@@ -256,6 +293,9 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         norm_row(stream + b * H * es, out + b * H * es, (const void *)(intptr_t)layer[POST_NORM], eps,
                                  H, stream + b * H * es, h + b * H * es, bf16);
                     linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, t, T, &bar);
+                    if (l + 1 < L)
+                        prefetch_attention(l + 1, L, B, Hkv, D, positions, (int)layer[LAYER_FIELDS + WINDOW], k_cache,
+                                           v_cache, page_stride, row_stride, block_tables, M, page_tokens, es, t, T);
                     silu_times_up(wide, B, I, act, bf16);
                     /* `out` is read above (norm) by every thread before this
                      * linear writes it: the barrier ending the gate_up
