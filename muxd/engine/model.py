@@ -241,14 +241,14 @@ class Transformer(nn.Module):
         if not tables.is_contiguous():
             return False, None
         s = self.spec
-        head = self._head_plan(x.dtype) if with_head and x.shape[0] < GEMM_ROWS else None
         B = x.shape[0]
+        head = self._head_plan(x.dtype) if with_head and B < GEMM_ROWS else None
         logits = None
         if head is not None:
             f32, i64 = torch.float32, torch.int64
             logits = Logits(torch.empty(B, s.vocab_size, dtype=f32), (torch.empty(B, dtype=i64), torch.empty(B, dtype=f32)))
         status = kernels.decode_layers(
-            x.data_ptr(), x.shape[0], plan.data_ptr(), s.num_layers, s.hidden_size, s.intermediate_size, s.num_heads,
+            x.data_ptr(), B, plan.data_ptr(), s.num_layers, s.hidden_size, s.intermediate_size, s.num_heads,
             s.num_kv_heads, s.head_dim, s.rms_norm_eps, int(x.dtype == torch.bfloat16), cos.data_ptr(), sin.data_ptr(),
             meta.positions.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1),
             tables.data_ptr(), tables.shape[1], k_cache.shape[1],
@@ -264,34 +264,38 @@ class Transformer(nn.Module):
         """The final norm's and lm_head's pointers ``decode_step.c`` reads (its
         HEAD_FIELDS), built once; None where lm_head is not a q8 kernel layer
         (the head then runs in torch, at more rows it takes the GEMM path)."""
-        cached = self.__dict__.get("_head")
-        if cached is not None and cached[0] == dtype:
-            return cached[1]
-        head, norm = self.lm_head, self.norm.weight
-        plan = None
-        if isinstance(head, Q8Linear) and head.kernel is not None and head._weights:
-            if norm.dtype == dtype and norm.is_contiguous() and head.in_features == self.spec.hidden_size:
-                plan = torch.tensor([norm.data_ptr(), head._weights[1], head._weights[2], head._weights[3] or 0])
-        self.__dict__["_head"] = (dtype, plan)
-        return plan
+
+        def build() -> torch.Tensor | None:
+            head, norm = self.lm_head, self.norm.weight
+            if isinstance(head, Q8Linear) and head.kernel is not None and head._weights:
+                if norm.dtype == dtype and norm.is_contiguous() and head.in_features == self.spec.hidden_size:
+                    return torch.tensor([norm.data_ptr(), head._weights[1], head._weights[2], head._weights[3] or 0])
+            return None
+
+        return self._pointers("head", dtype, build)
 
     def _decode_plan(self, dtype: torch.dtype) -> torch.Tensor | None:
         """Per layer, the pointers ``decode_step.c`` reads (its LAYER_FIELDS), built
         once; None where the blocks are not all q8 kernel layers."""
-        cached = self.__dict__.get("_plan")
-        if cached is not None and cached[0] == dtype:
-            return cached[1]
-        plan = None
-        if not self.spec.qk_norm and dtype in (torch.float32, torch.bfloat16) and load_kernels() is not None:
-            rows = [_layer_plan(block, dtype) for block in self.layers]
-            if all(row is not None for row in rows):
-                plan = torch.tensor(rows, dtype=torch.int64)
-        self.__dict__["_plan"] = (dtype, plan)
-        return plan
+
+        def build() -> torch.Tensor | None:
+            if not self.spec.qk_norm and dtype in (torch.float32, torch.bfloat16) and load_kernels() is not None:
+                rows = [_layer_plan(block, dtype) for block in self.layers]
+                if all(row is not None for row in rows):
+                    return torch.tensor(rows, dtype=torch.int64)
+            return None
+
+        return self._pointers("layers", dtype, build)
+
+    def _pointers(self, name: str, dtype: torch.dtype, build) -> torch.Tensor | None:
+        """``build()``'s table of pointers for ``dtype``, made once (until ``_apply``)."""
+        known = self.__dict__.setdefault("_pointer_tables", {})
+        if (name, dtype) not in known:
+            known[(name, dtype)] = build()
+        return known[(name, dtype)]
 
     def _apply(self, fn, recurse: bool = True):
-        self.__dict__.pop("_plan", None)  # moved or cast tensors: pointers change
-        self.__dict__.pop("_head", None)
+        self.__dict__.pop("_pointer_tables", None)  # moved or cast tensors: pointers change
         return super()._apply(fn, recurse)
 
 

@@ -148,10 +148,8 @@ int attention_part(const void *qk, long qk_stride, const void *v, long v_stride,
                    const int64_t *table, long block_stride, long write_page, int window, float scale, int b, int h,
                    int Hq, int Hkv, int D, int page_tokens, long p, int bf16, float *top, float *total, float *acc) {
     const int G = Hq / Hkv;
-    long first, ctx;
-    attention_span(positions, b, window, &first, &ctx);
-    const long parts = attention_parts(ctx - first);
-    const long j0 = first + (ctx - first) * p / parts, j1 = first + (ctx - first) * (p + 1) / parts;
+    long j0, j1;
+    attention_part_keys(positions, b, window, p, &j0, &j1);
     const long es = bf16 ? 2 : 4, pos = positions[b], S = j1 - j0;
     const long floats = (G * S + G * D + D + 1) / 2 * 2; /* q, scores, k_new; even, so the pointers after are aligned */
     float *q = malloc(sizeof(float) * (size_t)floats + sizeof(char *) * 2 * (size_t)S);
@@ -202,6 +200,15 @@ int attention_part(const void *qk, long qk_stride, const void *v, long v_stride,
 void attention_span(const int64_t *positions, int b, int window, long *first, long *ctx) {
     *ctx = positions[b] + 1;
     *first = window > 0 && *ctx > window ? *ctx - window : 0;
+}
+
+/* The keys [*j0, *j1) of part p of those sequence b may see. */
+void attention_part_keys(const int64_t *positions, int b, int window, long p, long *j0, long *j1) {
+    long first, ctx;
+    attention_span(positions, b, window, &first, &ctx);
+    const long parts = attention_parts(ctx - first);
+    *j0 = first + (ctx - first) * p / parts;
+    *j1 = first + (ctx - first) * (p + 1) / parts;
 }
 
 /* How many parts a head's S keys are split into: one per ATTENTION_PART_KEYS

@@ -153,32 +153,51 @@ static void silu_times_up(const void *wide, long B, long I, void *act, int bf16)
  * anywhere in the pool, and fetched only when attention reads them each
  * cost a trip to L3 or memory. On SmolLM2 at batch 1: -0.28 and -0.10 ms
  * median in two runs of 20 paired steps, 28 of 40 faster. */
-static void prefetch_attention(int l, int L, int B, int Hkv, int D, const int64_t *positions, int window,
-                               const char *k_cache, const char *v_cache, long page_stride, long row_stride,
-                               const int64_t *block_tables, int M, int page_tokens, long es, int t, int T) {
-    long items = 0, lo, hi;
+/* A layer's attention work items: (sequence, KV head, part of its keys), in
+ * that order. Fills each sequence's parts per head and its first item;
+ * returns how many there are. */
+static long attention_items(const int64_t *positions, int B, int Hkv, int window, long *parts, long *offset) {
+    long items = 0;
     for (int b = 0; b < B; ++b) {
         long first, ctx;
         attention_span(positions, b, window, &first, &ctx);
-        items += (long)Hkv * attention_parts(ctx - first);
+        parts[b] = attention_parts(ctx - first);
+        offset[b] = items;
+        items += (long)Hkv * parts[b];
     }
-    share(items, 1, t, T, &lo, &hi);
+    return items;
+}
+
+/* Sequence b's item i as (KV head, part); b advances to the item's sequence. */
+static void attention_item(long i, const long *parts, const long *offset, int Hkv, long *b, long *head, long *p) {
+    while (i >= offset[*b] + (long)Hkv * parts[*b]) ++*b;
+    *head = (i - offset[*b]) / parts[*b];
+    *p = (i - offset[*b]) % parts[*b];
+}
+
+/* The pages of sequence b's KV head `head` in layer l, one per block,
+ * L * Hkv apart in block_tables [B, M, L, Hkv]. */
+static inline const int64_t *head_table(const int64_t *block_tables, long b, int l, long head, int M, int L, int Hkv) {
+    return block_tables + b * M * L * Hkv + (long)l * Hkv + head;
+}
+
+static void prefetch_attention(int l, int L, int B, int Hkv, int D, const int64_t *positions, int window,
+                               const char *k_cache, const char *v_cache, long page_stride, long row_stride,
+                               const int64_t *block_tables, int M, int page_tokens, long es, long *parts,
+                               long *offset, int t, int T) {
+    long lo, hi;
+    share(attention_items(positions, B, Hkv, window, parts, offset), 1, t, T, &lo, &hi);
     const long block_stride = (long)L * Hkv, bytes = (long)D * es;
-    for (long i = 0, b = 0; b < B && i < hi; ++b) {
-        long first, ctx;
-        attention_span(positions, b, window, &first, &ctx);
-        const long parts = attention_parts(ctx - first);
-        for (long unit = 0; unit < Hkv * parts; ++unit, ++i) {
-            if (i < lo || i >= hi) continue;
-            const long head = unit / parts, p = unit % parts;
-            const long j0 = first + (ctx - first) * p / parts, j1 = first + (ctx - first) * (p + 1) / parts;
-            const int64_t *table = block_tables + b * M * block_stride + (long)l * Hkv + head;
-            for (long j = j0; j < j1 && j < positions[b]; ++j) {
-                const long at = (table[j / page_tokens * block_stride] * page_stride + j % page_tokens * row_stride) * es;
-                for (long off = 0; off < bytes; off += 64) {
-                    __builtin_prefetch(k_cache + at + off, 0, 2);
-                    __builtin_prefetch(v_cache + at + off, 0, 2);
-                }
+    for (long i = lo, b = 0; i < hi; ++i) {
+        long head, p, j0, j1;
+        attention_item(i, parts, offset, Hkv, &b, &head, &p);
+        attention_part_keys(positions, (int)b, window, p, &j0, &j1);
+        const int64_t *table = head_table(block_tables, b, l, head, M, L, Hkv);
+        for (long j = j0; j < j1 && j < positions[b]; ++j) { /* the new token's row is not written yet */
+            const long at = (table[j / page_tokens * block_stride] * page_stride + j % page_tokens * row_stride) * es;
+            for (long off = 0; off < bytes; off += 64) {
+                __builtin_prefetch(k_cache + at + off, 0, 2);
+                __builtin_prefetch(v_cache + at + off, 0, 2);
             }
         }
     }
@@ -256,24 +275,15 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         norm_row(stream + b * H * es, NULL, (const void *)(intptr_t)layer[IN_NORM], eps, H, NULL,
                                  h + b * H * es, bf16);
                     linear(h, B, H, layer, QKV_W, (int)QKV, &q, wide, bf16, t, T, &bar);
-                    /* work items: (sequence, KV head, part of its keys), in that order */
-                    long items = 0;
-                    for (int b = 0; b < B; ++b) {
-                        long first, ctx;
-                        attention_span(positions, b, (int)layer[WINDOW], &first, &ctx);
-                        parts[b] = attention_parts(ctx - first);
-                        offset[b] = items;
-                        items += (long)Hkv * parts[b];
-                    }
-                    share(items, 1, t, T, &lo, &hi);
+                    share(attention_items(positions, B, Hkv, (int)layer[WINDOW], parts, offset), 1, t, T, &lo, &hi);
                     for (long i = lo, b = 0; i < hi; ++i) {
                         prefetch_share(layer, O_W, H, Hq * D, t, T, LONG_MAX, i - lo, hi - lo);
                         prefetch_share(layer, GU_W, 2 * I, H, t, T, GATE_UP_AHEAD, i - lo, hi - lo);
-                        while (i >= offset[b] + (long)Hkv * parts[b]) ++b;
-                        const long head = (i - offset[b]) / parts[b], p = (i - offset[b]) % parts[b];
+                        long head, p;
+                        attention_item(i, parts, offset, Hkv, &b, &head, &p);
                         float *part = partial + i * part_floats;
-                        const long block_stride = (long)L * Hkv; /* block_tables [B, M, L, Hkv] */
-                        const int64_t *table = block_tables + (long)b * M * block_stride + (long)l * Hkv + head;
+                        const long block_stride = (long)L * Hkv;
+                        const int64_t *table = head_table(block_tables, b, l, head, M, L, Hkv);
                         const long write_page = table[positions[b] / page_tokens * block_stride];
                         if (attention_part(wide, QKV, wide + (long)(Hq + Hkv) * D * es, QKV, cos, sin, positions,
                                            k_cache, v_cache, page_stride, row_stride, table, block_stride, write_page,
@@ -293,9 +303,10 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         norm_row(stream + b * H * es, out + b * H * es, (const void *)(intptr_t)layer[POST_NORM], eps,
                                  H, stream + b * H * es, h + b * H * es, bf16);
                     linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, t, T, &bar);
-                    if (l + 1 < L)
+                    if (l + 1 < L) /* parts and offset are this layer's no more: the merge above has read them */
                         prefetch_attention(l + 1, L, B, Hkv, D, positions, (int)layer[LAYER_FIELDS + WINDOW], k_cache,
-                                           v_cache, page_stride, row_stride, block_tables, M, page_tokens, es, t, T);
+                                           v_cache, page_stride, row_stride, block_tables, M, page_tokens, es, parts,
+                                           offset, t, T);
                     silu_times_up(wide, B, I, act, bf16);
                     /* `out` is read above (norm) by every thread before this
                      * linear writes it: the barrier ending the gate_up

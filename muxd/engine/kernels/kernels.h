@@ -23,6 +23,7 @@ int attention_part(const void *qk, long qk_stride, const void *v, long v_stride,
 #define ATTENTION_MAX_PARTS 8
 long attention_parts(long S);
 void attention_span(const int64_t *positions, int b, int window, long *first, long *ctx);
+void attention_part_keys(const int64_t *positions, int b, int window, long p, long *j0, long *j1);
 void attention_merge(const float *top, const float *total, const float *acc, int parts, long stride, int D,
                      void *out, long out_at, int bf16);
 
