@@ -70,6 +70,30 @@ static void share(long n, long unit, int t, int T, long *lo, long *hi) {
     if (*lo > n) *lo = n;
 }
 
+/* Rows are shared out, and taken over, in grains of this many (4 q8 tiles). */
+#define GRAIN 16
+
+/* Work sharing of a linear's rows, as ggml shares its matmuls' chunks: each
+ * thread starts on its static share and, done with it, takes the back half
+ * of what is left of the share furthest behind, again until none is left.
+ *
+ * Why: the VM's two vCPUs at times stream at different speeds (on two core
+ * complexes one's GEMVs ran 20-50 % slower), and with static shares the
+ * faster one waited at every barrier; a share split by rates measured in
+ * earlier steps was no help (docs/llama-cpp-peer.md), as the rates change.
+ *
+ * The owner of a slot writes only `next` (plain stores: no fence in its
+ * loop) and reads `end` before each grain; a taker lowers `end` by
+ * compare-and-swap, so the rows taken are exactly [new end, old end). An
+ * owner that read `end` just before it fell may compute a grain its taker
+ * computes too: both write the same values (each thread's quantized copy of
+ * the input is the same), and the barrier ending the linear orders them. */
+typedef struct {
+    _Alignas(64) atomic_long next; /* the owner's next row */
+    atomic_long end;               /* its share's end */
+    atomic_long epoch;             /* which linear of the step the two describe */
+} share_slot_t;
+
 typedef struct { /* the activations' quantized copy, shared by the team */
     uint8_t *abs;
     uint64_t *sign;
@@ -104,7 +128,7 @@ static void quantize(const void *x, int M, int K, quantized_t *q, int bf16) {
 static void prefetch_share(const int64_t *layer, int field, int N, int K, int t, int T, long limit, long k, long n) {
     const long Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
     long lo, hi;
-    share(N, Q8_ROWS, t, T, &lo, &hi);
+    share(N, GRAIN, t, T, &lo, &hi);
     const long bytes = (hi - lo) * Kp < limit ? (hi - lo) * Kp : limit, from = bytes * k / n, to = bytes * (k + 1) / n;
     const char *w = (const char *)(intptr_t)layer[field] + lo * Kp;
     const char *s = (const char *)(intptr_t)layer[field + 1] + lo * (Kp / Q8_GROUP) * 2;
@@ -118,14 +142,47 @@ static void prefetch_share(const int64_t *layer, int field, int N, int K, int t,
  * decode step; more of gate/up gained nothing). */
 #define GATE_UP_AHEAD (256L << 10)
 
-/* y [M, N] = x [M, K] . W^T by the whole team: each thread quantizes x for
- * itself and computes its share of W's rows; a barrier ends it. */
-static void linear(const void *x, int M, int K, const int64_t *layer, int field, int N, quantized_t *q, void *y,
-                   int bf16, int t, int T, barrier_t *bar) {
+/* Rows of y [M, N] = x . W^T (W at linear[0..2]) by the team, shared out
+ * as share_slot_t says; `epoch` numbers the linear within the step (every
+ * thread calls the same linears in the same order). No barrier. */
+static void gemv_shared(const quantized_t *q, int M, int K, const int64_t *linear, int N, void *y, int bf16,
+                        share_slot_t *slots, long epoch, int t, int T) {
     long lo, hi;
+    share(N, GRAIN, t, T, &lo, &hi);
+    share_slot_t *own = &slots[t];
+    atomic_store_explicit(&own->next, lo, memory_order_relaxed);
+    atomic_store_explicit(&own->end, hi, memory_order_relaxed);
+    atomic_store_explicit(&own->epoch, epoch, memory_order_release);
+    for (long n = lo; n < atomic_load_explicit(&own->end, memory_order_relaxed); n += GRAIN) {
+        atomic_store_explicit(&own->next, n + GRAIN, memory_order_relaxed);
+        gemv_rows(q, M, K, linear, N, y, bf16, n, n + GRAIN < N ? n + GRAIN : N);
+    }
+    for (;;) { /* take over the back half of the share furthest behind */
+        share_slot_t *behind = NULL;
+        long most = 0;
+        for (int v = 0; v < T; ++v) {
+            if (v == t || atomic_load_explicit(&slots[v].epoch, memory_order_acquire) != epoch) continue;
+            const long left = atomic_load_explicit(&slots[v].end, memory_order_relaxed) -
+                              atomic_load_explicit(&slots[v].next, memory_order_relaxed);
+            if (left > most) most = left, behind = &slots[v];
+        }
+        if (!behind) return;
+        long end = atomic_load_explicit(&behind->end, memory_order_relaxed);
+        const long next = atomic_load_explicit(&behind->next, memory_order_relaxed);
+        if (end <= next) continue;
+        const long from = next + (end - next + GRAIN - 1) / GRAIN / 2 * GRAIN; /* the owner keeps the smaller half */
+        if (atomic_compare_exchange_strong_explicit(&behind->end, &end, from, memory_order_relaxed,
+                                                    memory_order_relaxed))
+            gemv_rows(q, M, K, linear, N, y, bf16, from, end);
+    }
+}
+
+/* y [M, N] = x [M, K] . W^T by the whole team: each thread quantizes x for
+ * itself and computes rows of W, shared out by gemv_shared; a barrier ends it. */
+static void linear(const void *x, int M, int K, const int64_t *layer, int field, int N, quantized_t *q, void *y,
+                   int bf16, share_slot_t *slots, long *epoch, int t, int T, barrier_t *bar) {
     quantize(x, M, K, q, bf16);
-    share(N, Q8_ROWS, t, T, &lo, &hi);
-    gemv_rows(q, M, K, layer + field, N, y, bf16, lo, hi);
+    gemv_shared(q, M, K, layer + field, N, y, bf16, slots, ++*epoch, t, T);
     barrier_wait(bar, t);
 }
 
@@ -228,13 +285,14 @@ static void free_quantized(quantized_t *q) {
  * duplicated work is a few thousand values a layer; in exchange a layer has
  * five barriers (one after each linear and one after attention).
  *
- * With `head`, each thread then norms the final stream and computes its
- * share of logits [B, V] (fp32, rounded to bf16 first if bf16, as the
- * per-op path's bf16 lm_head and its cast round), and of each row's argmax
- * and log-normaliser (sampling.c's, merged into argmax [B] and lse [B]):
- * the head's read joins the same team, and no thread reads the logits
- * another wrote (at 49k values a row, reading the other core's half cost
- * more than the sums). */
+ * With `head`, each thread then norms the final stream and computes
+ * logits [B, V] (fp32, rounded to bf16 first if bf16, as the per-op path's
+ * bf16 lm_head and its cast round) with the team, shared out as a linear's
+ * rows; then, over its static share of each row, the argmax and
+ * log-normaliser (sampling.c's, merged into argmax [B] and lse [B]): the
+ * head's read joins the same team, and a thread reads only the logits
+ * another took over from its share (at 49k values a row, reading the other
+ * core's whole half cost more than the sums). */
 int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int Hq, int Hkv, int D, float eps,
                   int bf16, const void *cos, const void *sin, const int64_t *positions, void *k_cache, void *v_cache,
                   long page_stride, long row_stride, const int64_t *block_tables, int M, int page_tokens, float scale,
@@ -248,11 +306,17 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
     float *partial = malloc(sizeof(float) * (size_t)B * Hkv * ATTENTION_MAX_PARTS * part_floats);
     char *out = malloc((size_t)B * H * es); /* the o and down projections */
     barrier_t bar = {aligned_alloc(64, sizeof(barrier_slot_t) * (size_t)(threads > 0 ? threads : 1)), 1};
+    share_slot_t *slots = aligned_alloc(64, sizeof(share_slot_t) * (size_t)(threads > 0 ? threads : 1));
     argmax_lse_t *row_parts = malloc(sizeof(argmax_lse_t) * (size_t)B * (threads > 0 ? threads : 1));
     long *row_offsets = malloc(sizeof(long) * (size_t)(threads > 0 ? threads : 1));
-    atomic_int errors = !wide || !partial || !out || !bar.slots || !row_parts || !row_offsets;
+    atomic_int errors = !wide || !partial || !out || !bar.slots || !slots || !row_parts || !row_offsets;
     if (!errors) {
-        for (int i = 0; i < threads; ++i) atomic_init(&bar.slots[i].reached, 0);
+        for (int i = 0; i < threads; ++i) {
+            atomic_init(&bar.slots[i].reached, 0);
+            atomic_init(&slots[i].next, 0);
+            atomic_init(&slots[i].end, 0);
+            atomic_init(&slots[i].epoch, 0);
+        }
         #pragma omp parallel num_threads(threads)
         {
             const int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -268,13 +332,13 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
             #pragma omp barrier
             if (!atomic_load(&errors)) {
                 memcpy(stream, x, (size_t)B * H * es);
-                long lo, hi;
+                long lo, hi, epoch = 0; /* the linears this thread has begun */
                 for (int l = 0; l < L; ++l) {
                     const int64_t *layer = plan + (long)l * LAYER_FIELDS;
                     for (long b = 0; b < B; ++b)
                         norm_row(stream + b * H * es, NULL, (const void *)(intptr_t)layer[IN_NORM], eps, H, NULL,
                                  h + b * H * es, bf16);
-                    linear(h, B, H, layer, QKV_W, (int)QKV, &q, wide, bf16, t, T, &bar);
+                    linear(h, B, H, layer, QKV_W, (int)QKV, &q, wide, bf16, slots, &epoch, t, T, &bar);
                     share(attention_items(positions, B, Hkv, (int)layer[WINDOW], parts, offset), 1, t, T, &lo, &hi);
                     for (long i = lo, b = 0; i < hi; ++i) {
                         prefetch_share(layer, O_W, H, Hq * D, t, T, LONG_MAX, i - lo, hi - lo);
@@ -298,11 +362,11 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         attention_merge(first_part + g, first_part + G + g, first_part + 2 * G + g * D, parts[b],
                                         part_floats, D, attn, i * D, bf16);
                     }
-                    linear(attn, B, Hq * D, layer, O_W, H, &q, out, bf16, t, T, &bar);
+                    linear(attn, B, Hq * D, layer, O_W, H, &q, out, bf16, slots, &epoch, t, T, &bar);
                     for (long b = 0; b < B; ++b) /* stream += o, then the post-attention norm */
                         norm_row(stream + b * H * es, out + b * H * es, (const void *)(intptr_t)layer[POST_NORM], eps,
                                  H, stream + b * H * es, h + b * H * es, bf16);
-                    linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, t, T, &bar);
+                    linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, slots, &epoch, t, T, &bar);
                     if (l + 1 < L) /* parts and offset are this layer's no more: the merge above has read them */
                         prefetch_attention(l + 1, L, B, Hkv, D, positions, (int)layer[LAYER_FIELDS + WINDOW], k_cache,
                                            v_cache, page_stride, row_stride, block_tables, M, page_tokens, es, parts,
@@ -311,7 +375,7 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                     /* `out` is read above (norm) by every thread before this
                      * linear writes it: the barrier ending the gate_up
                      * linear lies between. */
-                    linear(act, B, I, layer, DOWN_W, H, &q, out, bf16, t, T, &bar);
+                    linear(act, B, I, layer, DOWN_W, H, &q, out, bf16, slots, &epoch, t, T, &bar);
                     for (long i = 0; i < (long)B * H; ++i)
                         store_value(stream, i, load_value(stream, i, bf16) + load_value(out, i, bf16), bf16);
                 }
@@ -321,8 +385,9 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
                         norm_row(stream + b * H * es, NULL, (const void *)(intptr_t)head[HEAD_NORM], eps, H, NULL,
                                  h + b * H * es, bf16);
                     quantize(h, B, H, &q, bf16);
-                    share(V, Q8_ROWS, t, T, &lo, &hi);
-                    gemv_rows(&q, B, H, head + HEAD_W, V, logits, 0, lo, hi);
+                    gemv_shared(&q, B, H, head + HEAD_W, V, logits, 0, slots, ++epoch, t, T);
+                    barrier_wait(&bar, t); /* the rows another thread took over are written */
+                    share(V, GRAIN, t, T, &lo, &hi);
                     row_offsets[t] = lo;
                     for (long b = 0; b < B; ++b) {
                         float *row = logits + b * V;
@@ -339,6 +404,6 @@ int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int 
     }
     if (head && !atomic_load(&errors))
         for (long b = 0; b < B; ++b) argmax_lse_merge(row_parts + b * bar.threads, row_offsets, bar.threads, argmax + b, lse + b);
-    free(wide); free(partial); free(out); free(bar.slots); free(row_parts); free(row_offsets);
+    free(wide); free(partial); free(out); free(bar.slots); free(slots); free(row_parts); free(row_offsets);
     return atomic_load(&errors) ? -1 : 0;
 }
