@@ -6,8 +6,9 @@
  * OpenMP fork/join per linear (121 a step on SmolLM2), which is why a second
  * core gained little. Here the team is forked once per step and its threads
  * meet at a spinning barrier between the steps of a layer: each linear's
- * rows are split over the threads, the norms and element-wise products over
- * the batch's rows, attention over (sequence, KV head, part of its keys).
+ * rows are shared out over the threads (gemv_shared), attention is split
+ * over (sequence, KV head, part of its keys), and the norms and element-wise
+ * products each thread computes for itself (see decode_layers).
  *
  * Each piece is the same function the per-op path calls, in the same order
  * and with the same roundings, so a step computes what the per-op path does
