@@ -73,6 +73,15 @@ class Unit:
         return ipc.Ready(self.config.name, infos, cache.usable_pages, cache.nbytes)
 
     def serve_forever(self) -> None:
+        """Serve until the daemon says Shutdown, or is gone (its end of the
+        pipe closed: the unit ignores SIGINT and SIGTERM, so this is how a
+        unit of a killed daemon ends)."""
+        try:
+            self._serve()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            log.warning("unit %s: the daemon is gone; stopping", self.config.name)
+
+    def _serve(self) -> None:
         self.conn.send(self.ready_message())
         while self.running:
             busy = self.engine.has_unfinished

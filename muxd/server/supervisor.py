@@ -52,7 +52,22 @@ class UnitEntry:
         self.warm = warm
 
     def __call__(self, *args: Any) -> None:
+        ignore_stop_signals()
         _resolve(self.target)(*args)
+
+
+def ignore_stop_signals() -> None:
+    """In a unit's process: leave SIGINT and SIGTERM to the daemon.
+
+    A terminal's Ctrl-C reaches the whole foreground process group, and
+    systemd's stop sends SIGTERM to every process of the service. Had the
+    units died of them, the daemon's drain would have had no units to finish
+    its in-flight requests with. The daemon stops its units itself, through
+    the pipe (``UnitProcess.stop``), killing one that does not stop in time;
+    a unit whose daemon is gone sees its pipe close and stops too.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _resolve(name: str) -> Callable[..., Any]:
@@ -71,6 +86,7 @@ class Standby:
         self.entry = entry
 
     def __call__(self, config: UnitConfig, conn: Connection) -> None:
+        ignore_stop_signals()
         run = _resolve(self.entry.target)
         if self.entry.warm:
             try:

@@ -104,12 +104,15 @@ def test_a_stale_socket_is_replaced(draining):
     assert draining.health()["status"] == "ok"
 
 
-def test_sigterm_lets_in_flight_requests_finish_then_exits_0_and_removes_the_socket(draining):
+def stop_mid_stream(daemon, send_signal) -> None:
+    """Start three streaming completions, stop the daemon with ``send_signal``
+    once each is mid-stream, and check that every one still ends in full,
+    the listener closes, and the daemon exits 0 without its socket."""
     n, results, started = 3, {}, threading.Semaphore(0)
 
     def stream(i: int) -> None:
         body = {"model": "tiny-llama", "prompt": "Once", "max_tokens": 150, "ignore_eos": True, "stream": True}
-        with draining.http(timeout=60) as http, http.stream("POST", "/v1/completions", json=body) as r:
+        with daemon.http(timeout=60) as http, http.stream("POST", "/v1/completions", json=body) as r:
             lines = []
             for line in r.iter_lines():
                 if line.startswith("data: {") and not lines:
@@ -123,11 +126,11 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0_and_removes_the_soc
         t.start()
     for _ in range(n):
         assert started.acquire(timeout=30)  # every request is mid-stream
-    draining.proc.send_signal(signal.SIGTERM)
+    send_signal()
 
     def refused() -> bool:
         try:
-            draining.get("/healthz")
+            daemon.get("/healthz")
         except httpx.TransportError:
             return True
         return False
@@ -139,9 +142,53 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0_and_removes_the_soc
         assert lines[-1] == "data: [DONE]"
         assert json.loads(lines[-2].removeprefix("data: "))["choices"][0]["finish_reason"] == "length"
     assert len(results) == n
-    assert draining.proc.wait(timeout=30) == 0
-    assert not draining.socket.exists()
-    assert "muxd stopped" in draining.log()
+    assert daemon.proc.wait(timeout=30) == 0
+    assert not daemon.socket.exists()
+    assert "muxd stopped" in daemon.log()
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0_and_removes_the_socket(draining):
+    stop_mid_stream(draining, lambda: draining.proc.send_signal(signal.SIGTERM))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "systemd-stop"])
+def test_a_signal_to_the_whole_process_group_drains_in_flight_requests_too(tiny_models, signum):
+    """A terminal's Ctrl-C signals the whole foreground process group, and
+    systemd's stop every process of the service: the units must outlive the
+    drain (the daemon stops them itself), and nothing prints a traceback."""
+    tmp = short_tmp_dir()
+    d = start_daemon(tiny_config(tiny_models, tmp / "muxd.sock", drain_timeout_s=30), tmp)
+    try:
+        assert os.getpgid(d.unit_pid()) == d.proc.pid  # the units share the daemon's group (start_new_session)
+        stop_mid_stream(d, lambda: os.killpg(d.proc.pid, signum))
+        assert "Traceback" not in d.log() and "restarting" not in d.log()
+    finally:
+        d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def exited(pid: int) -> bool:
+    """The process is gone, or a zombie nobody has reaped yet (its parent was killed)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return True
+
+
+def test_the_units_of_a_killed_daemon_stop_on_their_own(tiny_models):
+    """Units ignore SIGINT and SIGTERM (the daemon stops them): a daemon that
+    dies without stopping them must not leave them running."""
+    tmp = short_tmp_dir()
+    d = start_daemon(tiny_config(tiny_models, tmp / "muxd.sock", warm_spare=True), tmp)
+    try:
+        unit = d.get("/muxd/v1/status").json()["units"][0]
+        pids = [unit["pid"], *([unit["spare_pid"]] if unit.get("spare_pid") else [])]
+        d.proc.kill()
+        d.proc.wait(timeout=10)
+        wait_for(lambda: all(exited(p) for p in pids), 60, "the units to stop")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
