@@ -16,6 +16,7 @@ unit's module, which imports torch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import importlib
 import logging
@@ -25,7 +26,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -36,6 +37,7 @@ from muxd.errors import UnitUnavailableError
 log = logging.getLogger("muxd.supervisor")
 
 STOP_TIMEOUT_S = 10.0
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the daemon's to handle; its units ignore them
 CRASH_WINDOW_S = 60.0  # crashes closer together than this back off: 1, 2, 4 ... 30 s
 MAX_BACKOFF_S = 30.0
 
@@ -68,6 +70,29 @@ def ignore_stop_signals() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def stop_signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM in the daemon while it spawns a unit.
+
+    The new process inherits the ignored dispositions through exec, and
+    Python keeps an inherited ignored SIGINT. So a Ctrl-C in the instant
+    before the unit runs ``ignore_stop_signals`` cannot kill it half-started
+    (its traceback, then a restart of a unit the daemon is about to stop).
+    A signal that comes during the few milliseconds of the spawn itself is
+    lost to the daemon too: press Ctrl-C again. Only the main thread may set
+    handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _resolve(name: str) -> Callable[..., Any]:
@@ -177,7 +202,8 @@ class UnitProcess:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=self.entry, args=(self.config, child), name=f"muxd-unit-{self.name}", daemon=True)
-        proc.start()
+        with stop_signals_ignored():
+            proc.start()
         child.close()  # else the pipe never reports EOF when the unit dies
         return proc, parent
 
@@ -203,7 +229,8 @@ class UnitProcess:
         parent, child = ctx.Pipe()
         target = Standby(self.entry)  # type: ignore[arg-type]
         proc = ctx.Process(target=target, args=(self.config, child), name=f"muxd-spare-{self.name}", daemon=True)
-        proc.start()
+        with stop_signals_ignored():
+            proc.start()
         child.close()
         self._spare = (proc, parent)
 
@@ -322,13 +349,16 @@ class UnitProcess:
             self.last_error = msg.error
             log.error("unit %s could not load its models: %s", self.name, msg.error)
             first = self.restarts == 0
-            self.state = UnitState.FAILED
+            if self.state not in (UnitState.STOPPING, UnitState.STOPPED):  # stopping: its exit is no crash to restart
+                self.state = UnitState.FAILED
             if first:
                 self.listener.unit_start_failed(self, msg.error)
         else:
             log.error("unit %s sent an unknown message %r", self.name, msg)
 
     def _on_ready(self, ready: ipc.Ready) -> None:
+        if self.state in (UnitState.STOPPING, UnitState.STOPPED):
+            return  # told to stop while it loaded: it reads its Shutdown next and exits
         self.ready = ready
         self.state = UnitState.READY
         self.ready_at = self.clock()

@@ -167,6 +167,25 @@ def test_a_signal_to_the_whole_process_group_drains_in_flight_requests_too(tiny_
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_ctrl_c_while_the_units_load_stops_the_daemon_without_restarting_them(tiny_models):
+    """A stop asked for while a unit loads: the unit's Ready then is no start
+    of serving, and its exit no crash to restart (which left the daemon
+    waiting on a fresh unit for ever)."""
+    tmp = short_tmp_dir()
+    d = start_daemon(tiny_config(tiny_models, tmp / "muxd.sock"), tmp, wait=False)
+    try:
+        wait_for(lambda: "loads tiny-llama" in d.log(), 60, "the unit to start loading")
+        os.killpg(d.proc.pid, signal.SIGINT)
+        assert d.proc.wait(timeout=60) == 0, d.log()
+        log = d.log()
+        assert "muxd stopped" in log and "unit cpu0 stopped" in log
+        assert "restarting" not in log and "muxd serving" not in log and "Traceback" not in log
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def exited(pid: int) -> bool:
     """The process is gone, or a zombie nobody has reaped yet (its parent was killed)."""
     try:
