@@ -160,17 +160,15 @@ static void gemv_shared(const quantized_t *q, int M, int K, const int64_t *linea
     }
     for (;;) { /* take over the back half of the share furthest behind */
         share_slot_t *behind = NULL;
-        long most = 0;
+        long end = 0, next = 0;
         for (int v = 0; v < T; ++v) {
             if (v == t || atomic_load_explicit(&slots[v].epoch, memory_order_acquire) != epoch) continue;
-            const long left = atomic_load_explicit(&slots[v].end, memory_order_relaxed) -
-                              atomic_load_explicit(&slots[v].next, memory_order_relaxed);
-            if (left > most) most = left, behind = &slots[v];
+            const long e = atomic_load_explicit(&slots[v].end, memory_order_relaxed);
+            const long n = atomic_load_explicit(&slots[v].next, memory_order_relaxed);
+            if (e - n > end - next) behind = &slots[v], end = e, next = n;
         }
         if (!behind) return;
-        long end = atomic_load_explicit(&behind->end, memory_order_relaxed);
-        const long next = atomic_load_explicit(&behind->next, memory_order_relaxed);
-        if (end <= next) continue;
+        /* A stale `next` costs at most a grain computed twice; the swap checks `end`. */
         const long from = next + (end - next + GRAIN - 1) / GRAIN / 2 * GRAIN; /* the owner keeps the smaller half */
         if (atomic_compare_exchange_strong_explicit(&behind->end, &end, from, memory_order_relaxed,
                                                     memory_order_relaxed))
