@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -104,6 +105,18 @@ def test_a_stale_socket_is_replaced(draining):
     assert draining.health()["status"] == "ok"
 
 
+@contextlib.contextmanager
+def own_daemon(tiny_models, wait: bool = True, **config):
+    """A daemon of the test's own (the tests end it themselves), stopped and cleaned up after."""
+    tmp = short_tmp_dir()
+    d = start_daemon(tiny_config(tiny_models, tmp / "muxd.sock", **config), tmp, wait=wait)
+    try:
+        yield d
+    finally:
+        d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def stop_mid_stream(daemon, send_signal) -> None:
     """Start three streaming completions, stop the daemon with ``send_signal``
     once each is mid-stream, and check that every one still ends in full,
@@ -156,34 +169,23 @@ def test_a_signal_to_the_whole_process_group_drains_in_flight_requests_too(tiny_
     """A terminal's Ctrl-C signals the whole foreground process group, and
     systemd's stop every process of the service: the units must outlive the
     drain (the daemon stops them itself), and nothing prints a traceback."""
-    tmp = short_tmp_dir()
-    d = start_daemon(tiny_config(tiny_models, tmp / "muxd.sock", drain_timeout_s=30), tmp)
-    try:
+    with own_daemon(tiny_models, drain_timeout_s=30) as d:
         assert os.getpgid(d.unit_pid()) == d.proc.pid  # the units share the daemon's group (start_new_session)
         stop_mid_stream(d, lambda: os.killpg(d.proc.pid, signum))
         assert "Traceback" not in d.log() and "restarting" not in d.log()
-    finally:
-        d.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_ctrl_c_while_the_units_load_stops_the_daemon_without_restarting_them(tiny_models):
     """A stop asked for while a unit loads: the unit's Ready then is no start
     of serving, and its exit no crash to restart (which left the daemon
     waiting on a fresh unit for ever)."""
-    tmp = short_tmp_dir()
-    d = start_daemon(tiny_config(tiny_models, tmp / "muxd.sock"), tmp, wait=False)
-    try:
+    with own_daemon(tiny_models, wait=False) as d:
         wait_for(lambda: "loads tiny-llama" in d.log(), 60, "the unit to start loading")
         os.killpg(d.proc.pid, signal.SIGINT)
         assert d.proc.wait(timeout=60) == 0, d.log()
         log = d.log()
         assert "muxd stopped" in log and "unit cpu0 stopped" in log
         assert "restarting" not in log and "muxd serving" not in log and "Traceback" not in log
-    finally:
-        if d.proc.poll() is None:
-            d.proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def exited(pid: int) -> bool:
@@ -198,16 +200,12 @@ def exited(pid: int) -> bool:
 def test_the_units_of_a_killed_daemon_stop_on_their_own(tiny_models):
     """Units ignore SIGINT and SIGTERM (the daemon stops them): a daemon that
     dies without stopping them must not leave them running."""
-    tmp = short_tmp_dir()
-    d = start_daemon(tiny_config(tiny_models, tmp / "muxd.sock", warm_spare=True), tmp)
-    try:
+    with own_daemon(tiny_models, warm_spare=True) as d:
         unit = d.get("/muxd/v1/status").json()["units"][0]
         pids = [unit["pid"], *([unit["spare_pid"]] if unit.get("spare_pid") else [])]
         d.proc.kill()
         d.proc.wait(timeout=10)
         wait_for(lambda: all(exited(p) for p in pids), 60, "the units to stop")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
