@@ -24,11 +24,15 @@ from muxd.engine.cpu_kernels import load_kernels
 
 GROUP = 32  # inputs per scale, weights and activations alike (kernels/q8.c: GROUP)
 CHUNK = 64  # K is padded to whole vectors of two groups (kernels/q8.c: CHUNK)
-# From this many rows on (prefill, big decode batches), dequantizing the
-# weight for a bf16 BLAS GEMM beats the GEMV-shaped kernel, whose work grows
-# with the rows. SmolLM2's block linears, kernel against dequantize + GEMM:
-# 1 row 5.1 against 13.5 ms, 8 rows 12.2 / 29.6, 16 rows 22.1 / 33.6, 24 rows
-# 38.9 / 37.1, 32 rows 42.7 / 41.1.
+# From this many rows on (prefill, big decode batches), the weight is
+# dequantized for a bf16 BLAS GEMM instead of the GEMV-shaped kernel. When it
+# was set, the kernel was no faster from here on (SmolLM2's block linears, 24
+# rows: 38.9 against 37.1 ms). Since then, the kernel's tiles have become
+# faster than the GEMM up to about 56 rows (24 rows 28.5 / 42.4 ms, 48 rows
+# 55.0 / 60.5, 64 rows 78.5 / 70.7, on two threads). It stays at 24 for the
+# numerics: prefilling the demo's question (~35 tokens) with the kernel's
+# int8 activations instead of the GEMM's bf16 ones flips its answer away
+# from Paris (tests/e2e/test_smollm2.py fails).
 GEMM_ROWS = 24
 
 
