@@ -46,15 +46,15 @@ from muxd import paths
 from muxd.errors import ConfigError
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-QUANTIZATIONS = ("none", "q8", "int8", "nf4", "fp4")
+QUANTIZATIONS = ("none", "auto", "q8", "int8", "nf4", "fp4")
 POLICIES = ("adbs", "spatial", "temporal")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEVICE_AUTO = "auto"
-# The demo's precision. On a CPU: int8 weights through muxd's q8 kernel (2-3x
-# faster decode than bf16 weights) with fp32 activations, which keep SmolLM2's
-# fp32 answers where bf16 activations flip a near-tie ("capital of France").
-# On a GPU: bf16.
-DEMO_CPU = {"dtype": "float32", "quantization": "q8"}
+# The demo's precision. On a CPU: fp32 activations, which keep SmolLM2's fp32
+# answers where bf16 activations flip a near-tie ("capital of France"), and
+# the faster weights of q8 (muxd's int8 kernels) and fp32 as measured at
+# load on this CPU (engine/kernel_plan.py: "auto"). On a GPU: bf16.
+DEMO_CPU = {"dtype": "float32", "quantization": "auto"}
 DEMO_GPU = {"dtype": "bfloat16"}
 
 

@@ -47,6 +47,8 @@ class ModelInfo:
     weight_bytes: int
     dtype: str
     device: str
+    plan: str = ""  # engine.kernel_plan.KernelPlan.label, e.g. "q8/avx2"
+    plan_notes: tuple[str, ...] = ()  # its reasons
 
 
 @dataclass

@@ -327,6 +327,8 @@ class ModelStatus(_Response):
     max_model_len: int | None = None
     weight_bytes: int | None = None
     rate: float = 0.0
+    plan: str | None = None  # how its forward runs here, e.g. "q8/avx2" (weights / CPU kernels' instruction set)
+    plan_notes: list[str] = []  # where the plan differs from the config, why
 
 
 class Status(_Response):

@@ -66,6 +66,8 @@ class Unit:
                 weight_bytes=m.weight_bytes,
                 dtype=str(m.dtype).removeprefix("torch."),
                 device=str(m.device),
+                plan=m.plan.label,
+                plan_notes=m.plan.reasons,
             )
             for name, m in self.engine.models.items()
         ]

@@ -149,7 +149,9 @@ def run_engine_bench(
         else:
             loaded = load_model(model_path, torch_dtype, device, quantization=quantization or "none")
             tokenizer = load_tokenizer(loaded.path)
-            hf_model = on_own_thread(lambda: _load_hf(loaded.path, torch_dtype, quantization, device))
+            # the baseline in what muxd's plan runs (a bf16 asked for may run as fp32 here)
+            hf_quantization = None if loaded.plan.quantization == "none" else loaded.plan.quantization
+            hf_model = on_own_thread(lambda: _load_hf(loaded.path, loaded.dtype, hf_quantization, device))
         timed = {}
         for batch in batches:
             prompts = bench_prompts(tokenizer.encode, batch, prompt_len)
@@ -164,7 +166,7 @@ def run_engine_bench(
         say("measuring memory read bandwidth again")
         probes.append(on_own_thread(lambda: measure_read_bandwidth(device=device)))
     return [
-        _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, errors, max(probes), quantization)
+        _result_row(loaded, batch, prompt_len, max_tokens, repeats, best, errors, max(probes), loaded.plan.quantization)
         for batch, (best, errors) in timed.items()
     ]
 
@@ -207,6 +209,8 @@ def _result_row(
     """One batch size's figures; the roofline is the best muxd run's own (its probes), the peak is the bench's."""
     import torch
 
+    from muxd.engine import cpu_isa
+
     muxd, hf_gen, hf_cb = best["muxd"], best.get("hf_generate"), best.get("hf_cb")
     decode_s = muxd.step_times["decode"]  # empty when max_tokens == 1
     decode_ms = statistics.median(decode_s) * 1e3 if decode_s else None
@@ -217,7 +221,10 @@ def _result_row(
         "model": loaded.path.name,
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": str(loaded.device),
-        "quantization": quantization,
+        "quantization": None if quantization == "none" else quantization,
+        "plan": loaded.plan.label,
+        "plan_notes": list(loaded.plan.reasons),
+        "cpu": cpu_isa.describe(),
         "batch": batch,
         "prompt_tokens": prompt_len,
         "max_tokens": max_tokens,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from muxd import workload
+from muxd.engine import cpu_isa
 from muxd.workload import RequestSpec, SoloLatency, WorkloadSpec
 
 DEFAULT_POLICIES = ("adbs", "spatial", "temporal")
@@ -459,12 +460,15 @@ def _report(bench, results, model_paths, rates, requests, spec, dtype, find_max_
     adbs, solo = results.get("adbs", {}), bench.solo
     report: dict[str, Any] = {
         "dtype": dtype,
+        "cpu": cpu_isa.describe(),
         "slo_scale": bench.slo_scale,
         "target_attainment": TARGET_ATTAINMENT,
         "models": {
             name: {
                 "path": str(model_paths[name]),
                 "weight_bytes": loaded.weight_bytes,
+                "plan": loaded.plan.label,
+                "plan_notes": list(loaded.plan.reasons),
                 "rate_req_s": rates[name],
                 "solo_ttft_base_s": solo[name].ttft_base_s,
                 "solo_ttft_per_token_s": solo[name].ttft_per_token_s,

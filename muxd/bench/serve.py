@@ -36,6 +36,8 @@ from typing import Any
 
 import httpx
 
+from muxd.engine import cpu_isa
+
 PROMPTS: tuple[str, ...] = (
     "What is the capital of France?",
     "Explain photosynthesis in one paragraph.",
@@ -325,6 +327,7 @@ def run_serve_bench(
         servers.append(Server("peer", peer_url, peer_model or model))
     load_before = os.getloadavg()[0]
     say = progress or (lambda _msg: None)
+    plan = asyncio.run(muxd_plan(servers[0]))
     report = asyncio.run(bench_servers(servers, levels, requests, max_tokens, repeats, say))
     for row in report["levels"]:
         peer = row.get("peer_tok_s")
@@ -338,5 +341,22 @@ def run_serve_bench(
         "repeats": repeats,
         "load_avg_1m_before": round(load_before, 2),
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        "cpu": cpu_isa.describe(),
+        "muxd_plan": plan,
         **report,
     }
+
+
+async def muxd_plan(server: Server) -> dict[str, Any] | None:
+    """The kernel plan muxd runs ``server.model`` with (``/muxd/v1/status``),
+    or None where the server does not say (not muxd, or an older one)."""
+    async with server.client(1) as client:
+        try:
+            response = await client.get("/muxd/v1/status")
+            models = response.json().get("models", []) if response.status_code == 200 else []
+        except (httpx.HTTPError, json.JSONDecodeError, AttributeError):
+            return None
+    for m in models:
+        if m.get("name") == server.model and m.get("plan"):
+            return {"plan": m["plan"], "notes": m.get("plan_notes", [])}
+    return None

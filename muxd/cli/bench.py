@@ -98,7 +98,8 @@ def results_table(results: list[dict[str, Any]]):
         title=(
             f"{first['model']} {first['dtype']}{' ' + first['quantization'] if first['quantization'] else ''}"
             f"{' on ' + first['device'] if first.get('device', 'cpu') != 'cpu' else ''}: "
-            f"{first['prompt_tokens']} prompt + {first['max_tokens']} new tokens"
+            f"{first['prompt_tokens']} prompt + {first['max_tokens']} new tokens, plan {first['plan']}"
+            f"{' on ' + first['cpu']['model'] if first.get('device', 'cpu') == 'cpu' else ''}"
         ),
         caption=(
             f"tok/s = generated tokens / wall time of the whole generate, best of {first['repeats']}; roofline = "

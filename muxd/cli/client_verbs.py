@@ -95,16 +95,23 @@ def ps(socket: SocketOption = None) -> None:
     page_bytes = {u.name: (u.pool.bytes / u.pool.pages_total if u.pool and u.pool.pages_total else 0) for u in status.units}
     table = Table(title=f"muxd {status.version} (pid {status.pid}) on {status.socket}, up {_duration(status.uptime_s)}",
                   box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-    for header in ("MODEL", "UNIT", "STATE", "MEMORY", "RATE", "TOKENS/S", "RUNNING", "QUEUED"):
-        table.add_column(header, justify="left" if header in ("MODEL", "UNIT", "STATE") else "right")
+    rows = []
     for m in status.models:
         s = stats.models.get(m.name)
         kv = (s.pages_held or 0) * page_bytes.get(m.unit, 0) if s else 0
         memory = _bytes((m.weight_bytes or 0) + kv) if m.weight_bytes is not None else "-"
-        table.add_row(
+        rows.append((
             m.name, m.unit, m.state, memory, f"{m.rate:g} r/s",
             f"{s.tokens_per_s:.1f}" if s else "-", str(s.running) if s else "-", str(s.queued) if s else "-",
-        )  # fmt: skip
+            m.plan or "-",
+        ))  # fmt: skip
+    headers = ("MODEL", "UNIT", "STATE", "MEMORY", "RATE", "TOKENS/S", "RUNNING", "QUEUED")
+    for i, header in enumerate(headers):  # whole; on a narrow terminal only PLAN, last, is cut short
+        width = max([len(header), *(len(row[i]) for row in rows)])
+        table.add_column(header, justify="left" if i < 3 else "right", no_wrap=True, min_width=width)
+    table.add_column("PLAN", overflow="ellipsis", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)
 
 

@@ -10,12 +10,14 @@ page_tokens``, masking what lies past a sequence's context.
 
 from __future__ import annotations
 
+import ctypes
+
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 
-from muxd.engine.cpu_kernels import load_kernels
+from muxd.engine.cpu_kernels import DecodeAttention, load_kernels
 
 
 @dataclass
@@ -211,12 +213,12 @@ def fused_decode_attention(
     ):
         return None
     out = qk.new_empty(B, num_heads * D)
-    status = kernels.decode_attention(
-        qk.data_ptr(), qk.stride(0), v.data_ptr(), v.stride(0), cos.data_ptr(), sin.data_ptr(),
-        meta.positions.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1),
-        pages.data_ptr(), tables.data_ptr(), tables.shape[2], window or 0, scale, B, num_heads,
-        heads - num_heads, D, k_cache.shape[1], out.data_ptr(), int(dtype == torch.bfloat16), torch.get_num_threads(),
+    args = DecodeAttention(
+        qk.data_ptr(), qk.stride(0), v.data_ptr(), v.stride(0), cos.data_ptr(), sin.data_ptr(), meta.positions.data_ptr(),
+        k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1), k_cache.shape[1],
+        pages.data_ptr(), tables.data_ptr(), tables.shape[2], window or 0, scale,
+        B, num_heads, heads - num_heads, D, out.data_ptr(), int(dtype == torch.bfloat16), torch.get_num_threads(),
     )  # fmt: skip
-    if status != 0:
+    if kernels.decode_attention(ctypes.byref(args)) != 0:
         raise MemoryError("decode attention: no memory for its scores")
     return out

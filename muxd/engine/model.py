@@ -10,6 +10,7 @@ The linears are plain ``nn.Linear`` so quantized layers can take their place.
 
 from __future__ import annotations
 
+import ctypes
 from typing import NamedTuple
 
 import torch
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from muxd.engine.attention import AttentionMetadata, fused_decode_attention, paged_attention, write_kv
-from muxd.engine.cpu_kernels import load_kernels
+from muxd.engine import cpu_isa
+from muxd.engine.cpu_kernels import DecodeBatch, DecodeLayer, DecodeModel, load_kernels
 from muxd.engine.q8 import GEMM_ROWS, Q8Linear
 from muxd.models.spec import ModelSpec
 
@@ -72,8 +74,14 @@ class RMSNorm(nn.Module):
         return load_kernels()
 
 
-def linear(layer: nn.Module, x: torch.Tensor, threads: int) -> torch.Tensor:
+def linear(layer: nn.Module, x: torch.Tensor, threads: int, prefill: bool = False) -> torch.Tensor:
     """``layer(x)`` on ``threads`` intra-op threads (0: the caller's count, restored after).
+
+    ``prefill``: the rows of a prompt, which a q8 layer computes from
+    full-precision activations (``Q8Linear.gemm``) however few they are. A
+    short prefill (the tail after a cached prefix) through the int8-activation
+    kernel flipped SmolLM2's near-tie answer to the demo question; decode
+    rows take the kernel.
 
     A CPU decode step runs its many small ops on one thread (they only pay
     OpenMP's fork/join on a second), but its matmuls are the weights' read
@@ -84,12 +92,13 @@ def linear(layer: nn.Module, x: torch.Tensor, threads: int) -> torch.Tensor:
     # ``layer.forward``, not ``layer(...)``: ``nn.Module.__call__`` costs ~6 us
     # of hook handling per call, 0.7 ms of a batch-1 step's 121 linears, and
     # the engine registers no hooks.
+    forward = layer.gemm if prefill and isinstance(layer, Q8Linear) and x.shape[0] > 0 else layer.forward
     previous = torch.get_num_threads()
     if threads <= 0 or threads == previous:
-        return layer.forward(x)
+        return forward(x)
     torch.set_num_threads(threads)
     try:
-        return layer.forward(x)
+        return forward(x)
     finally:
         torch.set_num_threads(previous)
 
@@ -117,7 +126,8 @@ class Attention(nn.Module):
         threads: int = 0,
     ) -> torch.Tensor:
         s = self.spec
-        qkv = linear(self.qkv_proj, x, threads).view(-1, s.num_heads + 2 * s.num_kv_heads, s.head_dim)
+        prefill = meta.max_q > 1
+        qkv = linear(self.qkv_proj, x, threads, prefill).view(-1, s.num_heads + 2 * s.num_kv_heads, s.head_dim)
         qk, v = qkv.split([s.num_heads + s.num_kv_heads, s.num_kv_heads], dim=1)  # [N, Hq + Hkv, D], [N, Hkv, D]
         if s.qk_norm:
             q, k = qk.split([s.num_heads, s.num_kv_heads], dim=1)
@@ -133,7 +143,7 @@ class Attention(nn.Module):
         q, k = qk.split([s.num_heads, s.num_kv_heads], dim=1)
         write_kv(kv[0], kv[1], k, v, meta, self.layer)
         out = paged_attention(q, kv[0], kv[1], meta, self.layer, self.scale, self.window)
-        return linear(self.o_proj, out, threads)
+        return linear(self.o_proj, out, threads, prefill)
 
 
 class MLP(nn.Module):
@@ -143,9 +153,9 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=bias)
         self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=bias)
 
-    def forward(self, x: torch.Tensor, threads: int = 0) -> torch.Tensor:
-        gate, up = linear(self.gate_up_proj, x, threads).split(self.intermediate, dim=-1)
-        return linear(self.down_proj, F.silu(gate) * up, threads)
+    def forward(self, x: torch.Tensor, threads: int = 0, prefill: bool = False) -> torch.Tensor:
+        gate, up = linear(self.gate_up_proj, x, threads, prefill).split(self.intermediate, dim=-1)
+        return linear(self.down_proj, F.silu(gate) * up, threads, prefill)
 
 
 class Block(nn.Module):
@@ -158,7 +168,7 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, kv, meta, threads: int = 0) -> torch.Tensor:
         x, h = self.post_attention_layernorm.add_and_norm(x, self.self_attn(self.input_layernorm(x), cos, sin, kv, meta, threads))
-        return x + self.mlp(h, threads)
+        return x + self.mlp(h, threads, meta.max_q > 1)
 
 
 class Logits(NamedTuple):
@@ -231,84 +241,77 @@ class Transformer(nn.Module):
         ``(False, None)``, having done nothing, where it does not apply: not a
         decode job, not on a CPU, not a q8 model, Qwen3's q/k norms, no
         compiled kernels."""
-        if meta.max_q != 1 or x.device.type != "cpu" or (plan := self._decode_plan(x.dtype)) is None:
+        if meta.max_q != 1 or x.device.type != "cpu" or (c_model := self._c_model(x.dtype)) is None:
             return False, None
-        kernels = load_kernels()
         k_cache, v_cache = kv
         if k_cache.dtype != x.dtype or k_cache.stride() != v_cache.stride() or k_cache.stride(2) != 1:
             return False, None
         tables = meta.block_tables  # [B, M, L, Hkv], read as they are
         if not tables.is_contiguous():
             return False, None
-        s = self.spec
-        B = x.shape[0]
-        head = self._head_plan(x.dtype) if with_head and B < GEMM_ROWS else None
+        B, V = x.shape[0], self.spec.vocab_size
         logits = None
-        if head is not None:
+        if with_head and B < GEMM_ROWS and c_model.lm_head:
             f32, i64 = torch.float32, torch.int64
-            logits = Logits(torch.empty(B, s.vocab_size, dtype=f32), (torch.empty(B, dtype=i64), torch.empty(B, dtype=f32)))
-        status = kernels.decode_layers(
-            x.data_ptr(), B, plan.data_ptr(), s.num_layers, s.hidden_size, s.intermediate_size, s.num_heads,
-            s.num_kv_heads, s.head_dim, s.rms_norm_eps, int(x.dtype == torch.bfloat16), cos.data_ptr(), sin.data_ptr(),
-            meta.positions.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1),
-            tables.data_ptr(), tables.shape[1], k_cache.shape[1],
-            s.head_dim**-0.5, None if head is None else head.data_ptr(), s.vocab_size,
+            logits = Logits(torch.empty(B, V, dtype=f32), (torch.empty(B, dtype=i64), torch.empty(B, dtype=f32)))
+        batch = DecodeBatch(
+            x.data_ptr(), B, cos.data_ptr(), sin.data_ptr(), meta.positions.data_ptr(),
+            k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1), k_cache.shape[1],
+            tables.data_ptr(), tables.shape[1],
             *((None,) * 3 if logits is None else (logits.values.data_ptr(), *(t.data_ptr() for t in logits.argmax_lse))),
             threads if threads > 0 else torch.get_num_threads(),
         )  # fmt: skip
-        if status != 0:
+        if self._c_kernels.decode_layers(ctypes.byref(c_model), ctypes.byref(batch)) != 0:
             raise MemoryError("decode step: no memory for its activations")
         return True, logits
 
-    def _head_plan(self, dtype: torch.dtype) -> torch.Tensor | None:
-        """The final norm's and lm_head's pointers ``decode_step.c`` reads (its
-        HEAD_FIELDS), built once; None where lm_head is not a q8 kernel layer
-        (the head then runs in torch, at more rows it takes the GEMM path)."""
+    def _c_model(self, dtype: torch.dtype) -> DecodeModel | None:
+        """``decode_step.c``'s view of this model (kernels.h's decode_model_t),
+        made once per dtype (until ``_apply``); None where the blocks are not
+        all q8 kernel layers. lm_head is in it where it is a q8 kernel layer
+        too (else the head runs in torch, and at more rows takes the GEMM path)."""
+        known = self.__dict__.setdefault("_c_models", {})
+        if dtype not in known:
+            known[dtype] = self._build_c_model(dtype)
+        return known[dtype]
 
-        def build() -> torch.Tensor | None:
-            head, norm = self.lm_head, self.norm.weight
-            if isinstance(head, Q8Linear) and head.kernel is not None and head._weights:
-                if norm.dtype == dtype and norm.is_contiguous() and head.in_features == self.spec.hidden_size:
-                    return torch.tensor([norm.data_ptr(), head._weights[1], head._weights[2], head._weights[3] or 0])
+    def _build_c_model(self, dtype: torch.dtype) -> DecodeModel | None:
+        kernels = load_kernels()
+        if self.spec.qk_norm or dtype not in (torch.float32, torch.bfloat16) or kernels is None:
             return None
-
-        return self._pointers("head", dtype, build)
-
-    def _decode_plan(self, dtype: torch.dtype) -> torch.Tensor | None:
-        """Per layer, the pointers ``decode_step.c`` reads (its LAYER_FIELDS), built
-        once; None where the blocks are not all q8 kernel layers."""
-
-        def build() -> torch.Tensor | None:
-            if not self.spec.qk_norm and dtype in (torch.float32, torch.bfloat16) and load_kernels() is not None:
-                rows = [_layer_plan(block, dtype) for block in self.layers]
-                if all(row is not None for row in rows):
-                    return torch.tensor(rows, dtype=torch.int64)
+        layers = [_c_layer(block, dtype) for block in self.layers]
+        if any(layer is None for layer in layers):
             return None
-
-        return self._pointers("layers", dtype, build)
-
-    def _pointers(self, name: str, dtype: torch.dtype, build) -> torch.Tensor | None:
-        """``build()``'s table of pointers for ``dtype``, made once (until ``_apply``)."""
-        known = self.__dict__.setdefault("_pointer_tables", {})
-        if (name, dtype) not in known:
-            known[(name, dtype)] = build()
-        return known[(name, dtype)]
+        s = self.spec
+        c_layers = (DecodeLayer * len(layers))(*layers)
+        head, norm = self.lm_head, self.norm.weight
+        head_ok = isinstance(head, Q8Linear) and head.kernel is not None and head.c_weight is not None
+        head_ok = head_ok and norm.dtype == dtype and norm.is_contiguous() and head.in_features == s.hidden_size
+        c_model = DecodeModel(
+            c_layers, s.num_layers, s.hidden_size, s.intermediate_size, s.num_heads, s.num_kv_heads, s.head_dim,
+            s.vocab_size, s.rms_norm_eps, s.head_dim**-0.5, int(dtype == torch.bfloat16),
+            norm.data_ptr() if head_ok else None, ctypes.pointer(head.c_weight) if head_ok else None,
+        )  # fmt: skip
+        c_model._keep = c_layers  # the array the struct points into lives as long as it
+        self._c_kernels = kernels
+        return c_model
 
     def _apply(self, fn, recurse: bool = True):
-        self.__dict__.pop("_pointer_tables", None)  # moved or cast tensors: pointers change
+        self.__dict__.pop("_c_models", None)  # moved or cast tensors: pointers change
         return super()._apply(fn, recurse)
 
 
-def _layer_plan(block: Block, dtype: torch.dtype) -> list[int] | None:
-    """One row of ``Transformer._decode_plan``, or None."""
-    linears = (block.self_attn.qkv_proj, block.self_attn.o_proj, block.mlp.gate_up_proj, block.mlp.down_proj)
+def _c_layer(block: Block, dtype: torch.dtype) -> DecodeLayer | None:
+    """One block as ``decode_step.c`` reads it, or None where it cannot."""
+    attn, mlp = block.self_attn, block.mlp
+    linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
     norms = (block.input_layernorm.weight, block.post_attention_layernorm.weight)
-    if not all(isinstance(lin, Q8Linear) and lin.kernel is not None and lin._weights for lin in linears):
+    if not all(isinstance(lin, Q8Linear) and lin.kernel is not None and lin.c_weight is not None for lin in linears):
         return None
     if not all(w.dtype == dtype and w.is_contiguous() for w in norms):
         return None
-    (qkv, o, gate_up, down) = [(lin._weights[1], lin._weights[2], lin._weights[3] or 0) for lin in linears]
-    return [norms[0].data_ptr(), *qkv, *o, norms[1].data_ptr(), *gate_up, *down, block.self_attn.window or 0]
+    qkv, o, gate_up, down = (lin.c_weight for lin in linears)
+    return DecodeLayer(norms[0].data_ptr(), qkv, o, norms[1].data_ptr(), gate_up, down, attn.window or 0)
 
 
 class PackedLinear(nn.Module):
@@ -318,8 +321,8 @@ class PackedLinear(nn.Module):
     that should run at memory bandwidth; ``F.linear`` reaches about half of
     it at batch 1 (fp32 uses one core), a pre-packed oneDNN weight reaches
     nearly all of it for fp32 and bf16 and gives the same results (the
-    engine bench measures both). The original weight is dropped; a tied
-    embedding keeps its own copy.
+    engine bench measures both). The original weight is dropped (a tied
+    lm_head is a ``TiedLinear`` instead, see ``pack_linears``).
     """
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -333,15 +336,39 @@ class PackedLinear(nn.Module):
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    return device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+    """Whether oneDNN can pack a linear of ``dtype`` here (bf16 only where it has a bf16 path)."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_isa.bf16_supported())
+
+
+class TiedLinear(nn.Linear):
+    """A linear whose weight another module holds too (a tied lm_head: the
+    embedding table), run by oneDNN on that plain tensor rather than packed,
+    so the model keeps one copy (SmolLM2's is 113 MB in fp32). On SmolLM2's
+    fp32 head that is as fast as packed at 1 row and ~1.6x slower at 16 (a
+    batch-16 decode step ~8 % slower); ``F.linear`` is 1.7-2.4x slower."""
+
+    @classmethod
+    def sharing(cls, linear: nn.Linear) -> TiedLinear:
+        with torch.device("meta"):  # no init: the shared tensors are assigned below
+            tied = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        tied.weight, tied.bias = linear.weight, linear.bias
+        return tied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
 def pack_linears(model: nn.Module) -> None:
-    """Swap every plain ``nn.Linear`` of ``model`` for a ``PackedLinear`` (in place)."""
+    """Swap every plain ``nn.Linear`` of ``model`` for a ``PackedLinear`` (in
+    place), or for a ``TiedLinear`` where its weight is another module's too."""
+    params = [p for _, p in model.named_parameters(remove_duplicate=False)]
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear(child))
+                shared = sum(p is child.weight for p in params) > 1  # a tied lm_head: the embedding's
+                setattr(parent, name, TiedLinear.sharing(child) if shared else PackedLinear(child))
 
 
 def rope_tables(hf_config, spec: ModelSpec, dtype: torch.dtype, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:

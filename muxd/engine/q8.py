@@ -16,11 +16,14 @@ results to rounding).
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muxd.engine.cpu_kernels import load_kernels
+from muxd.engine import cpu_isa
+from muxd.engine.cpu_kernels import Q8Weight, load_kernels
 
 GROUP = 32  # inputs per scale, weights and activations alike (kernels/q8.c: GROUP)
 CHUNK = 64  # K is padded to whole vectors of two groups (kernels/q8.c: CHUNK)
@@ -94,17 +97,17 @@ class Q8Linear(nn.Module):
         self._refresh()
 
     def _refresh(self) -> None:
-        """Keep the kernel's weight arguments as plain ints: reading buffers
-        through ``nn.Module.__getattr__`` and calling ``data_ptr`` on each
-        cost more than the kernel's own call at batch 1 (a decode step makes
-        121 of these calls on SmolLM2). None where the buffers are not what
-        the kernel reads (moved or cast): the general path then handles it."""
+        """Keep the kernel's view of the weights (``Q8Weight``, kernels.h's
+        q8_weight_t) made once: reading buffers through ``nn.Module.__getattr__``
+        and calling ``data_ptr`` on each cost more than the kernel's own call at
+        batch 1 (a decode step makes 121 of these calls on SmolLM2). None where
+        the buffers are not what the kernel reads (moved or cast): the general
+        path then handles it."""
         w, scale, bias = self.weight_q, self.weight_scale, self.bias_f32
         ok = w.device.type == "cpu" and w.dtype == torch.int8 and scale.dtype == torch.float16
         ok = ok and (bias is None or bias.dtype == torch.float32)
-        self._weights = (
-            (self.in_features, w.data_ptr(), scale.data_ptr(), None if bias is None else bias.data_ptr(),
-             self.out_features, w.shape[1])
+        self.c_weight = (
+            Q8Weight(w.data_ptr(), scale.data_ptr(), None if bias is None else bias.data_ptr(), self.out_features, self.in_features)
             if ok else None
         )  # fmt: skip
 
@@ -115,7 +118,7 @@ class Q8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2 and 0 < x.shape[0] < GEMM_ROWS and x.dtype in _KERNEL_DTYPES and x.is_cpu:
-            if self.kernel is not None and self._weights is not None and x.is_contiguous():  # a decode step's path
+            if self.kernel is not None and self.c_weight is not None and x.is_contiguous():  # a decode step's path
                 return self._kernel(x)
         return self._general(x)
 
@@ -124,7 +127,7 @@ class Q8Linear(nn.Module):
         y = x.new_empty(x.shape[0], self.out_features)
         bf16 = x.dtype is torch.bfloat16
         th = torch.get_num_threads()
-        if self.kernel.q8_linear(x.data_ptr(), bf16, x.shape[0], *self._weights, y.data_ptr(), bf16, th):
+        if self.kernel.q8_linear(x.data_ptr(), bf16, x.shape[0], ctypes.byref(self.c_weight), y.data_ptr(), bf16, th):
             raise MemoryError("q8: no memory for the activations' quantized copy")
         return y
 
@@ -135,32 +138,37 @@ class Q8Linear(nn.Module):
         if x.shape[0] == 0:  # a prefill chunk that samples no token hands lm_head no rows
             return x.new_empty(out_shape)
         if x.shape[0] >= GEMM_ROWS:
-            return self._gemm(x).view(out_shape)
-        if self.kernel is None or self._weights is None or x.dtype not in _KERNEL_DTYPES or x.device.type != "cpu":
+            return self.gemm(x).view(out_shape)
+        if self.kernel is None or self.c_weight is None or x.dtype not in _KERNEL_DTYPES or x.device.type != "cpu":
             return reference_linear(x, self.weight_q, self.weight_scale, self.bias_f32).to(x.dtype).view(out_shape)
         return self._kernel(x.contiguous()).view(out_shape)
 
-    def _gemm(self, x: torch.Tensor) -> torch.Tensor:
-        """``x . W^T`` as a bf16 BLAS GEMM on the dequantized weight, whatever
-        ``x``'s dtype: bf16 GEMMs run several times faster than fp32 ones here
-        (SmolLM2's block linears at 64 rows: 88 against 267 ms), and bf16
-        activations are finer than the kernel's int8 ones."""
-        if self.kernel is None or self._weights is None:
-            weight = dequantize(self.weight_q, self.weight_scale, self.in_features).bfloat16()
+    def gemm(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [M, K] . W^T`` as a BLAS GEMM on the dequantized weight (many
+        rows, or a prefill's: ``engine.model.linear``), whatever ``x``'s dtype: bf16 where oneDNN has a bf16 path on this CPU (bf16
+        GEMMs ran several times faster than fp32 ones on AVX-512: SmolLM2's
+        block linears at 64 rows, 88 against 267 ms), else fp32. Either way
+        the activations are finer than the kernel's int8 ones."""
+        dtype = gemm_dtype()
+        if self.kernel is None or self.c_weight is None:
+            weight = dequantize(self.weight_q, self.weight_scale, self.in_features).to(dtype)
         else:
-            weight = torch.empty(self.out_features, self.in_features, dtype=torch.bfloat16)
-            self.kernel.q8_dequantize(
-                self.weight_q.data_ptr(), self.weight_scale.data_ptr(), self.out_features, self.in_features,
-                self.weight_q.shape[1], weight.data_ptr(), 1, torch.get_num_threads(),
-            )  # fmt: skip
-        bias = None if self.bias_f32 is None else self.bias_f32.to(torch.bfloat16)
-        return F.linear(x.to(torch.bfloat16), weight, bias).to(x.dtype)
+            weight = torch.empty(self.out_features, self.in_features, dtype=dtype)
+            bf16 = int(dtype is torch.bfloat16)
+            self.kernel.q8_dequantize(ctypes.byref(self.c_weight), weight.data_ptr(), bf16, torch.get_num_threads())
+        bias = None if self.bias_f32 is None else self.bias_f32.to(dtype)
+        return F.linear(x.to(dtype), weight, bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias_f32 is not None}"
 
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def gemm_dtype() -> torch.dtype:
+    """The dtype of the GEMM that many rows take: bf16 where this CPU has oneDNN's bf16 path."""
+    return torch.bfloat16 if cpu_isa.bf16_supported() else torch.float32
 
 
 def quantize_q8(model: nn.Module, names: tuple[str, ...]) -> nn.Module:

@@ -10,6 +10,7 @@ Weights are read tensor by tensor and fused into muxd's layout
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from muxd.engine import kernel_plan
 from muxd.engine.executor import on_own_thread
+from muxd.engine.kernel_plan import KernelPlan
 from muxd.engine.model import Transformer, can_pack, pack_linears, rope_tables
 from muxd.engine.q8 import quantize_q8
 from muxd.errors import ModelLoadError
@@ -27,6 +30,7 @@ from muxd.models.spec import ModelSpec
 from muxd.models.synthetic import is_random, random_hf_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,6 +40,7 @@ class LoadedModel:
     model: Transformer
     dtype: torch.dtype
     device: torch.device
+    plan: KernelPlan
 
     @property
     def weight_bytes(self) -> int:
@@ -135,11 +140,17 @@ def load_model(
     return on_own_thread(lambda: _load_model(name_or_path, dtype, device, pack, quantization))
 
 
+def _plan(dtype: str | torch.dtype, device: str, quantization: str) -> KernelPlan:
+    """``kernel_plan.plan`` for the arguments as given (checked here)."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}; use one of {', '.join(QUANTIZATIONS)}")
+    return kernel_plan.plan(device, str(parse_dtype(dtype)).removeprefix("torch."), quantization)
+
+
 def _load_model(
     name_or_path: str | os.PathLike, dtype: str | torch.dtype, device: str, pack: bool, quantization: str
 ) -> LoadedModel:
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {quantization!r}; use one of {', '.join(QUANTIZATIONS)}")
+    plan = _plan(dtype, device, quantization)
     path = resolve_model_path(name_or_path)
     hf_config = load_hf_config(path)
     try:
@@ -147,7 +158,7 @@ def _load_model(
     except ValueError as e:
         raise ModelLoadError(f"{path}: {e}") from None
     state = _read_safetensors(path)
-    return _build(path, hf_config, spec, state, parse_dtype(dtype), device, pack, quantization)
+    return _build(path, hf_config, spec, state, plan, device, pack)
 
 
 def from_hf_model(
@@ -165,15 +176,14 @@ def from_hf_model(
     Unfused tensors (embedding, o/down projections, norms) are shared with
     ``hf_model``, not copied; the fused q|k|v and gate|up are new tensors.
     """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {quantization!r}; use one of {', '.join(QUANTIZATIONS)}")
+    plan = _plan(dtype, device, quantization)
     config = hf_model.config
     try:
         spec = ModelSpec.from_hf_config(config, _config_eos(config))
     except ValueError as e:
         raise ModelLoadError(f"{name}: {e}") from None
     state = dict(hf_model.state_dict())
-    return on_own_thread(lambda: _build(Path(name), config, spec, state, parse_dtype(dtype), device, pack, quantization))
+    return on_own_thread(lambda: _build(Path(name), config, spec, state, plan, device, pack))
 
 
 def _build(
@@ -181,12 +191,12 @@ def _build(
     hf_config: Any,
     spec: ModelSpec,
     state: dict[str, torch.Tensor],
-    torch_dtype: torch.dtype,
+    plan: KernelPlan,
     device: str,
     pack: bool,
-    quantization: str,
 ) -> LoadedModel:
-    """muxd's ``Transformer`` of ``spec`` from a transformers-layout ``state``, on ``device``."""
+    """muxd's ``Transformer`` of ``spec`` from a transformers-layout ``state``, on ``device``, as ``plan`` says."""
+    torch_dtype, quantization = DTYPES[plan.dtype], plan.quantization
     layer0 = "model.layers.0."
     with torch.device("meta"):  # no random init: the checkpoint's tensors are assigned below
         model = Transformer(
@@ -206,6 +216,9 @@ def _build(
         model = quantize_linears(model.to(device="cpu", dtype=torch_dtype), quantization, torch_dtype, device).to(device)
     model = model.eval().requires_grad_(False)
     if spec.tie_word_embeddings and isinstance(model.lm_head, nn.Linear):
+        # One tensor for both, held once: pack_linears leaves a tied head on it
+        # (``TiedLinear``), a bitsandbytes plan leaves the head unquantized, and
+        # a q8 head is a quantized layer of its own (counted in weight_bytes).
         model.lm_head.weight = model.embed_tokens.weight
     model.set_rope(*rope_tables(hf_config, spec, torch_dtype, device))
     if pack and can_pack(torch.device(device), torch_dtype):
@@ -214,7 +227,8 @@ def _build(
         # Loading ran on this thread's stream; the executor's streams read the
         # weights next and do not wait for work queued on another stream.
         torch.cuda.synchronize(device)
-    return LoadedModel(path, spec, model, torch_dtype, torch.device(device))
+    log.info("%s: kernel plan %s", path.name, plan.describe())
+    return LoadedModel(path, spec, model, torch_dtype, torch.device(device), plan)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

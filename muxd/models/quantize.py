@@ -31,7 +31,7 @@ from torch import nn
 
 from muxd.errors import ModelLoadError
 
-QUANTIZATIONS = ("none", "q8", "int8", "nf4", "fp4")
+QUANTIZATIONS = ("none", "auto", "q8", "int8", "nf4", "fp4")
 BNB_QUANTIZATIONS = ("int8", "nf4", "fp4")
 BLOCK_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 

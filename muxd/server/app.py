@@ -127,7 +127,8 @@ class MuxdRoutes:
                 "dtype": info.dtype if info else s.config.dtype, "quantization": s.config.quantization,
                 "device": info.device if info else s.config.device,
                 "max_model_len": s.max_position, "weight_bytes": info.weight_bytes if info else None,
-                "rate": s.config.rate,
+                "rate": s.config.rate, "plan": info.plan if info else None,
+                "plan_notes": list(info.plan_notes) if info else [],
             })  # fmt: skip
         policies = sorted({u.config.policy for u in d.units.values()})
         return JSONResponse({

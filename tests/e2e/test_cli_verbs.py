@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from muxd.cli.app import app
 
 
-def muxd(daemon, *args: str, stdin: str | None = None):
-    result = CliRunner().invoke(app, [*args, "--socket", str(daemon.socket)], input=stdin)
+def muxd(daemon, *args: str, stdin: str | None = None, columns: int = 80):
+    result = CliRunner().invoke(app, [*args, "--socket", str(daemon.socket)], input=stdin, env={"COLUMNS": str(columns)})
     assert result.exit_code == 0, result.output
     return result.stdout
 
@@ -22,6 +22,13 @@ def test_ps_shows_every_model_with_its_unit_and_state(tiny_daemon):
     for name in ("tiny-llama", "tiny-qwen3"):
         row = next(line for line in out.splitlines() if f" {name} " in line)
         assert " cpu0 " in row and " ready " in row and "MiB" in row
+
+
+def test_ps_shows_each_models_kernel_plan_on_a_wide_terminal(tiny_daemon):
+    plans = {m["name"]: m["plan"] for m in tiny_daemon.get("/muxd/v1/status").json()["models"]}
+    out = muxd(tiny_daemon, "ps", columns=120)
+    for name, plan in plans.items():
+        assert next(line for line in out.splitlines() if f" {name} " in line).rstrip().endswith(f" {plan}")
 
 
 def test_stats_as_a_table_and_as_json(tiny_daemon):
@@ -60,3 +67,13 @@ def test_client_verbs_load_no_torch(tiny_daemon):
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         loaded = set(result.stdout.splitlines()[-1].split())
         assert "muxd.client" in loaded and not loaded & {"torch", "transformers"}, verb
+
+
+def test_status_names_each_models_kernel_plan(tiny_daemon):
+    """How each model runs here (weights / the CPU kernels' instruction set), as the unit decided at load."""
+    from muxd.engine import cpu_isa
+
+    plans = {m["name"]: m["plan"] for m in tiny_daemon.get("/muxd/v1/status").json()["models"]}
+    assert set(plans) == {"tiny-llama", "tiny-qwen3"}
+    kernels = {isa.name for isa in cpu_isa.runnable()} | {"torch"}
+    assert all(plan.split("/")[1] in kernels for plan in plans.values()), plans

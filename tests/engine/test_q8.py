@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from muxd.core.sequence import SamplingParams
-from muxd.engine import cpu_kernels, q8
+from muxd.engine import cpu_isa, cpu_kernels, q8
 from muxd.engine.llm_engine import LLMEngine
 from muxd.engine.cpu_kernels import load_kernels
 from muxd.engine.q8 import Q8Linear, dequantize, quantize_weight, reference_linear
@@ -17,11 +17,13 @@ from muxd.models.tokenizer import load_tokenizer
 from muxd.sched.base import SchedulerConfig
 
 
-@pytest.fixture(scope="module")
-def kernel():
+@pytest.fixture
+def kernel(cpu_isa_name):
+    """The kernel library of each build this CPU runs (MUXD_CPU_ISA set for the test)."""
     lib = load_kernels()
     if lib is None:
         pytest.skip("no C compiler here: q8 runs its torch fallback (tested below)")
+    assert lib.muxd_isa().decode() == cpu_isa_name
     return lib
 
 
@@ -51,14 +53,13 @@ def test_kernel_computes_the_reference_arithmetic(kernel, k, n, bias, m, dtype) 
 
 
 @pytest.mark.parametrize("m", [1, 6])
-def test_the_plain_c_path_computes_what_the_vnni_path_does(kernel, m) -> None:
-    plain = load_kernels(native=False)
-    assert plain is not None and plain.q8_has_vnni() == 0
-    layer = Q8Linear(make_linear(130, 9, True))
-    x = torch.randn(m, 130)
-    fast = layer(x)
-    layer.kernel = plain
-    torch.testing.assert_close(layer(x), fast, rtol=1e-5, atol=1e-5)
+def test_every_build_computes_what_the_best_build_does(kernel, m) -> None:
+    best = load_kernels(cpu_isa.best().name)
+    layer = Q8Linear(make_linear(576, 130, True))
+    x = torch.randn(m, 576)
+    got = layer(x)
+    layer.kernel = best
+    torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_is_deterministic_across_thread_counts(kernel) -> None:
@@ -197,7 +198,7 @@ def test_q8_on_a_gpu_device_is_refused_by_name(tiny_model_dirs) -> None:
 
 
 def test_unknown_quantization_lists_q8(tiny_model_dirs) -> None:
-    with pytest.raises(ValueError, match="none, q8, int8, nf4, fp4"):
+    with pytest.raises(ValueError, match="q8, int8, nf4, fp4"):
         load_model(tiny_model_dirs["llama"], quantization="int4")
 
 
@@ -215,11 +216,14 @@ def test_smollm2_q8_with_fp32_activations_names_the_capitals(smollm2_dir) -> Non
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_many_rows_go_through_a_bf16_gemm_on_the_dequantized_weight(kernel, dtype) -> None:
+def test_many_rows_go_through_a_gemm_on_the_dequantized_weight(kernel, dtype) -> None:
+    """In bf16 where this CPU has oneDNN's bf16 path, else in fp32."""
     layer = Q8Linear(make_linear(130, 9, True))
     x = torch.randn(q8.GEMM_ROWS + 3, 130).to(dtype)
-    dequantized = dequantize(layer.weight_q, layer.weight_scale, 130).bfloat16()
-    want = torch.nn.functional.linear(x.bfloat16(), dequantized, layer.bias_f32.bfloat16()).to(dtype)
+    gemm = q8.gemm_dtype()
+    assert gemm == (torch.bfloat16 if cpu_isa.bf16_supported() else torch.float32)
+    dequantized = dequantize(layer.weight_q, layer.weight_scale, 130).to(gemm)
+    want = torch.nn.functional.linear(x.to(gemm), dequantized, layer.bias_f32.to(gemm)).to(dtype)
     got = layer(x)
     assert got.dtype == dtype
     torch.testing.assert_close(got, want)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from muxd.engine import cpu_kernels
+from muxd.engine import cpu_isa, cpu_kernels
 
 DRIVER = Path(__file__).with_name("work_sharing_driver.c")
 
@@ -27,12 +27,12 @@ def driver(tmp_path_factory) -> Path:
         pytest.skip("no C compiler here: the kernels are not built")
     out = tmp_path_factory.mktemp("work_sharing")
     kernels = cpu_kernels.KERNELS
-    include = f"-I{kernels}"
+    flags = ["-O2", "-fopenmp", f"-I{kernels}", *cpu_isa.selected().cflags()]  # the build this CPU runs
     q8 = out / "q8.o"
-    subprocess.run([cc, "-O2", "-fopenmp", include, "-Dq8_tile=q8_tile_real", "-c", str(kernels / "q8.c"), "-o", str(q8)], check=True)
+    subprocess.run([cc, *flags, "-Dq8_tile=q8_tile_real", "-c", str(kernels / "q8.c"), "-o", str(q8)], check=True)
     others = [str(kernels / name) for name in ("attention.c", "norm.c", "sampling.c")]
     binary = out / "driver"
-    subprocess.run([cc, "-O2", "-fopenmp", include, str(DRIVER), *others, str(q8), "-o", str(binary), "-lm"], check=True)
+    subprocess.run([cc, *flags, str(DRIVER), *others, str(q8), "-o", str(binary), "-lm"], check=True)
     return binary
 
 

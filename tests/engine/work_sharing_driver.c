@@ -12,18 +12,16 @@
 #include <unistd.h>
 #include "decode_step.c"
 
-void q8_tile_real(const uint8_t *xabs, const uint64_t *xsign, const float *xscale, int m0, int mr, const int8_t *w,
-                  const uint16_t *wscale, const float *bias, int N, int Kp, int n0, int nr, void *y, int y_bf16);
+void q8_tile_real(const q8_act_t *x, int m0, int mr, const q8_weight_t *w, int n0, int nr, void *y, int y_bf16);
 
 static int slow_thread = -1, slow_us = 0;
 static int *computed_by; /* per tile: the last thread that computed it */
 static atomic_int *times_computed;
 
-void q8_tile(const uint8_t *xabs, const uint64_t *xsign, const float *xscale, int m0, int mr, const int8_t *w,
-             const uint16_t *wscale, const float *bias, int N, int Kp, int n0, int nr, void *y, int y_bf16) {
+void q8_tile(const q8_act_t *x, int m0, int mr, const q8_weight_t *w, int n0, int nr, void *y, int y_bf16) {
     const int t = omp_in_parallel() ? omp_get_thread_num() : -1;
     if (t == slow_thread) usleep(slow_us);
-    q8_tile_real(xabs, xsign, xscale, m0, mr, w, wscale, bias, N, Kp, n0, nr, y, y_bf16);
+    q8_tile_real(x, m0, mr, w, n0, nr, y, y_bf16);
     if (computed_by && m0 == 0) {
         computed_by[n0 / Q8_ROWS] = t;
         atomic_fetch_add(&times_computed[n0 / Q8_ROWS], 1);
@@ -41,11 +39,11 @@ int main(int argc, char **argv) {
     for (long i = 0; i < (long)N * Kp; ++i) w[i] = (int8_t)(rand() % 255 - 127);
     for (long i = 0; i < (long)N * (Kp / Q8_GROUP); ++i) s[i] = (uint16_t)(0x2000 + rand() % 0x800); /* small fp16 */
     for (int k = 0; k < K; ++k) x[k] = (float)(rand() % 2001 - 1000) / 500.f;
-    const int64_t linear[3] = {(int64_t)(intptr_t)w, (int64_t)(intptr_t)s, 0};
-    quantized_t q;
-    alloc_quantized(&q, M, Kp);
-    quantize(x, M, K, &q, 0);
-    gemv_rows(&q, M, K, linear, N, ref, 0, 0, N);
+    const q8_weight_t linear = {w, s, NULL, N, K};
+    q8_act_t q;
+    q8_act_alloc(&q, M, Kp);
+    q8_quantize_rows(x, 0, M, K, &q);
+    gemv_rows(&q, M, &linear, ref, 0, 0, N);
     computed_by = malloc(sizeof(int) * tiles);
     times_computed = malloc(sizeof(atomic_int) * tiles);
     share_slot_t *slots = aligned_alloc(64, sizeof(share_slot_t) * T);
@@ -57,9 +55,9 @@ int main(int argc, char **argv) {
     #pragma omp parallel num_threads(T)
     {
         const int t = omp_get_thread_num();
-        quantized_t mine;
-        alloc_quantized(&mine, M, Kp);
-        quantize(x, M, K, &mine, 0);
+        q8_act_t mine;
+        q8_act_alloc(&mine, M, Kp);
+        q8_quantize_rows(x, 0, M, K, &mine);
         for (int r = 0; r < rounds; ++r) {
             if (t == 0) {
                 slow_thread = r % T;
@@ -67,7 +65,7 @@ int main(int argc, char **argv) {
                 for (int i = 0; i < tiles; ++i) computed_by[i] = -1, atomic_init(&times_computed[i], 0);
             }
             barrier_wait(&bar, t);
-            gemv_shared(&mine, M, K, linear, N, y, 0, slots, r + 1, t, T);
+            gemv_shared(&mine, M, &linear, y, 0, slots, r + 1, t, T);
             barrier_wait(&bar, t);
             if (t == 0) {
                 long lo, hi;
@@ -80,7 +78,7 @@ int main(int argc, char **argv) {
                 }
             }
         }
-        free_quantized(&mine);
+        q8_act_free(&mine);
     }
     printf("{\"wrong\": %ld, \"missed\": %ld, \"twice\": %ld, \"taken_from_slow\": %ld}\n", wrong, missed, twice,
            taken_from_slow);

@@ -11,7 +11,7 @@ import torch
 
 from muxd.core.sequence import SamplingParams
 from muxd.engine.llm_engine import LLMEngine
-from muxd.engine.model import PackedLinear
+from muxd.engine.model import TiedLinear
 from muxd.errors import ModelLoadError
 from muxd.models.loader import LoadedModel, load_model
 from muxd.models.quantize import BLOCK_LINEARS, quant_state_tensors, unique_bytes
@@ -64,6 +64,15 @@ def test_quantized_linears_take_their_fraction_of_fp32(smollm2, kind, fraction) 
     assert ratio == pytest.approx(fraction, rel=0.10)
 
 
+@pytest.mark.parametrize(("kind", "most"), [("int8", 0.45), ("nf4", 0.35)])
+def test_quantized_smollm2_holds_its_tied_embedding_once(smollm2, kind, most) -> None:
+    """The tied head is the embedding table, not a packed copy beside it (113 MB in fp32)."""
+    ratio = smollm2[kind].weight_bytes / smollm2["none"].weight_bytes
+    assert ratio <= most
+    for loaded in (smollm2["none"], smollm2[kind]):
+        assert loaded.model.lm_head.weight is loaded.model.embed_tokens.weight
+
+
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
 def test_weight_bytes_count_quantized_linears_with_their_scales(smollm2, kind) -> None:
     fp32, quant = smollm2["none"], smollm2[kind]
@@ -73,14 +82,14 @@ def test_weight_bytes_count_quantized_linears_with_their_scales(smollm2, kind) -
     assert quant.step_read_bytes == quant.weight_bytes - (fp32.weight_bytes - fp32.step_read_bytes)
 
 
-def test_only_block_linears_are_quantized_and_lm_head_is_still_packed(smollm2) -> None:
+def test_only_block_linears_are_quantized_and_the_tied_lm_head_is_the_embedding(smollm2) -> None:
     import bitsandbytes as bnb
 
     model = smollm2["int8"].model
     block = model.layers[0]
     for layer in (block.self_attn.qkv_proj, block.self_attn.o_proj, block.mlp.gate_up_proj, block.mlp.down_proj):
         assert isinstance(layer, bnb.nn.Linear8bitLt) and layer.weight.dtype == torch.int8
-    assert isinstance(model.lm_head, PackedLinear)
+    assert isinstance(model.lm_head, TiedLinear) and model.lm_head.weight is model.embed_tokens.weight
     assert model.embed_tokens.weight.dtype == torch.float32
     assert isinstance(smollm2["nf4"].model.layers[0].mlp.down_proj, bnb.nn.Linear4bit)
 

@@ -62,9 +62,9 @@ def test_no_models_anywhere_is_the_demo(tmp_path, model_dirs):
 
 
 @pytest.mark.parametrize(
-    ("device", "dtype", "quantization"), [("cpu", "float32", "q8"), ("cuda:0", "bfloat16", "none")]
+    ("device", "dtype", "quantization"), [("cpu", "float32", "auto"), ("cuda:0", "bfloat16", "none")]
 )
-def test_the_demo_runs_q8_on_a_cpu_and_bf16_on_a_gpu(tmp_path, model_dirs, device, dtype, quantization):
+def test_the_demo_runs_the_measured_fastest_plan_on_a_cpu_and_bf16_on_a_gpu(tmp_path, model_dirs, device, dtype, quantization):
     a, _ = model_dirs
     env = {"MUXD_CONFIG": str(tmp_path / "missing.toml"), "HOME": str(tmp_path)}
     resolved = resolve(Flags(device=device), env=env, demo=lambda: {"smol": str(a)})

@@ -48,26 +48,15 @@ static inline const char *row_address(const void *cache, const int64_t *table, l
     return (const char *)cache + (table[c.page * block_stride] * page_stride + c.row * row_stride) * es;
 }
 
-#if defined(__AVX512F__)
-/* 16 values of a row from value c * 16 on, as fp32 */
-static inline __m512 load16(const char *row, int c, int bf16) {
-    if (!bf16) return _mm512_loadu_ps((const float *)row + 16 * c);
-    __m256i half = _mm256_loadu_si256((const __m256i *)((const uint16_t *)row + 16 * c));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-}
-#endif
-
 /* q [D] . row (fp32 or bf16) */
 static inline float dot_row(const float *q, const char *row, int D, int bf16) {
-#if defined(__AVX512F__)
-    if (D % 16 == 0) {
-        __m512 sum = _mm512_mul_ps(_mm512_loadu_ps(q), load16(row, 0, bf16));
-        for (int c = 1; c < D / 16; ++c) sum = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), load16(row, c, bf16), sum);
-        return _mm512_reduce_add_ps(sum);
+    if (D % VF_LANES == 0) {
+        vf sum = vf_mul(vf_load(q), vf_load_act(row, 0, bf16));
+        for (int d = VF_LANES; d < D; d += VF_LANES) sum = vf_fmadd(vf_load(q + d), vf_load_act(row, d, bf16), sum);
+        return vf_sum(sum);
     }
-#endif
     float sum = 0.f;
-    for (int d = 0; d < D; ++d) sum += q[d] * (bf16 ? bf16_to_f32(((const uint16_t *)row)[d]) : ((const float *)row)[d]);
+    for (int d = 0; d < D; ++d) sum += q[d] * load_value(row, d, bf16);
     return sum;
 }
 
@@ -75,41 +64,37 @@ static inline float dot_row(const float *q, const char *row, int D, int bf16) {
  * a time share one shuffle tree (one horizontal sum a row was the K pass's
  * largest cost). */
 static inline void dot_rows(const float *q, const char *const *rows, long n, int D, int bf16, float *out) {
-#if defined(__AVX512F__)
-    if (D % 16 == 0 && n == 4) {
-        __m512 sum[4];
-        for (int i = 0; i < 4; ++i) sum[i] = _mm512_mul_ps(_mm512_loadu_ps(q), load16(rows[i], 0, bf16));
-        for (int c = 1; c < D / 16; ++c) {
-            const __m512 qc = _mm512_loadu_ps(q + 16 * c);
-            for (int i = 0; i < 4; ++i) sum[i] = _mm512_fmadd_ps(qc, load16(rows[i], c, bf16), sum[i]);
+    if (D % VF_LANES == 0 && n == 4) {
+        vf sum[4];
+        for (int i = 0; i < 4; ++i) sum[i] = vf_mul(vf_load(q), vf_load_act(rows[i], 0, bf16));
+        for (int d = VF_LANES; d < D; d += VF_LANES) {
+            const vf qd = vf_load(q + d);
+            for (int i = 0; i < 4; ++i) sum[i] = vf_fmadd(qd, vf_load_act(rows[i], d, bf16), sum[i]);
         }
-        _mm_storeu_ps(out, sum_each(sum[0], sum[1], sum[2], sum[3]));
+        vf_sum4(sum[0], sum[1], sum[2], sum[3], out);
         return;
     }
-#endif
     for (long i = 0; i < n; ++i) out[i] = dot_row(q, rows[i], D, bf16);
 }
 
 /* acc [D] = sum over j of p[j] * rows[j] (fp32 or bf16) */
 static inline void weighted_rows(const float *p, const char *const *rows, long S, int D, int bf16, float *acc) {
-#if defined(__AVX512F__)
-    if (D % 16 == 0) {
-        for (int c = 0; c < D / 16; ++c) { /* two accumulators: half the FMA latency chain */
-            __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
+    if (D % VF_LANES == 0) {
+        for (int d = 0; d < D; d += VF_LANES) { /* two accumulators: half the FMA latency chain */
+            vf even = vf_zero(), odd = vf_zero();
             long j = 0;
             for (; j + 1 < S; j += 2) {
-                even = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), load16(rows[j], c, bf16), even);
-                odd = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), load16(rows[j + 1], c, bf16), odd);
+                even = vf_fmadd(vf_set1(p[j]), vf_load_act(rows[j], d, bf16), even);
+                odd = vf_fmadd(vf_set1(p[j + 1]), vf_load_act(rows[j + 1], d, bf16), odd);
             }
-            if (j < S) even = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), load16(rows[j], c, bf16), even);
-            _mm512_storeu_ps(acc + 16 * c, _mm512_add_ps(even, odd));
+            if (j < S) even = vf_fmadd(vf_set1(p[j]), vf_load_act(rows[j], d, bf16), even);
+            vf_store(acc + d, vf_add(even, odd));
         }
         return;
     }
-#endif
     memset(acc, 0, sizeof(float) * D);
     for (long j = 0; j < S; ++j)
-        for (int d = 0; d < D; ++d) acc[d] += p[j] * (bf16 ? bf16_to_f32(((const uint16_t *)rows[j])[d]) : ((const float *)rows[j])[d]);
+        for (int d = 0; d < D; ++d) acc[d] += p[j] * load_value(rows[j], d, bf16);
 }
 
 static inline void prefetch_rows(const char *k, const char *v, long bytes) {
@@ -236,38 +221,26 @@ void attention_merge(const float *top, const float *total, const float *acc, int
     }
 }
 
-/* A decode step's attention for one layer: RoPE on the new token's q and k,
- * k and v written into their pages, then each query head attends to its
- * sequence's keys.
- *   qk [B, Hq + Hkv, D] (row stride qk_stride), v [B, Hkv, D] (row stride
- *   v_stride): the new tokens' projections, RoPE not yet applied;
- *   cos, sin [B, D]: the tables' rows at the tokens' positions [B];
- *   write_pages [B, Hkv]: the page
- *   of each new k/v, at slot positions[b] % page_tokens;
- *   tables [B, Hkv, M]: page ids; keys 0 .. positions[b] exist once the new
- *   one is in; window > 0 keeps only the last `window` of them.
- *   out [B, Hq * D].
- * Every tensor has the activations' dtype (bf16 if bf16, else fp32).
+/* One layer of a decode step's attention (kernels.h: decode_attention_t),
+ * each (sequence, KV head) on a thread of its own, its parts merged there.
  * Returns 0, or -1 if scratch memory could not be had. */
-int decode_attention(const void *qk, long qk_stride, const void *v, long v_stride, const void *cos, const void *sin,
-                     const int64_t *positions, void *k_cache, void *v_cache, long page_stride, long row_stride,
-                     const int64_t *write_pages, const int64_t *tables, int M, int window, float scale, int B, int Hq,
-                     int Hkv, int D, int page_tokens, void *out, int bf16, int threads) {
+int decode_attention(const decode_attention_t *a) {
     int failed = 0;
-    const int G = Hq / Hkv;
+    const int B = (int)a->B, Hkv = (int)a->Hkv, Hq = (int)a->Hq, D = (int)a->D, G = Hq / Hkv, bf16 = (int)a->bf16;
     const long part_floats = (long)G * (D + 2); /* top [G], total [G], acc [G, D], as decode_step.c lays them */
-    #pragma omp parallel for num_threads(threads) schedule(dynamic) collapse(2) if (B * Hkv >= 8)
+    #pragma omp parallel for num_threads((int)a->threads) schedule(dynamic) collapse(2) if (B * Hkv >= 8)
     for (int b = 0; b < B; ++b)
         for (int h = 0; h < Hkv; ++h) {
             long first, ctx;
-            attention_span(positions, b, window, &first, &ctx);
+            attention_span(a->positions, b, (int)a->window, &first, &ctx);
             const long parts = attention_parts(ctx - first);
             float *partial = malloc(sizeof(float) * (size_t)(parts * part_floats));
             for (long p = 0; p < parts && partial; ++p) {
                 float *part = partial + p * part_floats;
-                if (attention_part(qk, qk_stride, v, v_stride, cos, sin, positions, k_cache, v_cache, page_stride,
-                                   row_stride, tables + ((long)b * Hkv + h) * M, 1, write_pages[b * Hkv + h], window,
-                                   scale, b, h, Hq, Hkv, D, page_tokens, p, bf16, part, part + G, part + 2 * G)) {
+                if (attention_part(a->qk, a->qk_stride, a->v, a->v_stride, a->cos, a->sin, a->positions, a->k_cache,
+                                   a->v_cache, a->page_stride, a->row_stride, a->tables + ((long)b * Hkv + h) * a->M, 1,
+                                   a->write_pages[b * Hkv + h], (int)a->window, a->scale, b, h, Hq, Hkv, D,
+                                   (int)a->page_tokens, p, bf16, part, part + G, part + 2 * G)) {
                     free(partial);
                     partial = NULL;
                 }
@@ -277,8 +250,8 @@ int decode_attention(const void *qk, long qk_stride, const void *v, long v_strid
                 continue;
             }
             for (int g = 0; g < G; ++g)
-                attention_merge(partial + g, partial + G + g, partial + 2 * G + g * D, (int)parts, part_floats, D, out,
-                                (long)b * Hq * D + (long)(h * G + g) * D, bf16);
+                attention_merge(partial + g, partial + G + g, partial + 2 * G + g * D, (int)parts, part_floats, D,
+                                a->out, (long)b * Hq * D + (long)(h * G + g) * D, bf16);
             free(partial);
         }
     return failed ? -1 : 0;

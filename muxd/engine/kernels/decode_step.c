@@ -14,11 +14,8 @@
  * and with the same roundings, so a step computes what the per-op path does
  * (engine/model.py: Block.forward; tests/engine/test_cpu_kernels.py).
  *
- * plan: per layer, LAYER_FIELDS int64 (pointers as integers):
- *   input norm weight, qkv (weights, scales, bias or 0), o (same), post norm
- *   weight, gate_up (same), down (same), sliding window (0: none).
- * head (or NULL): HEAD_FIELDS int64: the final norm's weight, lm_head (weights,
- *   scales, bias or 0). With it, the same team ends the step with the logits.
+ * The model and the batch come as two structs (kernels.h: decode_model_t,
+ * decode_batch_t), mirrored in engine/cpu_kernels.py.
  */
 #include <limits.h>
 #include <math.h>
@@ -30,12 +27,6 @@
 
 #include "common.h"
 #include "kernels.h"
-
-enum {
-    IN_NORM, QKV_W, QKV_S, QKV_B, O_W, O_S, O_B, POST_NORM, GU_W, GU_S, GU_B, DOWN_W, DOWN_S, DOWN_B, WINDOW,
-    LAYER_FIELDS
-};
-enum { HEAD_NORM, HEAD_W, HEAD_S, HEAD_B, HEAD_FIELDS };
 
 /* A spinning barrier without a locked read-modify-write: each thread
  * counts the barriers it has reached in its own cache line (a plain release
@@ -58,6 +49,8 @@ static void barrier_wait(barrier_t *bar, int t) {
         while (atomic_load_explicit(&bar->slots[i].reached, memory_order_acquire) < n) {
 #if defined(__x86_64__) || defined(__i386__)
             __builtin_ia32_pause();
+#elif defined(__aarch64__)
+            __asm__ volatile("yield");
 #endif
         }
 }
@@ -95,44 +88,25 @@ typedef struct {
     atomic_long epoch;             /* which linear of the step the two describe */
 } share_slot_t;
 
-typedef struct { /* the activations' quantized copy, shared by the team */
-    uint8_t *abs;
-    uint64_t *sign;
-    float *scale;
-} quantized_t;
-
-/* Rows [lo, hi) of y [M, N] = x . W^T from x's quantized copy (q8.c's
- * tiles); W's weights, scales and bias (or 0) are at linear[0..2]. */
-static void gemv_rows(const quantized_t *q, int M, int K, const int64_t *linear, int N, void *y, int bf16, long lo,
-                      long hi) {
-    const int Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
-    const int8_t *w = (const int8_t *)(intptr_t)linear[0];
-    const uint16_t *s = (const uint16_t *)(intptr_t)linear[1];
-    const float *bias = (const float *)(intptr_t)linear[2];
+/* Rows [lo, hi) of y [M, N] = x . W^T from x's quantized copy (q8.c's tiles). */
+static void gemv_rows(const q8_act_t *q, int M, const q8_weight_t *w, void *y, int bf16, long lo, long hi) {
+    const long N = w->N;
     for (long n0 = lo; n0 < hi; n0 += Q8_ROWS)
         for (int m0 = 0; m0 < M; m0 += Q8_XROWS)
-            q8_tile(q->abs, q->sign, q->scale, m0, M - m0 < Q8_XROWS ? M - m0 : Q8_XROWS, w, s, bias, N, Kp, (int)n0,
-                    N - n0 < Q8_ROWS ? (int)(N - n0) : Q8_ROWS, y, bf16);
-}
-
-/* x [M, K] quantized into q (every thread its own copy: cheaper than a barrier). */
-static void quantize(const void *x, int M, int K, quantized_t *q, int bf16) {
-    const int Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK, nc = Kp / Q8_CHUNK, ng = Kp / Q8_GROUP;
-    const long es = bf16 ? 2 : 4;
-    for (long m = 0; m < M; ++m)
-        q8_quantize_row((const char *)x + m * K * es, bf16, K, Kp, q->abs + m * Kp, q->sign + m * nc, q->scale + m * ng);
+            q8_tile(q, m0, M - m0 < Q8_XROWS ? M - m0 : Q8_XROWS, w, (int)n0, N - n0 < Q8_ROWS ? (int)(N - n0) : Q8_ROWS,
+                    y, bf16);
 }
 
 /* Slice k of n of the first `limit` bytes of this thread's share of a
  * linear's weights, and of the matching scales, asked for ahead of the
  * linear (into L2: it runs soon). */
-static void prefetch_share(const int64_t *layer, int field, int N, int K, int t, int T, long limit, long k, long n) {
-    const long Kp = (K + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
+static void prefetch_share(const q8_weight_t *lin, int t, int T, long limit, long k, long n) {
+    const long Kp = q8_padded(lin->K);
     long lo, hi;
-    share(N, GRAIN, t, T, &lo, &hi);
+    share(lin->N, GRAIN, t, T, &lo, &hi);
     const long bytes = (hi - lo) * Kp < limit ? (hi - lo) * Kp : limit, from = bytes * k / n, to = bytes * (k + 1) / n;
-    const char *w = (const char *)(intptr_t)layer[field] + lo * Kp;
-    const char *s = (const char *)(intptr_t)layer[field + 1] + lo * (Kp / Q8_GROUP) * 2;
+    const char *w = (const char *)lin->q + lo * Kp;
+    const char *s = (const char *)lin->scale + lo * (Kp / Q8_GROUP) * 2;
     for (long at = from / 64 * 64; at < to; at += 64) __builtin_prefetch(w + at);
     for (long at = from / 16 / 64 * 64; at < to / 16; at += 64) __builtin_prefetch(s + at); /* 2 bytes per 32 */
 }
@@ -146,8 +120,9 @@ static void prefetch_share(const int64_t *layer, int field, int N, int K, int t,
 /* Rows of y [M, N] = x . W^T (W at linear[0..2]) by the team, shared out
  * as share_slot_t says; `epoch` numbers the linear within the step (every
  * thread calls the same linears in the same order). No barrier. */
-static void gemv_shared(const quantized_t *q, int M, int K, const int64_t *linear, int N, void *y, int bf16,
-                        share_slot_t *slots, long epoch, int t, int T) {
+static void gemv_shared(const q8_act_t *q, int M, const q8_weight_t *w, void *y, int bf16, share_slot_t *slots,
+                        long epoch, int t, int T) {
+    const long N = w->N;
     long lo, hi;
     share(N, GRAIN, t, T, &lo, &hi);
     share_slot_t *own = &slots[t];
@@ -156,7 +131,7 @@ static void gemv_shared(const quantized_t *q, int M, int K, const int64_t *linea
     atomic_store_explicit(&own->epoch, epoch, memory_order_release);
     for (long n = lo; n < atomic_load_explicit(&own->end, memory_order_relaxed); n += GRAIN) {
         atomic_store_explicit(&own->next, n + GRAIN, memory_order_relaxed);
-        gemv_rows(q, M, K, linear, N, y, bf16, n, n + GRAIN < N ? n + GRAIN : N);
+        gemv_rows(q, M, w, y, bf16, n, n + GRAIN < N ? n + GRAIN : N);
     }
     for (;;) { /* take over the back half of the share furthest behind */
         share_slot_t *behind = NULL;
@@ -172,21 +147,12 @@ static void gemv_shared(const quantized_t *q, int M, int K, const int64_t *linea
         const long from = next + (end - next + GRAIN - 1) / GRAIN / 2 * GRAIN; /* the owner keeps the smaller half */
         if (atomic_compare_exchange_strong_explicit(&behind->end, &end, from, memory_order_relaxed,
                                                     memory_order_relaxed))
-            gemv_rows(q, M, K, linear, N, y, bf16, from, end);
+            gemv_rows(q, M, w, y, bf16, from, end);
     }
 }
 
-/* y [M, N] = x [M, K] . W^T by the whole team: each thread quantizes x for
- * itself and computes rows of W, shared out by gemv_shared; a barrier ends it. */
-static void linear(const void *x, int M, int K, const int64_t *layer, int field, int N, quantized_t *q, void *y,
-                   int bf16, share_slot_t *slots, long *epoch, int t, int T, barrier_t *bar) {
-    quantize(x, M, K, q, bf16);
-    gemv_shared(q, M, K, layer + field, N, y, bf16, slots, ++*epoch, t, T);
-    barrier_wait(bar, t);
-}
-
 /* act [B, I] = silu(gate) * up from wide [B, 2I] = (gate, up), each rounded
- * as torch rounds. The exponentials go 16 at a time (common.h's exp16):
+ * as torch rounds. The exponentials go a vector at a time (common.h's exp_shifted):
  * with expf, one value at a time, this took 0.2-0.3 ms of a SmolLM2 batch-1
  * step on every thread (each computes all of act for its quantized copy). */
 static void silu_times_up(const void *wide, long B, long I, void *act, int bf16) {
@@ -259,150 +225,196 @@ static void prefetch_attention(int l, int L, int B, int Hkv, int D, const int64_
     }
 }
 
-static int alloc_quantized(quantized_t *q, int M, long Kp) {
-    q->abs = malloc((size_t)M * Kp);
-    q->sign = malloc((size_t)M * (Kp / Q8_CHUNK) * 8);
-    q->scale = malloc((size_t)M * (Kp / Q8_GROUP) * 4);
-    return q->abs && q->sign && q->scale;
+/* What the team shares for one step, and what each thread holds for itself. */
+typedef struct {
+    barrier_t bar;
+    share_slot_t *slots;
+    char *wide;              /* [B, max(QKV, 2I)]: the qkv and gate_up projections */
+    char *out;               /* [B, H]: the o and down projections */
+    float *partial;          /* attention parts: [items] x (top [G], total [G], acc [G, D]) */
+    argmax_lse_t *row_parts; /* [B, T] */
+    long *row_offsets;       /* [T] */
+    atomic_int errors;
+} shared_t;
+
+typedef struct {
+    int t, T;
+    long epoch; /* the linears this thread has begun */
+    char *stream, *h, *act, *attn; /* residual stream, normed rows, SiLU * up, attention output */
+    long *parts, *offset;          /* per sequence: its heads' parts, its first attention item */
+    q8_act_t q;                    /* the quantized input of the next linear */
+} thread_t;
+
+/* y = x . W^T by the whole team: each thread quantizes x for itself and
+ * computes rows of W, shared out by gemv_shared; a barrier ends it. */
+static void linear(shared_t *sh, thread_t *me, const void *x, long B, const q8_weight_t *w, void *y, int bf16) {
+    q8_quantize_rows(x, bf16, (int)B, (int)w->K, &me->q);
+    gemv_shared(&me->q, (int)B, w, y, bf16, sh->slots, ++me->epoch, me->t, me->T);
+    barrier_wait(&sh->bar, me->t);
 }
 
-static void free_quantized(quantized_t *q) {
-    free(q->abs);
-    free(q->sign);
-    free(q->scale);
+/* This thread's attention items of layer l (RoPE, KV write, its parts of
+ * the keys), then, after the barrier, every head's parts merged into attn. */
+static void attend(const decode_model_t *m, const decode_batch_t *s, shared_t *sh, thread_t *me, int l) {
+    const decode_layer_t *layer = &m->layers[l];
+    const long es = m->bf16 ? 2 : 4, G = m->Hq / m->Hkv, QKV = (m->Hq + 2 * m->Hkv) * m->D;
+    const long part_floats = G * (m->D + 2), block_stride = m->L * m->Hkv;
+    long lo, hi;
+    share(attention_items(s->positions, (int)s->B, (int)m->Hkv, (int)layer->window, me->parts, me->offset), 1, me->t,
+          me->T, &lo, &hi);
+    for (long i = lo, b = 0; i < hi; ++i) {
+        prefetch_share(&layer->o, me->t, me->T, LONG_MAX, i - lo, hi - lo);
+        prefetch_share(&layer->gate_up, me->t, me->T, GATE_UP_AHEAD, i - lo, hi - lo);
+        long head, p;
+        attention_item(i, me->parts, me->offset, (int)m->Hkv, &b, &head, &p);
+        float *part = sh->partial + i * part_floats;
+        const int64_t *table = head_table(s->block_tables, b, l, head, (int)s->M, (int)m->L, (int)m->Hkv);
+        const long write_page = table[s->positions[b] / s->page_tokens * block_stride];
+        if (attention_part(sh->wide, QKV, sh->wide + (m->Hq + m->Hkv) * m->D * es, QKV, s->cos, s->sin, s->positions,
+                           s->k_cache, s->v_cache, s->page_stride, s->row_stride, table, block_stride, write_page,
+                           (int)layer->window, m->scale, (int)b, (int)head, (int)m->Hq, (int)m->Hkv, (int)m->D,
+                           (int)s->page_tokens, p, (int)m->bf16, part, part + G, part + 2 * G))
+            atomic_store(&sh->errors, 1);
+    }
+    barrier_wait(&sh->bar, me->t);
+    for (long i = 0; i < s->B * m->Hq; ++i) { /* each thread merges the parts for itself */
+        const long b = i / m->Hq, head = i % m->Hq / G, g = i % G;
+        const float *first_part = sh->partial + (me->offset[b] + head * me->parts[b]) * part_floats;
+        attention_merge(first_part + g, first_part + G + g, first_part + 2 * G + g * m->D, (int)me->parts[b],
+                        part_floats, (int)m->D, me->attn, i * m->D, (int)m->bf16);
+    }
 }
 
-/* x [B, H] (bf16 if bf16, else fp32) goes through layers [0, L) in place.
- * cos, sin [B, D]; positions [B]; block_tables [B, M, L, Hkv] (each
- * sequence's pages, block after block, as the runner lists them: the new
- * token's page is its block's); the caches as in attention.c. Returns 0, or
- * -1 if scratch memory could not be had.
+/* Layer l of the step: five linears and attention, five barriers. */
+static void block(const decode_model_t *m, const decode_batch_t *s, shared_t *sh, thread_t *me, int l) {
+    const decode_layer_t *layer = &m->layers[l];
+    const long B = s->B, H = m->H, es = m->bf16 ? 2 : 4;
+    const int bf16 = (int)m->bf16;
+    for (long b = 0; b < B; ++b)
+        norm_row(me->stream + b * H * es, NULL, layer->input_norm, m->eps, (int)H, NULL, me->h + b * H * es, bf16);
+    linear(sh, me, me->h, B, &layer->qkv, sh->wide, bf16);
+    attend(m, s, sh, me, l);
+    linear(sh, me, me->attn, B, &layer->o, sh->out, bf16);
+    for (long b = 0; b < B; ++b) /* stream += o, then the post-attention norm */
+        norm_row(me->stream + b * H * es, sh->out + b * H * es, layer->post_norm, m->eps, (int)H, me->stream + b * H * es,
+                 me->h + b * H * es, bf16);
+    linear(sh, me, me->h, B, &layer->gate_up, sh->wide, bf16);
+    if (l + 1 < m->L) /* parts and offset are this layer's no more: the merge has read them */
+        prefetch_attention(l + 1, (int)m->L, (int)B, (int)m->Hkv, (int)m->D, s->positions, (int)layer[1].window,
+                           s->k_cache, s->v_cache, s->page_stride, s->row_stride, s->block_tables, (int)s->M,
+                           (int)s->page_tokens, es, me->parts, me->offset, me->t, me->T);
+    silu_times_up(sh->wide, B, m->I, me->act, bf16);
+    /* `out` is read above (norm) by every thread before this linear writes
+     * it: the barrier ending the gate_up linear lies between. */
+    linear(sh, me, me->act, B, &layer->down, sh->out, bf16);
+    for (long i = 0; i < B * H; ++i)
+        store_value(me->stream, i, load_value(me->stream, i, bf16) + load_value(sh->out, i, bf16), bf16);
+}
+
+/* The final norm, this thread's share of the logits (shared out as a
+ * linear's rows), and over its static share of each row the argmax and
+ * log-normaliser's part (sampling.c's, merged after the team ends). */
+static void head(const decode_model_t *m, const decode_batch_t *s, shared_t *sh, thread_t *me) {
+    const long B = s->B, H = m->H, V = m->V, es = m->bf16 ? 2 : 4;
+    for (long b = 0; b < B; ++b)
+        norm_row(me->stream + b * H * es, NULL, m->final_norm, m->eps, (int)H, NULL, me->h + b * H * es, (int)m->bf16);
+    q8_quantize_rows(me->h, (int)m->bf16, (int)B, (int)H, &me->q);
+    gemv_shared(&me->q, (int)B, m->lm_head, s->logits, 0, sh->slots, ++me->epoch, me->t, me->T);
+    barrier_wait(&sh->bar, me->t); /* the rows another thread took over are written */
+    long lo, hi;
+    share(V, GRAIN, me->t, me->T, &lo, &hi);
+    sh->row_offsets[me->t] = lo;
+    for (long b = 0; b < B; ++b) {
+        float *row = s->logits + b * V;
+        if (m->bf16)
+            for (long n = lo; n < hi; ++n) row[n] = rounded(row[n], 1);
+        argmax_lse_t *part = &sh->row_parts[b * me->T + me->t];
+        if (hi > lo) argmax_lse_part(row + lo, hi - lo, part);
+        else *part = (argmax_lse_t){0, -INFINITY, 0.f, 0};
+    }
+}
+
+static int thread_alloc(thread_t *me, const decode_model_t *m, long B) {
+    const long es = m->bf16 ? 2 : 4;
+    me->stream = malloc((size_t)(B * m->H * es));
+    me->h = malloc((size_t)(B * m->H * es));
+    me->act = malloc((size_t)(B * m->I * es));
+    me->attn = malloc((size_t)(B * m->Hq * m->D * es));
+    me->parts = malloc(sizeof(long) * 2 * (size_t)B);
+    me->offset = me->parts ? me->parts + B : NULL;
+    const int quantized = q8_act_alloc(&me->q, (int)B, q8_padded(m->I > m->H ? m->I : m->H));
+    return me->stream && me->h && me->act && me->attn && me->parts && quantized;
+}
+
+static void thread_free(thread_t *me) {
+    free(me->stream), free(me->h), free(me->act), free(me->attn), free(me->parts);
+    q8_act_free(&me->q);
+}
+
+static int shared_alloc(shared_t *sh, const decode_model_t *m, long B, int threads) {
+    const long es = m->bf16 ? 2 : 4, QKV = (m->Hq + 2 * m->Hkv) * m->D, widest = 2 * m->I > QKV ? 2 * m->I : QKV;
+    const long part_floats = m->Hq / m->Hkv * (m->D + 2);
+    sh->wide = malloc((size_t)(B * widest * es));
+    sh->out = malloc((size_t)(B * m->H * es));
+    sh->partial = malloc(sizeof(float) * (size_t)(B * m->Hkv * ATTENTION_MAX_PARTS * part_floats));
+    sh->bar = (barrier_t){aligned_alloc(64, sizeof(barrier_slot_t) * (size_t)threads), 1};
+    sh->slots = aligned_alloc(64, sizeof(share_slot_t) * (size_t)threads);
+    sh->row_parts = malloc(sizeof(argmax_lse_t) * (size_t)(B * threads));
+    sh->row_offsets = malloc(sizeof(long) * (size_t)threads);
+    const int ok = sh->wide && sh->out && sh->partial && sh->bar.slots && sh->slots && sh->row_parts && sh->row_offsets;
+    for (int i = 0; ok && i < threads; ++i) {
+        atomic_init(&sh->bar.slots[i].reached, 0);
+        atomic_init(&sh->slots[i].next, 0);
+        atomic_init(&sh->slots[i].end, 0);
+        atomic_init(&sh->slots[i].epoch, 0);
+    }
+    atomic_init(&sh->errors, !ok);
+    return ok;
+}
+
+static void shared_free(shared_t *sh) {
+    free(sh->wide), free(sh->out), free(sh->partial), free(sh->bar.slots), free(sh->slots), free(sh->row_parts);
+    free(sh->row_offsets);
+}
+
+/* A decode step of model m for batch s: s->x [B, H] goes through every
+ * block in place and, where s->logits and m->lm_head are set, on through
+ * the final norm and lm_head into s->logits [B, V] (fp32, rounded to bf16
+ * first in bf16, as the per-op path's bf16 lm_head and its cast round),
+ * s->argmax [B] and s->lse [B]. Returns 0, or -1 if scratch memory could
+ * not be had.
  *
  * What the team shares: each linear's output and the attention's. What
  * every thread computes for itself, from those: the residual stream, the
- * norms, SiLU times up, and the quantized inputs of the next linear. The
- * duplicated work is a few thousand values a layer; in exchange a layer has
- * five barriers (one after each linear and one after attention).
- *
- * With `head`, each thread then norms the final stream and computes
- * logits [B, V] (fp32, rounded to bf16 first if bf16, as the per-op path's
- * bf16 lm_head and its cast round) with the team, shared out as a linear's
- * rows; then, over its static share of each row, the argmax and
- * log-normaliser (sampling.c's, merged into argmax [B] and lse [B]): the
- * head's read joins the same team, and a thread reads only the logits
- * another took over from its share (at 49k values a row, reading the other
- * core's whole half cost more than the sums). */
-int decode_layers(void *x, int B, const int64_t *plan, int L, int H, int I, int Hq, int Hkv, int D, float eps,
-                  int bf16, const void *cos, const void *sin, const int64_t *positions, void *k_cache, void *v_cache,
-                  long page_stride, long row_stride, const int64_t *block_tables, int M, int page_tokens, float scale,
-                  const int64_t *head, int V, float *logits, int64_t *argmax, float *lse,
-                  int threads) {
-    const long es = bf16 ? 2 : 4, QKV = (long)(Hq + 2 * Hkv) * D, widest = 2L * I > QKV ? 2L * I : QKV;
-    const long Kp = ((I > H ? I : H) + Q8_CHUNK - 1) / Q8_CHUNK * Q8_CHUNK;
-    const int G = Hq / Hkv;
-    const long part_floats = (long)G * (D + 2);                          /* top [G], total [G], acc [G, D] */
-    char *wide = malloc((size_t)B * widest * es);
-    float *partial = malloc(sizeof(float) * (size_t)B * Hkv * ATTENTION_MAX_PARTS * part_floats);
-    char *out = malloc((size_t)B * H * es); /* the o and down projections */
-    barrier_t bar = {aligned_alloc(64, sizeof(barrier_slot_t) * (size_t)(threads > 0 ? threads : 1)), 1};
-    share_slot_t *slots = aligned_alloc(64, sizeof(share_slot_t) * (size_t)(threads > 0 ? threads : 1));
-    argmax_lse_t *row_parts = malloc(sizeof(argmax_lse_t) * (size_t)B * (threads > 0 ? threads : 1));
-    long *row_offsets = malloc(sizeof(long) * (size_t)(threads > 0 ? threads : 1));
-    atomic_int errors = !wide || !partial || !out || !bar.slots || !slots || !row_parts || !row_offsets;
-    if (!errors) {
-        for (int i = 0; i < threads; ++i) {
-            atomic_init(&bar.slots[i].reached, 0);
-            atomic_init(&slots[i].next, 0);
-            atomic_init(&slots[i].end, 0);
-            atomic_init(&slots[i].epoch, 0);
-        }
+ * norms, SiLU times up, and the quantized inputs of the next linear: a few
+ * thousand values a layer, in exchange for five barriers a layer. A thread
+ * reads only the logits another took over from its share (at 49k values a
+ * row, reading the other core's whole half cost more than the sums). */
+int decode_layers(const decode_model_t *m, const decode_batch_t *s) {
+    const int threads = s->threads > 0 ? (int)s->threads : 1, with_head = s->logits && m->lm_head && m->final_norm;
+    const long B = s->B, es = m->bf16 ? 2 : 4;
+    shared_t sh;
+    if (shared_alloc(&sh, m, B, threads)) {
         #pragma omp parallel num_threads(threads)
         {
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            thread_t me = {.t = omp_get_thread_num(), .T = omp_get_num_threads()};
             #pragma omp single
-            bar.threads = T; /* the implied barrier publishes it */
-            /* this thread's own: residual stream, normed rows, SiLU * up, quantized input */
-            char *stream = malloc((size_t)B * H * es), *h = malloc((size_t)B * H * es), *act = malloc((size_t)B * I * es);
-            char *attn = malloc((size_t)B * Hq * D * es);
-            long *parts = malloc(sizeof(long) * 2 * (size_t)B), *offset = parts + B; /* per sequence: its heads' parts, first item */
-            quantized_t q;
-            int ok = stream && h && act && attn && parts && alloc_quantized(&q, B, Kp);
-            if (!ok) atomic_store(&errors, 1);
+            sh.bar.threads = me.T; /* the implied barrier publishes it */
+            if (!thread_alloc(&me, m, B)) atomic_store(&sh.errors, 1);
             #pragma omp barrier
-            if (!atomic_load(&errors)) {
-                memcpy(stream, x, (size_t)B * H * es);
-                long lo, hi, epoch = 0; /* the linears this thread has begun */
-                for (int l = 0; l < L; ++l) {
-                    const int64_t *layer = plan + (long)l * LAYER_FIELDS;
-                    for (long b = 0; b < B; ++b)
-                        norm_row(stream + b * H * es, NULL, (const void *)(intptr_t)layer[IN_NORM], eps, H, NULL,
-                                 h + b * H * es, bf16);
-                    linear(h, B, H, layer, QKV_W, (int)QKV, &q, wide, bf16, slots, &epoch, t, T, &bar);
-                    share(attention_items(positions, B, Hkv, (int)layer[WINDOW], parts, offset), 1, t, T, &lo, &hi);
-                    for (long i = lo, b = 0; i < hi; ++i) {
-                        prefetch_share(layer, O_W, H, Hq * D, t, T, LONG_MAX, i - lo, hi - lo);
-                        prefetch_share(layer, GU_W, 2 * I, H, t, T, GATE_UP_AHEAD, i - lo, hi - lo);
-                        long head, p;
-                        attention_item(i, parts, offset, Hkv, &b, &head, &p);
-                        float *part = partial + i * part_floats;
-                        const long block_stride = (long)L * Hkv;
-                        const int64_t *table = head_table(block_tables, b, l, head, M, L, Hkv);
-                        const long write_page = table[positions[b] / page_tokens * block_stride];
-                        if (attention_part(wide, QKV, wide + (long)(Hq + Hkv) * D * es, QKV, cos, sin, positions,
-                                           k_cache, v_cache, page_stride, row_stride, table, block_stride, write_page,
-                                           (int)layer[WINDOW], scale, (int)b, (int)head, Hq, Hkv, D, page_tokens, p,
-                                           bf16, part, part + G, part + 2 * G))
-                            atomic_store(&errors, 1);
-                    }
-                    barrier_wait(&bar, t);
-                    for (long i = 0; i < (long)B * Hq; ++i) { /* each thread merges the parts for itself */
-                        const long b = i / Hq, head = i % Hq / G, g = i % G;
-                        const float *first_part = partial + (offset[b] + head * parts[b]) * part_floats;
-                        attention_merge(first_part + g, first_part + G + g, first_part + 2 * G + g * D, parts[b],
-                                        part_floats, D, attn, i * D, bf16);
-                    }
-                    linear(attn, B, Hq * D, layer, O_W, H, &q, out, bf16, slots, &epoch, t, T, &bar);
-                    for (long b = 0; b < B; ++b) /* stream += o, then the post-attention norm */
-                        norm_row(stream + b * H * es, out + b * H * es, (const void *)(intptr_t)layer[POST_NORM], eps,
-                                 H, stream + b * H * es, h + b * H * es, bf16);
-                    linear(h, B, H, layer, GU_W, 2 * I, &q, wide, bf16, slots, &epoch, t, T, &bar);
-                    if (l + 1 < L) /* parts and offset are this layer's no more: the merge above has read them */
-                        prefetch_attention(l + 1, L, B, Hkv, D, positions, (int)layer[LAYER_FIELDS + WINDOW], k_cache,
-                                           v_cache, page_stride, row_stride, block_tables, M, page_tokens, es, parts,
-                                           offset, t, T);
-                    silu_times_up(wide, B, I, act, bf16);
-                    /* `out` is read above (norm) by every thread before this
-                     * linear writes it: the barrier ending the gate_up
-                     * linear lies between. */
-                    linear(act, B, I, layer, DOWN_W, H, &q, out, bf16, slots, &epoch, t, T, &bar);
-                    for (long i = 0; i < (long)B * H; ++i)
-                        store_value(stream, i, load_value(stream, i, bf16) + load_value(out, i, bf16), bf16);
-                }
-                if (t == 0) memcpy(x, stream, (size_t)B * H * es);
-                if (head) {
-                    for (long b = 0; b < B; ++b)
-                        norm_row(stream + b * H * es, NULL, (const void *)(intptr_t)head[HEAD_NORM], eps, H, NULL,
-                                 h + b * H * es, bf16);
-                    quantize(h, B, H, &q, bf16);
-                    gemv_shared(&q, B, H, head + HEAD_W, V, logits, 0, slots, ++epoch, t, T);
-                    barrier_wait(&bar, t); /* the rows another thread took over are written */
-                    share(V, GRAIN, t, T, &lo, &hi);
-                    row_offsets[t] = lo;
-                    for (long b = 0; b < B; ++b) {
-                        float *row = logits + b * V;
-                        if (bf16)
-                            for (long n = lo; n < hi; ++n) row[n] = rounded(row[n], 1);
-                        if (hi > lo) argmax_lse_part(row + lo, hi - lo, &row_parts[b * T + t]);
-                        else row_parts[b * T + t] = (argmax_lse_t){0, -INFINITY, 0.f, 0};
-                    }
-                }
+            if (!atomic_load(&sh.errors)) {
+                memcpy(me.stream, s->x, (size_t)(B * m->H * es));
+                for (int l = 0; l < m->L; ++l) block(m, s, &sh, &me, l);
+                if (me.t == 0) memcpy(s->x, me.stream, (size_t)(B * m->H * es));
+                if (with_head) head(m, s, &sh, &me);
             }
-            free(stream); free(h); free(act); free(attn); free(parts);
-            if (ok) free_quantized(&q);
+            thread_free(&me);
         }
     }
-    if (head && !atomic_load(&errors))
-        for (long b = 0; b < B; ++b) argmax_lse_merge(row_parts + b * bar.threads, row_offsets, bar.threads, argmax + b, lse + b);
-    free(wide); free(partial); free(out); free(bar.slots); free(slots); free(row_parts); free(row_offsets);
-    return atomic_load(&errors) ? -1 : 0;
+    const int failed = atomic_load(&sh.errors);
+    if (with_head && !failed)
+        for (long b = 0; b < B; ++b)
+            argmax_lse_merge(sh.row_parts + b * sh.bar.threads, sh.row_offsets, sh.bar.threads, s->argmax + b, s->lse + b);
+    shared_free(&sh);
+    return failed ? -1 : 0;
 }

@@ -23,17 +23,17 @@ void argmax_lse_part(const float *x, long n, argmax_lse_t *part) {
     long best = 0, j = 0;
     float top = x[0];
     int nan = 0;
-#if defined(__AVX512F__)
-    __m512 tops = _mm512_set1_ps(x[0]);
-    __mmask16 unordered = 0;
-    for (; j + 16 <= n; j += 16) {
-        const __m512 v = _mm512_loadu_ps(x + j);
-        unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        tops = _mm512_max_ps(tops, v);
+    if (n >= VF_LANES) {
+        vf tops = vf_load(x);
+        int unordered = 0;
+        for (; j + VF_LANES <= n; j += VF_LANES) {
+            const vf v = vf_load(x + j);
+            unordered |= vf_has_nan(v);
+            tops = vf_max(tops, v);
+        }
+        top = vf_hmax(tops);
+        nan = unordered;
     }
-    top = _mm512_reduce_max_ps(tops);
-    nan = unordered != 0;
-#endif
     for (long k = j; k < n; ++k) {
         nan |= isnan(x[k]);
         top = x[k] > top ? x[k] : top;
