@@ -103,7 +103,7 @@ class DecodeAttention(ctypes.Structure):
 _Q8 = ctypes.POINTER(Q8Weight)
 SIGNATURES = {
     "muxd_isa": ([], ctypes.c_char_p),
-    "q8_linear": ([_P, _I, _I, _Q8, _P, _I, _I], _I),
+    "q8_linear": ([_P, _I, _I, _Q8, _P, _I, _I, _I], _I),
     "q8_dequantize": ([_Q8, _P, _I, _I], None),
     "decode_layers": ([ctypes.POINTER(DecodeModel), ctypes.POINTER(DecodeBatch)], _I),
     "add_rms_norm": ([_P, _P, _P, _F, _I, _I, _P, _P, _I], None),

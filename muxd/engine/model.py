@@ -77,11 +77,10 @@ class RMSNorm(nn.Module):
 def linear(layer: nn.Module, x: torch.Tensor, threads: int, prefill: bool = False) -> torch.Tensor:
     """``layer(x)`` on ``threads`` intra-op threads (0: the caller's count, restored after).
 
-    ``prefill``: the rows of a prompt, which a q8 layer computes from
-    full-precision activations (``Q8Linear.gemm``) however few they are. A
-    short prefill (the tail after a cached prefix) through the int8-activation
-    kernel flipped SmolLM2's near-tie answer to the demo question; decode
-    rows take the kernel.
+    ``prefill``: the rows of a prompt, which a q8 layer computes from finer
+    activations than a decode step's int8 (``Q8Linear.prefill``): a short
+    prefill (the tail after a cached prefix) through int8 activations flipped
+    SmolLM2's near-tie answer to the demo question.
 
     A CPU decode step runs its many small ops on one thread (they only pay
     OpenMP's fork/join on a second), but its matmuls are the weights' read
@@ -92,7 +91,7 @@ def linear(layer: nn.Module, x: torch.Tensor, threads: int, prefill: bool = Fals
     # ``layer.forward``, not ``layer(...)``: ``nn.Module.__call__`` costs ~6 us
     # of hook handling per call, 0.7 ms of a batch-1 step's 121 linears, and
     # the engine registers no hooks.
-    forward = layer.gemm if prefill and isinstance(layer, Q8Linear) and x.shape[0] > 0 else layer.forward
+    forward = layer.prefill if prefill and isinstance(layer, Q8Linear) and x.shape[0] > 0 else layer.forward
     previous = torch.get_num_threads()
     if threads <= 0 or threads == previous:
         return forward(x)

@@ -61,20 +61,34 @@ def dequantize(weight_q: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Ten
     return (weight_q.view(n, -1, GROUP).float() * scale.float()[..., None]).view(n, kp)[:, :k]
 
 
-def reference_linear(x: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def reference_linear(
+    x: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, fine: bool = False
+) -> torch.Tensor:
     """The kernel's arithmetic in torch ops: ``x`` quantized per row and group
     of 32 (symmetric, ties to even), exact integer dot products per group,
-    scaled by both groups' scales and summed in fp32. The fallback without a
+    scaled by both groups' scales and summed in fp32; ``fine``: a second pass
+    over x's rounding error, quantized alike. The fallback without a
     compiler, and the tests' reference."""
     m, k = x.shape
     kp = weight_q.shape[1]
     xg = F.pad(x.float(), (0, kp - k)).view(m, kp // GROUP, GROUP)
-    x_scale = xg.abs().amax(dim=-1) / 127.0  # [M, groups]
-    xq = torch.round(xg * torch.where(x_scale > 0, 127.0 / xg.abs().amax(dim=-1), 0.0)[..., None])
     wg = weight_q.view(-1, kp // GROUP, GROUP).float()  # [N, groups, 32]
-    dots = torch.einsum("mgk,ngk->mng", xq, wg)  # integers below 2**24: exact in fp32
-    y = (dots * (x_scale[:, None, :] * scale.float()[None, :, :])).sum(-1)
+    xq, x_scale = _quantize_groups(xg)
+    y = _int8_pass(xq, x_scale, wg, scale)
+    if fine:
+        y = y + _int8_pass(*_quantize_groups(xg - xq * x_scale[..., None]), wg, scale)
     return y + bias.float() if bias is not None else y
+
+
+def _quantize_groups(xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``xg [M, groups, 32]`` -> its int8 values (as floats) and a scale per group, as q8.c rounds."""
+    amax = xg.abs().amax(dim=-1)
+    return torch.round(xg * torch.where(amax > 0, 127.0 / amax, 0.0)[..., None]), amax / 127.0
+
+
+def _int8_pass(xq: torch.Tensor, x_scale: torch.Tensor, wg: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    dots = torch.einsum("mgk,ngk->mng", xq, wg)  # integers below 2**24: exact in fp32
+    return (dots * (x_scale[:, None, :] * scale.float()[None, :, :])).sum(-1)
 
 
 class Q8Linear(nn.Module):
@@ -122,14 +136,31 @@ class Q8Linear(nn.Module):
                 return self._kernel(x)
         return self._general(x)
 
-    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
-        """``kernels/q8.c`` on contiguous CPU rows ``x [M, K]`` (fp32 or bf16)."""
+    def _kernel(self, x: torch.Tensor, fine: bool = False) -> torch.Tensor:
+        """``kernels/q8.c`` on contiguous CPU rows ``x [M, K]`` (fp32 or bf16);
+        ``fine``: x quantized twice (its rounding error the second time), for
+        about 15 bits of x where int8 alone could tip a near tie."""
         y = x.new_empty(x.shape[0], self.out_features)
         bf16 = x.dtype is torch.bfloat16
         th = torch.get_num_threads()
-        if self.kernel.q8_linear(x.data_ptr(), bf16, x.shape[0], ctypes.byref(self.c_weight), y.data_ptr(), bf16, th):
+        if self.kernel.q8_linear(x.data_ptr(), bf16, x.shape[0], ctypes.byref(self.c_weight), y.data_ptr(), bf16, fine, th):
             raise MemoryError("q8: no memory for the activations' quantized copy")
         return y
+
+    def prefill(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [M, K] . W^T`` for a prompt's rows, from activations finer than
+        the decode path's int8: the kernel's two int8 passes below
+        ``GEMM_ROWS`` rows (a prefix-cached prompt's short tail), the GEMM
+        from there on. Int8 activations alone turned a prefix-cached repeat
+        of the demo's question from Paris to another answer."""
+        rows = x.reshape(-1, self.in_features)
+        if not 0 < rows.shape[0] < GEMM_ROWS:
+            return self.gemm(rows).view(*x.shape[:-1], self.out_features)
+        if self.kernel is None or self.c_weight is None or x.dtype not in _KERNEL_DTYPES or not x.is_cpu:
+            y = reference_linear(rows, self.weight_q, self.weight_scale, self.bias_f32, fine=True).to(x.dtype)
+        else:
+            y = self._kernel(rows.contiguous(), fine=True)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def _general(self, x: torch.Tensor) -> torch.Tensor:
         """Any shape, dtype and row count: no rows, the GEMM, the fallback or the kernel."""

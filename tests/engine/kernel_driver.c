@@ -68,14 +68,15 @@ static void run_q8_linear(void) {
     const long K = 200, N = 37; /* K padded to 256; N = 9 tiles of 4 and one row */
     const q8_weight_t w = random_linear(N, K, 1);
     char name[64];
-    for (int bf16 = 0; bf16 < 2; ++bf16)
-        for (int M = 1; M <= 5; M += 2) {
-            void *x = random_values(M * K, -2.f, 2.f, bf16), *y = malloc((size_t)(M * N) * 4);
-            q8_linear(x, bf16, M, &w, y, bf16, 2);
-            snprintf(name, sizeof name, "q8_linear/%s/M=%d", DTYPES[bf16], M);
-            put_values(name, y, M * N, bf16);
-            free(x), free(y);
-        }
+    for (int fine = 0; fine < 2; ++fine)
+        for (int bf16 = 0; bf16 < 2; ++bf16)
+            for (int M = 1; M <= 5; M += 2) {
+                void *x = random_values(M * K, -2.f, 2.f, bf16), *y = malloc((size_t)(M * N) * 4);
+                q8_linear(x, bf16, M, &w, y, bf16, fine, 2);
+                snprintf(name, sizeof name, "q8_linear/%s/M=%d%s", DTYPES[bf16], M, fine ? "/fine" : "");
+                put_values(name, y, M * N, bf16);
+                free(x), free(y);
+            }
     for (int bf16 = 0; bf16 < 2; ++bf16) {
         void *out = malloc((size_t)(N * K) * 4);
         q8_dequantize(&w, out, bf16, 2);

@@ -230,3 +230,20 @@ def test_many_rows_go_through_a_gemm_on_the_dequantized_weight(kernel, dtype) ->
     # and, up to the activations' rounding, what the GEMV kernel computes row by row
     per_row = torch.cat([layer(x[i : i + 1]) for i in range(x.shape[0])])
     assert ((got.float() - per_row.float()).norm() / per_row.float().norm()).item() < 0.02
+
+
+@pytest.mark.parametrize("m", [1, 5, q8.GEMM_ROWS - 1])
+def test_a_prefills_rows_are_computed_from_finer_activations_than_int8(kernel, m) -> None:
+    """Two int8 passes (x, then its rounding error): about 15 bits of x, finer than
+    one int8 pass and than bf16, against the dequantized weight in fp32."""
+    layer = Q8Linear(make_linear(576, 300, True))
+    x = torch.randn(m, 576)
+    exact = torch.nn.functional.linear(x, dequantize(layer.weight_q, layer.weight_scale, 576), layer.bias_f32)
+    err = {
+        "prefill": (layer.prefill(x) - exact).norm(),
+        "int8": (layer(x) - exact).norm(),
+        "bf16": (torch.nn.functional.linear(x.bfloat16().float(), dequantize(layer.weight_q, layer.weight_scale, 576), layer.bias_f32) - exact).norm(),
+    }
+    assert err["prefill"] < err["int8"] / 50 and err["prefill"] < err["bf16"] / 5, err
+    want = reference_linear(x, layer.weight_q, layer.weight_scale, layer.bias_f32, fine=True)  # the torch fallback's
+    torch.testing.assert_close(layer.prefill(x), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())

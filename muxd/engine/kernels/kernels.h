@@ -102,7 +102,7 @@ typedef struct {
 } decode_attention_t;
 int decode_attention(const decode_attention_t *a);
 int decode_layers(const decode_model_t *m, const decode_batch_t *s);
-int q8_linear(const void *x, int x_bf16, int M, const q8_weight_t *w, void *y, int y_bf16, int threads);
+int q8_linear(const void *x, int x_bf16, int M, const q8_weight_t *w, void *y, int y_bf16, int fine, int threads);
 void q8_dequantize(const q8_weight_t *w, void *out, int out_bf16, int threads);
 void add_rms_norm(const void *x, const void *residual, const void *weight, float eps, int rows, int dim, void *sum,
                   void *out, int bf16);

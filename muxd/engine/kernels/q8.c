@@ -394,31 +394,64 @@ void q8_tile(const q8_act_t *x, int m0, int mr, const q8_weight_t *w, int n0, in
     }
 }
 
+/* Rows [0, M) of y [M, N] = x . W^T from x's quantized copy a, by the team. */
+static void tiles(const q8_act_t *a, int M, const q8_weight_t *w, void *y, int y_bf16) {
+    const long N = w->N;
+    #pragma omp for schedule(static)
+    for (long n0 = 0; n0 < N; n0 += ROWS)
+        for (int m0 = 0; m0 < M; m0 += XROWS)
+            q8_tile(a, m0, M - m0 < XROWS ? M - m0 : XROWS, w, (int)n0, N - n0 < ROWS ? (int)(N - n0) : ROWS, y, y_bf16);
+}
+
+/* Row m of x quantized into a, and, with r, the rest (x - its quantized
+ * value, fp32) quantized into r. */
+static void quantize_row(const void *x, int x_bf16, long m, long K, const q8_act_t *a, const q8_act_t *r, float *rest) {
+    const long Kp = q8_padded(K), ng = Kp / GROUP, es = x_bf16 ? 2 : 4;
+    const q8_act_t row = {a->q + m * Kp, a->abs + m * Kp, a->scale + m * ng};
+    q8_quantize_rows((const char *)x + m * K * es, x_bf16, 1, (int)K, &row);
+    if (!r) return;
+    float *left = rest + m * K;
+    for (long k = 0; k < K; ++k)
+        left[k] = load_value(x, m * K + k, x_bf16) - row.scale[k / GROUP] * (float)row.q[k];
+    const q8_act_t again = {r->q + m * Kp, r->abs + m * Kp, r->scale + m * ng};
+    q8_quantize_rows(left, 0, 1, (int)K, &again);
+}
+
 /* y [M, N] (bf16 if y_bf16 else fp32) = x [M, K] (bf16 if x_bf16 else fp32) . W^T.
- * Returns 0, or -1 if scratch memory could not be had. */
-int q8_linear(const void *x, int x_bf16, int M, const q8_weight_t *w, void *y, int y_bf16, int threads) {
+ * fine = 0: x quantized to int8 once (a decode step's rows). fine = 1: twice,
+ * the second time the first's rounding error, each an int8 pass over W:
+ * about 15 bits of x, finer than bf16, for a prefill's rows (one int8
+ * rounding of a short prefill tipped SmolLM2's near-tie answer to the demo
+ * question). Returns 0, or -1 if scratch memory could not be had. */
+int q8_linear(const void *x, int x_bf16, int M, const q8_weight_t *w, void *y, int y_bf16, int fine, int threads) {
     const long Kp = q8_padded(w->K), N = w->N;
-    q8_act_t a;
-    if (!q8_act_alloc(&a, M, Kp)) {
-        q8_act_free(&a);
-        return -1;
+    q8_act_t a, r = {0};
+    float *rest = NULL, *y1 = NULL, *y2 = NULL;
+    int ok = q8_act_alloc(&a, M, Kp);
+    if (fine) {
+        ok = q8_act_alloc(&r, M, Kp) && ok;
+        rest = malloc(sizeof(float) * (size_t)(M * w->K));
+        y1 = malloc(sizeof(float) * (size_t)(M * N)), y2 = malloc(sizeof(float) * (size_t)(M * N));
+        ok = ok && rest && y1 && y2;
     }
-    const size_t x_row = (size_t)w->K * (x_bf16 ? 2 : 4);
-    #pragma omp parallel num_threads(threads)
-    {
-        #pragma omp for schedule(static)
-        for (int m = 0; m < M; ++m) {
-            const q8_act_t row = {a.q + m * Kp, a.abs + m * Kp, a.scale + m * (Kp / GROUP)};
-            q8_quantize_rows((const char *)x + m * x_row, x_bf16, 1, (int)w->K, &row);
+    if (ok) {
+        const q8_weight_t bare = {w->q, w->scale, NULL, w->N, w->K}; /* the bias, once */
+        #pragma omp parallel num_threads(threads)
+        {
+            #pragma omp for schedule(static)
+            for (int m = 0; m < M; ++m) quantize_row(x, x_bf16, m, w->K, &a, fine ? &r : NULL, rest);
+            tiles(&a, M, w, fine ? (void *)y1 : y, fine ? 0 : y_bf16);
+            if (fine) {
+                tiles(&r, M, &bare, y2, 0);
+                #pragma omp for schedule(static)
+                for (long i = 0; i < M * N; ++i) store_value(y, i, y1[i] + y2[i], y_bf16);
+            }
         }
-        #pragma omp for schedule(static)
-        for (long n0 = 0; n0 < N; n0 += ROWS)
-            for (int m0 = 0; m0 < M; m0 += XROWS)
-                q8_tile(&a, m0, M - m0 < XROWS ? M - m0 : XROWS, w, (int)n0, N - n0 < ROWS ? (int)(N - n0) : ROWS, y,
-                        y_bf16);
     }
     q8_act_free(&a);
-    return 0;
+    if (fine) q8_act_free(&r);
+    free(rest), free(y1), free(y2);
+    return ok ? 0 : -1;
 }
 
 /* W as bf16 (out_bf16) or fp32 [N, K]: q * scale, rounded as torch rounds.
@@ -431,12 +464,10 @@ void q8_dequantize(const q8_weight_t *w, void *out, int out_bf16, int threads) {
         const int8_t *row = w->q + n * Kp;
         long k = 0;
 #if !defined(MUXD_PORTABLE)
-        float v[VF_LANES];
         for (; k + VF_LANES <= K; k += VF_LANES) { /* VF_LANES divides GROUP: one scale a vector */
-            vf_store(v, vf_mul(vf_load_i8(row + k), vf_set1(f16_to_f32(w->scale[n * ng + k / GROUP]))));
-            if (!out_bf16) memcpy((float *)out + n * K + k, v, sizeof v);
-            else
-                for (int i = 0; i < VF_LANES; ++i) ((uint16_t *)out)[n * K + k + i] = f32_to_bf16(v[i]);
+            const vf v = vf_mul(vf_load_i8(row + k), vf_set1(f16_to_f32(w->scale[n * ng + k / GROUP])));
+            if (out_bf16) vf_store_bf16((uint16_t *)out + n * K + k, v); /* finite: no NaN to keep */
+            else vf_store((float *)out + n * K + k, v);
         }
 #endif
         for (; k < K; ++k) store_value(out, n * K + k, (float)row[k] * f16_to_f32(w->scale[n * ng + k / GROUP]), out_bf16);
