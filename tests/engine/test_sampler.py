@@ -76,7 +76,7 @@ def test_logprobs_of_greedy_tokens_match_a_full_forward(tiny_model_dirs, device)
 
 
 @pytest.mark.parametrize("shape", [(1, 49152), (5, 1000), (3, 17)])
-def test_greedy_tokens_and_logprobs_match_torch(shape) -> None:
+def test_greedy_tokens_and_logprobs_match_torch(shape, cpu_isa_name) -> None:
     """The C pass (argmax and log-normaliser in one) gives torch's values."""
     torch.manual_seed(0)
     logits = torch.randn(*shape) * 5
@@ -86,7 +86,7 @@ def test_greedy_tokens_and_logprobs_match_torch(shape) -> None:
     torch.testing.assert_close(logprobs, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_greedy_ties_nans_and_infinities_pick_what_torch_argmax_picks() -> None:
+def test_greedy_ties_nans_and_infinities_pick_what_torch_argmax_picks(cpu_isa_name) -> None:
     logits = torch.zeros(4, 40)
     logits[0, 7] = logits[0, 9] = 1.0  # a tie: the first
     logits[1, 7] = logits[1, 9] = float("nan")  # NaN wins, the first of them
@@ -103,7 +103,7 @@ class _Part(ctypes.Structure):  # kernels.h's argmax_lse_t
 
 
 @pytest.mark.parametrize("cuts", [[0, 9], [0, 8, 20], [0, 1, 2, 39]])
-def test_a_row_split_into_parts_merges_to_what_one_pass_finds(cuts) -> None:
+def test_a_row_split_into_parts_merges_to_what_one_pass_finds(cuts, cpu_isa_name) -> None:
     """decode_step.c has each thread sum its own share of a row's logits;
     merging the shares gives the whole row's argmax (ties, NaN, infinities
     included) and log-normaliser."""
