@@ -27,15 +27,13 @@ from muxd.engine.cpu_kernels import Q8Weight, load_kernels
 
 GROUP = 32  # inputs per scale, weights and activations alike (kernels/q8.c: GROUP)
 CHUNK = 64  # K is padded to whole vectors of two groups (kernels/q8.c: CHUNK)
-# From this many rows on (prefill, big decode batches), the weight is
-# dequantized for a bf16 BLAS GEMM instead of the GEMV-shaped kernel. When it
-# was set, the kernel was no faster from here on (SmolLM2's block linears, 24
-# rows: 38.9 against 37.1 ms). Since then, the kernel's tiles have become
-# faster than the GEMM up to about 56 rows (24 rows 28.5 / 42.4 ms, 48 rows
-# 55.0 / 60.5, 64 rows 78.5 / 70.7, on two threads). It stays at 24 for the
-# numerics: prefilling the demo's question (~35 tokens) with the kernel's
-# int8 activations instead of the GEMM's bf16 ones flips its answer away
-# from Paris (six SmolLM2 tests fail, tests/e2e/test_smollm2.py among them).
+# From this many rows on (a prefill, a big decode batch) the weight is
+# dequantized for a BLAS GEMM (bf16, or fp32 without oneDNN's bf16 path)
+# instead of the GEMV-shaped kernel; below it a prefill's rows take the
+# kernel's two int8 passes (``Q8Linear.prefill``). On AVX-512 VNNI the
+# kernel stayed ahead of the GEMM to about 56 rows, but one int8 pass over a
+# ~35-token prefill of the demo's question lost its answer (Paris), and the
+# two-pass path costs twice the kernel; docs/llama-cpp-peer.md has the figures.
 GEMM_ROWS = 24
 
 

@@ -4,7 +4,7 @@
  * Why it exists: in torch, a decode step's attention is a dozen small ops per
  * layer (gathering the pages, converting, a batched matmul, a softmax,
  * another matmul) whose dispatch costs more than their arithmetic at small
- * batches: on SmolLM2 at batch 1 the attention took ~1.8 ms of a ~13 ms step.
+ * batches.
  * Here each (sequence, KV head) walks its page table once and reads only the
  * keys its query may see, page by page (no division per key: at ~40 cycles
  * each, four a key once cost more than the dot products).
@@ -105,7 +105,7 @@ static inline void prefetch_rows(const char *k, const char *v, long bytes) {
 }
 
 /* Pages lie anywhere in the pool: ask for key j + AHEAD's rows before they
- * are needed (8 beat 16 and 32 by 2-4 %). */
+ * are needed (docs/llama-cpp-peer.md has the distances tried). */
 #define AHEAD 8
 
 /* RoPE of one head vector x (D values) at one position, as engine/model.py
@@ -198,10 +198,8 @@ void attention_part_keys(const int64_t *positions, int b, int window, long p, lo
 
 /* How many parts a head's S keys are split into: one per ATTENTION_PART_KEYS
  * keys, at most ATTENTION_MAX_PARTS. A function of S alone, so that a step
- * computes the same values on any number of threads. Parts of 128 keys beat
- * 32 and 64 on SmolLM2 at contexts of 96 and 153 by 4-8 %, even where a
- * batch of one then leaves a thread two heads and the other one: each part
- * pays its own RoPE of the queries, scratch and merge. */
+ * computes the same values on any number of threads. Parts are not smaller:
+ * each pays its own RoPE of the queries, scratch and merge. */
 long attention_parts(long S) {
     long parts = (S + ATTENTION_PART_KEYS - 1) / ATTENTION_PART_KEYS;
     return parts < 1 ? 1 : parts > ATTENTION_MAX_PARTS ? ATTENTION_MAX_PARTS : parts;

@@ -71,9 +71,9 @@ static void share(long n, long unit, int t, int T, long *lo, long *hi) {
  * thread starts on its static share and, done with it, takes the back half
  * of what is left of the share furthest behind, again until none is left.
  *
- * Why: the VM's two vCPUs at times stream at different speeds (on two core
- * complexes one's GEMVs ran 20-50 % slower), and with static shares the
- * faster one waited at every barrier; a share split by rates measured in
+ * Why: a VM's vCPUs at times stream at different speeds (on two core
+ * complexes of an AMD CPU), and with static shares the faster one waited
+ * at every barrier; a share split by rates measured in
  * earlier steps was no help (docs/llama-cpp-peer.md), as the rates change.
  *
  * The owner of a slot writes only `next` (plain stores: no fence in its
@@ -113,8 +113,7 @@ static void prefetch_share(const q8_weight_t *lin, int t, int T, long limit, lon
 
 /* While a thread attends, memory would idle: it asks for the weights that
  * come next, its share of the o projection and this much of its gate/up
- * share, a slice before each of its attention items (4 % off a SmolLM2
- * decode step; more of gate/up gained nothing). */
+ * share, a slice before each of its attention items. */
 #define GATE_UP_AHEAD (256L << 10)
 
 /* Rows of y [M, N] = x . W^T (W at linear[0..2]) by the team, shared out
@@ -152,9 +151,8 @@ static void gemv_shared(const q8_act_t *q, int M, const q8_weight_t *w, void *y,
 }
 
 /* act [B, I] = silu(gate) * up from wide [B, 2I] = (gate, up), each rounded
- * as torch rounds. The exponentials go a vector at a time (common.h's exp_shifted):
- * with expf, one value at a time, this took 0.2-0.3 ms of a SmolLM2 batch-1
- * step on every thread (each computes all of act for its quantized copy). */
+ * as torch rounds. The exponentials go a vector at a time (common.h's
+ * exp_shifted): every thread computes all of act for its quantized copy. */
 static void silu_times_up(const void *wide, long B, long I, void *act, int bf16) {
     for (long b = 0; b < B; ++b)
         for (long k0 = 0; k0 < I; k0 += 16) {
@@ -169,12 +167,6 @@ static void silu_times_up(const void *wide, long B, long I, void *act, int bf16)
         }
 }
 
-/* Ask for the K and V rows this thread's attention items of layer l will
- * read (the cached keys: the new token's are not written yet), into L2, a
- * layer ahead, while the MLP streams its weights: the rows lie in pages
- * anywhere in the pool, and fetched only when attention reads them each
- * cost a trip to L3 or memory. On SmolLM2 at batch 1: -0.28 and -0.10 ms
- * median in two runs of 20 paired steps, 28 of 40 faster. */
 /* A layer's attention work items: (sequence, KV head, part of its keys), in
  * that order. Fills each sequence's parts per head and its first item;
  * returns how many there are. */
@@ -203,6 +195,11 @@ static inline const int64_t *head_table(const int64_t *block_tables, long b, int
     return block_tables + b * M * L * Hkv + (long)l * Hkv + head;
 }
 
+/* Ask for the K and V rows this thread's attention items of layer l will
+ * read (the cached keys: the new token's are not written yet), into L2, a
+ * layer ahead, while the MLP streams its weights: the rows lie in pages
+ * anywhere in the pool, and fetched only when attention reads them each
+ * cost a trip to L3 or memory. */
 static void prefetch_attention(int l, int L, int B, int Hkv, int D, const int64_t *positions, int window,
                                const char *k_cache, const char *v_cache, long page_stride, long row_stride,
                                const int64_t *block_tables, int M, int page_tokens, long es, long *parts,

@@ -36,8 +36,8 @@
 #define GROUP Q8_GROUP
 #define ROWS Q8_ROWS
 #define XROWS Q8_XROWS
-#define PREFETCH 4096       /* bytes ahead of the next weight rows to prefetch (1-8 KiB measured: 4 best) */
-#define SCALE_PREFETCH 2048 /* bytes ahead in the scales' stream (0.5-2 KiB measured: 2 best, by ~2 %) */
+#define PREFETCH 4096       /* bytes ahead of the next weight rows to prefetch (docs/llama-cpp-peer.md) */
+#define SCALE_PREFETCH 2048 /* bytes ahead in the scales' stream */
 /* Non-temporal (locality 0): a step reads each weight once, and a weight
  * kept in L2/L3 would only push out what is read again (the KV cache). */
 #define prefetch_weights(p) __builtin_prefetch((p), 0, 0)
