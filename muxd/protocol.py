@@ -377,11 +377,28 @@ class UnitStats(_Response):
     busy_s: float | None = None
 
 
+class GpuStats(_Response):
+    """NVML's readings of a unit's GPU (``muxd.nvml``); None where NVML cannot say."""
+
+    index: int
+    name: str | None = None
+    utilization_pct: float | None = None
+    memory_utilization_pct: float | None = None
+    memory_used_bytes: int | None = None  # by every process on the GPU
+    memory_total_bytes: int | None = None
+    power_w: float | None = None
+    energy_j: float | None = None
+    temperature_c: float | None = None
+    sm_clock_mhz: int | None = None
+    memory_clock_mhz: int | None = None
+
+
 class DeviceStats(_Response):
     unit: str
     utilization: float | None = None  # busy fraction of the unit's engine since the previous /stats
-    memory_used_bytes: int | None = None
-    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None  # the unit process's: its GPU memory (NVML) on a GPU, else its RSS
+    memory_total_bytes: int | None = None  # the machine's RAM on a CPU, the GPU's memory on a GPU
+    gpu: GpuStats | None = None
 
 
 class Stats(_Response):

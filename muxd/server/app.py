@@ -9,6 +9,7 @@ whose body names it, and is logged with its traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from starlette.routing import Route
 
 from muxd import __version__
 from muxd.errors import MuxdError
+from muxd.nvml import GpuReading, Nvml
 from muxd.server.openai_api import ClientGone, OpenAIRoutes
 from muxd.server.openapi import openapi_document
 from muxd.server.telemetry import prometheus
@@ -88,6 +90,7 @@ class MuxdRoutes:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self._busy: dict[str, tuple[float, float, int]] = {}  # unit -> (time, busy_s, restarts) at the last /stats
+        self._nvml = Nvml()  # initialised on the first /stats with a unit on a GPU
 
     def health_doc(self) -> dict[str, Any]:
         units = {name: u.state.value for name, u in self.daemon.units.items()}
@@ -162,6 +165,8 @@ class MuxdRoutes:
                 "slo_attainment": d.telemetry.slo_attainment(name),
             }  # fmt: skip
         units, devices = {}, {}
+        on_gpu = any(u.config.device.startswith("cuda") for u in d.units.values())
+        gpus = self._nvml.snapshot(u.pid for u in d.units.values() if u.pid) if on_gpu else []
         for name, snap in snaps.items():
             u = d.units[name]
             units[name] = {
@@ -173,12 +178,7 @@ class MuxdRoutes:
                 "busy_s": round(snap.busy_s, 6) if snap else None,
             }
             key = u.config.device if u.config.device not in devices else f"{u.config.device} ({name})"
-            devices[key] = {
-                "unit": name,
-                "utilization": self._utilization(name, snap),
-                "memory_used_bytes": _rss_bytes(u.pid),
-                "memory_total_bytes": _mem_total_bytes() if u.config.device == "cpu" else None,
-            }
+            devices[key] = device_doc(name, u.config.device, u.pid, self._utilization(name, snap), gpus)
         return {"time": time.time(), "models": models, "units": units, "devices": devices}
 
     def _utilization(self, unit: str, snap: Any) -> float | None:
@@ -207,6 +207,23 @@ class MuxdRoutes:
     async def shutdown(self, request: Request) -> Response:
         asyncio.get_running_loop().call_soon(self.daemon.request_shutdown)
         return JSONResponse({"status": "stopping", "drain_timeout_s": self.daemon.config.limits.drain_timeout_s})
+
+
+def device_doc(unit: str, device: str, pid: int | None, utilization: float | None, gpus: list[GpuReading]) -> dict[str, Any]:
+    """A unit's device figures (``protocol.DeviceStats``): on a CPU the unit
+    process's RSS and the machine's RAM; on a GPU its GPU memory and the
+    GPU's NVML readings where NVML has them, else its RSS."""
+    doc = {"unit": unit, "utilization": utilization, "memory_used_bytes": _rss_bytes(pid), "memory_total_bytes": None}
+    if device == "cpu":
+        return {**doc, "memory_total_bytes": _mem_total_bytes()}
+    index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else -1
+    reading = next((g for g in gpus if g.index == index), None)
+    if reading is None:
+        return doc
+    gpu = {k: v for k, v in dataclasses.asdict(reading).items() if k not in ("uuid", "process_memory_bytes")}
+    used = reading.process_memory_bytes.get(pid) if pid is not None else None
+    return {**doc, "memory_used_bytes": used if used is not None else doc["memory_used_bytes"],
+            "memory_total_bytes": reading.memory_total_bytes, "gpu": gpu}  # fmt: skip
 
 
 def _rss_bytes(pid: int | None) -> int | None:

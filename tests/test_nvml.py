@@ -1,0 +1,144 @@
+"""The NVML wrapper: readings from a fake ``pynvml``, N/A for a field that raises, no GPU means no readings and no error."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from muxd.nvml import GpuReading, Nvml
+
+
+class FakeNvml:
+    """The part of ``pynvml`` the wrapper calls, for two GPUs; ``failing``
+    names functions that raise NVMLError (a field a GPU does not support)."""
+
+    NVML_TEMPERATURE_GPU, NVML_CLOCK_SM, NVML_CLOCK_MEM = 0, 1, 2
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, failing: tuple[str, ...] = (), init_error: Exception | None = None) -> None:
+        self.failing, self.init_error, self.calls, self.shut_down = failing, init_error, 0, False
+
+    def _fail(self, name: str) -> None:
+        self.calls += 1
+        if name in self.failing:
+            raise self.NVMLError(f"{name}: Not Supported")
+
+    def nvmlInit(self):
+        if self.init_error:
+            raise self.init_error
+
+    def nvmlShutdown(self):
+        self.shut_down = True
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"gpu{i}"
+
+    def nvmlDeviceGetName(self, h):
+        self._fail("name")
+        return b"NVIDIA H100 80GB HBM3" if h == "gpu0" else "NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-{h}"
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        self._fail("utilization")
+        return SimpleNamespace(gpu=87, memory=41)
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return SimpleNamespace(used=30 << 30, total=80 << 30)
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        self._fail("power")
+        return 412_500  # mW
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        return 9_000_000  # mJ
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        return 61
+
+    def nvmlDeviceGetClockInfo(self, h, clock):
+        return {self.NVML_CLOCK_SM: 1980, self.NVML_CLOCK_MEM: 2619}[clock]
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return [SimpleNamespace(pid=101, usedGpuMemory=5 << 30), SimpleNamespace(pid=999, usedGpuMemory=1 << 30)]
+
+
+def test_a_snapshot_reads_every_gpu_in_si_units() -> None:
+    (first, second) = Nvml(FakeNvml()).snapshot(pids=[101])
+    assert first == GpuReading(
+        index=0, name="NVIDIA H100 80GB HBM3", uuid="GPU-gpu0", utilization_pct=87.0, memory_utilization_pct=41.0,
+        memory_used_bytes=30 << 30, memory_total_bytes=80 << 30, power_w=412.5, energy_j=9000.0, temperature_c=61.0,
+        sm_clock_mhz=1980, memory_clock_mhz=2619, process_memory_bytes={101: 5 << 30},
+    )  # fmt: skip
+    assert second.index == 1 and second.name == "NVIDIA H100 80GB HBM3"  # str or bytes, as drivers differ
+
+
+def test_a_field_the_gpu_does_not_support_is_none_and_the_rest_is_read() -> None:
+    reading = Nvml(FakeNvml(failing=("power", "utilization"))).snapshot()[0]
+    assert reading.power_w is None and reading.utilization_pct is None and reading.memory_utilization_pct is None
+    assert reading.memory_used_bytes == 30 << 30 and reading.temperature_c == 61.0
+
+
+def test_a_failed_init_means_no_readings_and_a_reason_not_an_exception() -> None:
+    fake = FakeNvml(init_error=FakeNvml.NVMLError("NVML Shared Library Not Found"))
+    nvml = Nvml(fake)
+    assert not nvml.available and nvml.snapshot() == [] and nvml.snapshot() == []
+    assert "NVML Shared Library Not Found" in nvml.error and fake.calls == 0
+
+
+def test_init_happens_once_and_close_shuts_nvml_down() -> None:
+    fake = FakeNvml()
+    nvml = Nvml(fake)
+    nvml.snapshot(), nvml.snapshot()
+    nvml.close()
+    assert fake.shut_down
+
+
+def test_the_real_library_on_this_machine_gives_readings_or_a_reason() -> None:
+    nvml = Nvml()
+    readings = nvml.snapshot()
+    if nvml.available:
+        assert all(r.memory_total_bytes is None or r.memory_total_bytes > 0 for r in readings)
+    else:
+        assert readings == [] and nvml.error.startswith("NVML unavailable")
+    nvml.close()
+
+
+@pytest.mark.parametrize("module", ["torch", "transformers"])
+def test_the_wrapper_loads_no_torch(module) -> None:
+    from tests.test_cli_imports import loaded_modules_after
+
+    assert module not in loaded_modules_after("import muxd.nvml; muxd.nvml.Nvml().snapshot()")
+
+
+def test_a_gpu_units_stats_carry_its_gpus_readings_and_its_own_gpu_memory() -> None:
+    import os
+
+    from muxd.protocol import DeviceStats
+    from muxd.server.app import device_doc
+
+    pid = os.getpid()
+    fake = FakeNvml()
+    fake.nvmlDeviceGetComputeRunningProcesses = lambda h: [SimpleNamespace(pid=pid, usedGpuMemory=7 << 30)]
+    doc = DeviceStats(**device_doc("gpu1", "cuda:1", pid, 0.5, Nvml(fake).snapshot(pids=[pid])))
+    assert doc.memory_used_bytes == 7 << 30 and doc.memory_total_bytes == 80 << 30
+    assert doc.gpu.index == 1 and doc.gpu.utilization_pct == 87.0 and doc.gpu.power_w == 412.5
+
+
+def test_without_nvml_a_gpu_unit_reports_its_rss_and_a_cpu_unit_the_machines_ram() -> None:
+    import os
+
+    from muxd.protocol import DeviceStats
+    from muxd.server.app import device_doc
+
+    gpu = DeviceStats(**device_doc("gpu0", "cuda:0", os.getpid(), None, []))
+    assert gpu.gpu is None and gpu.memory_used_bytes > 0 and gpu.memory_total_bytes is None
+    cpu = DeviceStats(**device_doc("cpu0", "cpu", os.getpid(), None, []))
+    assert cpu.gpu is None and 0 < cpu.memory_used_bytes < cpu.memory_total_bytes
