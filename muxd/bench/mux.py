@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from muxd import workload
+from muxd.core.percentile import percentile
 from muxd.engine import cpu_isa
 from muxd.workload import RequestSpec, SoloLatency, WorkloadSpec
 
@@ -249,14 +250,6 @@ def replay(
 
 
 # -- metrics ---------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in [0, 100]); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
 def summarize(records: list[Record], makespan_s: float) -> dict[str, Any]:
     """Throughput, SLO attainment and latency percentiles of one replay."""
     done = [r for r in records if r.finish_s is not None]

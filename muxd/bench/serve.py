@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from muxd.core.percentile import percentile
 from muxd.engine import cpu_isa
 
 PROMPTS: tuple[str, ...] = (
@@ -129,16 +129,6 @@ class LevelResult:
             "tokens_per_request": round(tokens / len(ok), 2) if ok else 0.0,
             "wall_s": round(self.wall_s, 3),
         }
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile with linear interpolation between ranks (numpy's default); None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -14,16 +14,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from muxd.config import ModelConfig
+from muxd.core.percentile import percentile
 
 SAMPLES = 2048
 WINDOW_S = 10.0
-
-
-def percentile(values: Iterable[float], q: float) -> float | None:
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 @dataclass

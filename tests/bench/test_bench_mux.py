@@ -129,11 +129,6 @@ def test_summary_counts_unfinished_and_late_requests_as_slo_misses():
     assert summary["ttft_p50_s"] == 1.0 and summary["tpot_p50_s"] == 1.0
 
 
-def test_percentile_is_nearest_rank():
-    values = list(range(1, 101))
-    assert (mux.percentile(values, 50), mux.percentile(values, 99), mux.percentile(values, 100)) == (50, 99, 100)
-    assert mux.percentile([], 50) is None
-
 
 # -- the max-rate search ----------------------------------------------------------
 def test_max_rate_search_doubles_then_bisects_below_the_true_limit():

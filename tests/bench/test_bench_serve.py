@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from muxd.bench.serve import PROMPTS, connection, percentile
+from muxd.bench.serve import PROMPTS, connection
 from muxd.cli.app import app
 from muxd.cli.bench_serve import parse_concurrency
 
@@ -255,9 +255,3 @@ def test_http_urls_use_tcp_and_drop_a_trailing_v1() -> None:
     _, base = connection("/tmp/x.sock", 4)
     assert base == "http://localhost"
 
-
-def test_percentiles_interpolate_between_ranks() -> None:
-    assert percentile([], 50) is None
-    assert percentile([3.0], 99) == 3.0
-    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert percentile([float(i) for i in range(101)], 99) == pytest.approx(99.0)

@@ -1,0 +1,22 @@
+"""The one percentile of muxd's figures, shared by /stats and the benches."""
+
+from __future__ import annotations
+
+import pytest
+
+from muxd.core.percentile import percentile
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([float(i) for i in range(101)], 99) == pytest.approx(99.0)
+    assert percentile(iter([5.0, 1.0, 3.0]), 100) == 5.0 and percentile([5.0, 1.0, 3.0], 0) == 1.0
+
+
+def test_the_daemon_and_both_benches_use_this_one() -> None:
+    from muxd.bench import mux, serve
+    from muxd.server import telemetry
+
+    assert mux.percentile is serve.percentile is telemetry.percentile is percentile
