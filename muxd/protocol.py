@@ -395,7 +395,7 @@ class GpuStats(_Response):
 
 class DeviceStats(_Response):
     unit: str
-    utilization: float | None = None  # busy fraction of the unit's engine since the previous /stats
+    utilization: float | None = None  # busy fraction of the unit's engine over the last 10 s (telemetry.BusyWindow)
     memory_used_bytes: int | None = None  # the unit process's: its GPU memory (NVML) on a GPU, else its RSS
     memory_total_bytes: int | None = None  # the machine's RAM on a CPU, the GPU's memory on a GPU
     gpu: GpuStats | None = None

@@ -26,7 +26,7 @@ from muxd.errors import MuxdError
 from muxd.nvml import GpuReading, Nvml
 from muxd.server.openai_api import ClientGone, OpenAIRoutes
 from muxd.server.openapi import openapi_document
-from muxd.server.telemetry import prometheus
+from muxd.server.telemetry import BusyWindow, prometheus
 
 if TYPE_CHECKING:
     from muxd.server.daemon import Daemon
@@ -89,7 +89,7 @@ class MuxdRoutes:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self._busy: dict[str, tuple[float, float, int]] = {}  # unit -> (time, busy_s, restarts) at the last /stats
+        self._busy: dict[str, BusyWindow] = {}  # unit -> its busy fraction over the last WINDOW_S
         self._nvml = Nvml()  # initialised on the first /stats with a unit on a GPU
 
     def health_doc(self) -> dict[str, Any]:
@@ -185,14 +185,7 @@ class MuxdRoutes:
         if snap is None:
             return None
         u = self.daemon.units[unit]
-        now = time.monotonic()
-        last = self._busy.get(unit)
-        self._busy[unit] = (now, snap.busy_s, u.restarts)
-        if last is None or last[2] != u.restarts or snap.busy_s < last[1]:
-            since = now - (u.ready_at or now)
-            return round(min(1.0, snap.busy_s / since), 4) if since > 0 else None
-        elapsed = now - last[0]
-        return round(min(1.0, (snap.busy_s - last[1]) / elapsed), 4) if elapsed > 0 else None
+        return self._busy.setdefault(unit, BusyWindow()).read(snap.busy_s, u.restarts, u.ready_at)
 
     async def stats(self, request: Request) -> Response:
         return JSONResponse(await self.stats_doc())

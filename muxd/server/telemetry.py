@@ -42,6 +42,35 @@ class ModelTelemetry:
         return ok_ttft and ok_tpot
 
 
+class BusyWindow:
+    """A unit's busy fraction over the last ``WINDOW_S`` seconds, from the
+    engine's cumulative busy seconds read at any times by any readers.
+
+    Each reading adds a sample and the figure spans the oldest sample still
+    at or before the window's start, so a dashboard and a Prometheus scraper
+    reading at their own rates see the same figure (a figure "since the
+    previous read" had each reset the other's). A restart, or busy seconds
+    that go back, starts the samples over; until two samples span time, the
+    figure is since the unit became ready.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.samples: deque[tuple[float, float]] = deque()  # (time, busy seconds)
+        self.restarts = 0
+
+    def read(self, busy_s: float, restarts: int, ready_at: float | None) -> float | None:
+        now = self.clock()
+        if restarts != self.restarts or (self.samples and busy_s < self.samples[-1][1]):
+            self.samples.clear()
+            self.restarts = restarts
+        self.samples.append((now, busy_s))
+        while len(self.samples) > 2 and self.samples[1][0] <= now - WINDOW_S:
+            self.samples.popleft()
+        start, busy_start = self.samples[0] if len(self.samples) > 1 else (ready_at or now, 0.0)
+        return round(min(1.0, (busy_s - busy_start) / (now - start)), 4) if now > start else None
+
+
 class Telemetry:
     def __init__(self, models: Iterable[ModelConfig], clock: Callable[[], float] = time.monotonic) -> None:
         self.models = {m.name: ModelTelemetry(m) for m in models}
