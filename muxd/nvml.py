@@ -19,24 +19,16 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from muxd.protocol import GpuStats
+
 
 @dataclass(frozen=True)
 class GpuReading:
-    """One GPU at one instant; None where NVML could not say."""
+    """One GPU at one instant: its figures (``protocol.GpuStats``, None where
+    NVML could not say) and the GPU memory of the processes asked about."""
 
-    index: int
-    name: str | None = None
-    uuid: str | None = None
-    utilization_pct: float | None = None  # time the SMs were busy over NVML's last sample period
-    memory_utilization_pct: float | None = None  # time the memory was read or written
-    memory_used_bytes: int | None = None
-    memory_total_bytes: int | None = None
-    power_w: float | None = None
-    energy_j: float | None = None  # since the driver loaded; tokens per joule come from its differences
-    temperature_c: float | None = None
-    sm_clock_mhz: int | None = None
-    memory_clock_mhz: int | None = None
-    process_memory_bytes: dict[int, int] = field(default_factory=dict)  # pid -> bytes, for the pids asked about
+    stats: GpuStats
+    process_memory_bytes: dict[int, int] = field(default_factory=dict)  # pid -> bytes
 
 
 class Nvml:
@@ -62,7 +54,7 @@ class Nvml:
         readings = []
         for index in range(count):
             handle = self._call(nv.nvmlDeviceGetHandleByIndex, index)
-            readings.append(GpuReading(index) if handle is None else self._read(index, handle, wanted))
+            readings.append(GpuReading(GpuStats(index=index)) if handle is None else self._read(index, handle, wanted))
         return readings
 
     def close(self) -> None:
@@ -97,7 +89,7 @@ class Nvml:
         rates, memory = call(nv.nvmlDeviceGetUtilizationRates, handle), call(nv.nvmlDeviceGetMemoryInfo, handle)
         power_mw, energy_mj = call(nv.nvmlDeviceGetPowerUsage, handle), call(nv.nvmlDeviceGetTotalEnergyConsumption, handle)
         processes = call(nv.nvmlDeviceGetComputeRunningProcesses, handle) or []
-        return GpuReading(
+        stats = GpuStats(
             index=index,
             name=_text(call(nv.nvmlDeviceGetName, handle)),
             uuid=_text(call(nv.nvmlDeviceGetUUID, handle)),
@@ -110,10 +102,9 @@ class Nvml:
             temperature_c=_number(call(nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU)),
             sm_clock_mhz=call(nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_SM),
             memory_clock_mhz=call(nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_MEM),
-            process_memory_bytes={
-                p.pid: int(p.usedGpuMemory) for p in processes if p.pid in pids and p.usedGpuMemory is not None
-            },
         )
+        used = {p.pid: int(p.usedGpuMemory) for p in processes if p.pid in pids and p.usedGpuMemory is not None}
+        return GpuReading(stats, used)
 
 
 def _text(value: Any) -> str | None:

@@ -382,6 +382,7 @@ class GpuStats(_Response):
 
     index: int
     name: str | None = None
+    uuid: str | None = None
     utilization_pct: float | None = None
     memory_utilization_pct: float | None = None
     memory_used_bytes: int | None = None  # by every process on the GPU

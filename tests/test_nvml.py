@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from muxd.nvml import GpuReading, Nvml
+from muxd.nvml import Nvml
+from muxd.protocol import GpuStats
 
 
 class FakeNvml:
@@ -72,16 +73,17 @@ class FakeNvml:
 
 def test_a_snapshot_reads_every_gpu_in_si_units() -> None:
     (first, second) = Nvml(FakeNvml()).snapshot(pids=[101])
-    assert first == GpuReading(
+    assert first.stats == GpuStats(
         index=0, name="NVIDIA H100 80GB HBM3", uuid="GPU-gpu0", utilization_pct=87.0, memory_utilization_pct=41.0,
         memory_used_bytes=30 << 30, memory_total_bytes=80 << 30, power_w=412.5, energy_j=9000.0, temperature_c=61.0,
-        sm_clock_mhz=1980, memory_clock_mhz=2619, process_memory_bytes={101: 5 << 30},
+        sm_clock_mhz=1980, memory_clock_mhz=2619,
     )  # fmt: skip
-    assert second.index == 1 and second.name == "NVIDIA H100 80GB HBM3"  # str or bytes, as drivers differ
+    assert first.process_memory_bytes == {101: 5 << 30}  # only the pids asked about
+    assert second.stats.index == 1 and second.stats.name == "NVIDIA H100 80GB HBM3"  # str or bytes, as drivers differ
 
 
 def test_a_field_the_gpu_does_not_support_is_none_and_the_rest_is_read() -> None:
-    reading = Nvml(FakeNvml(failing=("power", "utilization"))).snapshot()[0]
+    reading = Nvml(FakeNvml(failing=("power", "utilization"))).snapshot()[0].stats
     assert reading.power_w is None and reading.utilization_pct is None and reading.memory_utilization_pct is None
     assert reading.memory_used_bytes == 30 << 30 and reading.temperature_c == 61.0
 
@@ -105,7 +107,7 @@ def test_the_real_library_on_this_machine_gives_readings_or_a_reason() -> None:
     nvml = Nvml()
     readings = nvml.snapshot()
     if nvml.available:
-        assert all(r.memory_total_bytes is None or r.memory_total_bytes > 0 for r in readings)
+        assert all(r.stats.memory_total_bytes is None or r.stats.memory_total_bytes > 0 for r in readings)
     else:
         assert readings == [] and nvml.error.startswith("NVML unavailable")
     nvml.close()

@@ -35,9 +35,7 @@ class Isa:
 
     def cflags(self, flags: frozenset[str] | None = None) -> tuple[str, ...] | None:
         """The flags of the first build whose features ``flags`` has (the
-        CPU's by default), None if none; with ``flags`` empty, the first build's."""
-        if flags is not None and not flags:
-            return self.builds[0][1]
+        CPU's by default), None if none."""
         have = cpu_flags() if flags is None else flags
         return next((cflags for needs, cflags in self.builds if needs <= have), None)
 

@@ -75,8 +75,9 @@ def plan(device: str, dtype: str, quantization: str) -> KernelPlan:
 
 
 def _cpu() -> str:
-    forced = cpu_isa.ENV + "=" + cpu_isa.selected().name
-    return f"this CPU ({cpu_isa.cpu_model()}{', ' + forced if cpu_isa.selected() != cpu_isa.best() else ''})"
+    isa = cpu_isa.selected()
+    forced = f", {cpu_isa.ENV}={isa.name}" if isa != cpu_isa.best() else ""
+    return f"this CPU ({cpu_isa.cpu_model()}{forced})"
 
 
 @functools.cache

@@ -260,7 +260,7 @@ class Transformer(nn.Module):
             *((None,) * 3 if logits is None else (logits.values.data_ptr(), *(t.data_ptr() for t in logits.argmax_lse))),
             threads if threads > 0 else torch.get_num_threads(),
         )  # fmt: skip
-        if self._c_kernels.decode_layers(ctypes.byref(c_model), ctypes.byref(batch)) != 0:
+        if c_model.kernels.decode_layers(ctypes.byref(c_model), ctypes.byref(batch)) != 0:
             raise MemoryError("decode step: no memory for its activations")
         return True, logits
 
@@ -291,8 +291,7 @@ class Transformer(nn.Module):
             s.vocab_size, s.rms_norm_eps, s.head_dim**-0.5, int(dtype == torch.bfloat16),
             norm.data_ptr() if head_ok else None, ctypes.pointer(head.c_weight) if head_ok else None,
         )  # fmt: skip
-        c_model._keep = c_layers  # the array the struct points into lives as long as it
-        self._c_kernels = kernels
+        c_model.layers_array, c_model.kernels = c_layers, kernels  # what it points into lives as long as it; its library
         return c_model
 
     def _apply(self, fn, recurse: bool = True):

@@ -106,6 +106,7 @@ class Q8Linear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
         self.register_buffer("bias_f32", bias)
         self.kernel = load_kernels()
+        self.gemm_dtype = gemm_dtype()  # decided once, with the kernels' build
         self._refresh()
 
     def _refresh(self) -> None:
@@ -146,22 +147,16 @@ class Q8Linear(nn.Module):
         return y
 
     def prefill(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [M, K] . W^T`` for a prompt's rows, from activations finer than
-        the decode path's int8: the kernel's two int8 passes below
-        ``GEMM_ROWS`` rows (a prefix-cached prompt's short tail), the GEMM
-        from there on. Int8 activations alone turned a prefix-cached repeat
-        of the demo's question from Paris to another answer."""
-        rows = x.reshape(-1, self.in_features)
-        if not 0 < rows.shape[0] < GEMM_ROWS:
-            return self.gemm(rows).view(*x.shape[:-1], self.out_features)
-        if self.kernel is None or self.c_weight is None or x.dtype not in _KERNEL_DTYPES or not x.is_cpu:
-            y = reference_linear(rows, self.weight_q, self.weight_scale, self.bias_f32, fine=True).to(x.dtype)
-        else:
-            y = self._kernel(rows.contiguous(), fine=True)
-        return y.view(*x.shape[:-1], self.out_features)
+        """``x . W^T`` for a prompt's rows, from activations finer than the
+        decode path's int8: the kernel's two int8 passes below ``GEMM_ROWS``
+        rows (a prefix-cached prompt's short tail), the GEMM from there on.
+        Int8 activations alone turned a prefix-cached repeat of the demo's
+        question from Paris to another answer."""
+        return self._general(x, fine=True)
 
-    def _general(self, x: torch.Tensor) -> torch.Tensor:
-        """Any shape, dtype and row count: no rows, the GEMM, the fallback or the kernel."""
+    def _general(self, x: torch.Tensor, fine: bool = False) -> torch.Tensor:
+        """Any shape, dtype and row count: no rows, the GEMM, the fallback or
+        the kernel (``fine``: two int8 passes, see ``_kernel``)."""
         out_shape = (*x.shape[:-1], self.out_features)
         x = x.reshape(-1, self.in_features)
         if x.shape[0] == 0:  # a prefill chunk that samples no token hands lm_head no rows
@@ -169,16 +164,17 @@ class Q8Linear(nn.Module):
         if x.shape[0] >= GEMM_ROWS:
             return self.gemm(x).view(out_shape)
         if self.kernel is None or self.c_weight is None or x.dtype not in _KERNEL_DTYPES or x.device.type != "cpu":
-            return reference_linear(x, self.weight_q, self.weight_scale, self.bias_f32).to(x.dtype).view(out_shape)
-        return self._kernel(x.contiguous()).view(out_shape)
+            y = reference_linear(x, self.weight_q, self.weight_scale, self.bias_f32, fine=fine)
+            return y.to(x.dtype).view(out_shape)
+        return self._kernel(x.contiguous(), fine).view(out_shape)
 
     def gemm(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [M, K] . W^T`` as a BLAS GEMM on the dequantized weight (many
-        rows, or a prefill's: ``engine.model.linear``), whatever ``x``'s dtype: bf16 where oneDNN has a bf16 path on this CPU (bf16
-        GEMMs ran several times faster than fp32 ones on AVX-512: SmolLM2's
-        block linears at 64 rows, 88 against 267 ms), else fp32. Either way
-        the activations are finer than the kernel's int8 ones."""
-        dtype = gemm_dtype()
+        """``x [M, K] . W^T`` as a BLAS GEMM on the dequantized weight (from
+        ``GEMM_ROWS`` rows on), whatever ``x``'s dtype: bf16 where oneDNN has
+        a bf16 path on this CPU (bf16 GEMMs ran several times faster than
+        fp32 ones on AVX-512), else fp32. Either way the activations are
+        finer than the kernel's int8 ones."""
+        dtype = self.gemm_dtype
         if self.kernel is None or self.c_weight is None:
             weight = dequantize(self.weight_q, self.weight_scale, self.in_features).to(dtype)
         else:

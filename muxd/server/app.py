@@ -9,7 +9,6 @@ whose body names it, and is logged with its traceback.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
@@ -210,13 +209,12 @@ def device_doc(unit: str, device: str, pid: int | None, utilization: float | Non
     if device == "cpu":
         return {**doc, "memory_total_bytes": _mem_total_bytes()}
     index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else -1
-    reading = next((g for g in gpus if g.index == index), None)
+    reading = next((g for g in gpus if g.stats.index == index), None)
     if reading is None:
         return doc
-    gpu = {k: v for k, v in dataclasses.asdict(reading).items() if k not in ("uuid", "process_memory_bytes")}
     used = reading.process_memory_bytes.get(pid) if pid is not None else None
     return {**doc, "memory_used_bytes": used if used is not None else doc["memory_used_bytes"],
-            "memory_total_bytes": reading.memory_total_bytes, "gpu": gpu}  # fmt: skip
+            "memory_total_bytes": reading.stats.memory_total_bytes, "gpu": reading.stats.model_dump()}  # fmt: skip
 
 
 def _rss_bytes(pid: int | None) -> int | None:

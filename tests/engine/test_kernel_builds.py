@@ -134,8 +134,8 @@ def arm64_drivers(tmp_path_factory) -> dict[str, Path]:
         pytest.skip(f"{' and '.join(missing)} not installed (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user): "
                     "the ARM64 NEON builds are not checked")  # fmt: skip
     out = tmp_path_factory.mktemp("arm64")
-    # Static: qemu then needs no ARM64 sysroot. cflags(frozenset()): the build's flags whatever this CPU has.
-    return {name: build_driver(CROSS_CC, name, cpu_isa.BY_NAME[name].cflags(frozenset()), out, "-static")
+    # Static: qemu then needs no ARM64 sysroot. builds[0]: the build's flags whatever this CPU has.
+    return {name: build_driver(CROSS_CC, name, cpu_isa.BY_NAME[name].builds[0][1], out, "-static")
             for name in QEMU_CPU}  # fmt: skip
 
 
