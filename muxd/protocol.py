@@ -347,38 +347,87 @@ class Percentiles(_Response):
     p99: float | None = None
 
 
+class Latency(_Response):
+    """Latency percentiles of the requests that finished in a span (``core.percentile``)."""
+
+    requests: int = 0  # finished requests the percentiles cover
+    ttft_ms: Percentiles = Percentiles()  # request admitted -> first token
+    tpot_ms: Percentiles = Percentiles()  # (latency - TTFT) / (tokens - 1)
+    e2e_ms: Percentiles = Percentiles()  # request admitted -> last token
+
+
+class Slo(_Response):
+    """A model's SLO targets and attainment (``core.slo``: one rule for the daemon and the benches).
+
+    A request meets the SLO when it finished without error and each set
+    target holds; errors and 429s are misses, client aborts are not judged.
+    """
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+    goal: float = 0.99  # the attainment the model should reach (the config's slo_goal)
+    attainment: float | None = None  # over the latency window; None when no target is set or nothing was judged
+    judged: int = 0  # requests judged in the window
+    attainment_total: float | None = None  # since the daemon started
+    judged_total: int = 0
+
+
+class ComputeShare(_Response):
+    """Fractions of a unit's compute over the rate window: Σ(job share × job seconds) / window."""
+
+    prefill: float = 0.0
+    decode: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.prefill + self.decode
+
+
 class ModelStats(_Response):
     unit: str
+    state: str = "ready"  # its unit's state
+    rate: float = 0.0  # the configured expected requests/s (placement's popularity)
     running: int
-    queued: int
+    queued: int  # waiting for their prefill, in the unit and before it
+    queue_age_s: float | None = None  # how long the oldest queued request has waited
     in_flight: int
     done: int
     errors: int
     rejected: int
     prompt_tokens: int
     generated_tokens: int
-    tokens_per_s: float
+    tokens_in_per_s: float = 0.0  # prompt tokens processed per second over the rate window
+    tokens_out_per_s: float = 0.0  # tokens generated per second over the rate window
+    share: ComputeShare = ComputeShare()
+    tokens_per_joule: float | None = None  # generated tokens per joule of its GPU's energy, by compute share
     pages_held: int | None = None
     pages_quota: int | None = None
     pages_cached: int | None = None  # idle prefix-cache blocks' pages, evictable
     prefix_hit_tokens: int | None = None  # prompt tokens served from the prefix cache
     prefix_query_tokens: int | None = None  # prompt tokens looked up in it
-    ttft_ms: Percentiles
-    tpot_ms: Percentiles
-    slo_attainment: float | None = None
+    latency: Latency = Latency()  # over the latency window
+    latency_total: Latency = Latency()  # since start (the last 65,536 requests)
+    slo: Slo = Slo()
 
 
 class UnitStats(_Response):
     state: str
+    device: str = "cpu"
+    pid: int | None = None
+    restarts: int = 0
+    models: list[str] = []
     pages_total: int | None = None
-    pages_free: int | None = None
+    pages_free: int | None = None  # free plus cached (cached prefix blocks are evicted on demand)
+    pages_cached: int | None = None
     steps: int | None = None
     preemptions: int | None = None
-    busy_s: float | None = None
+    busy_s: float | None = None  # compute-seconds since the unit (re)started: ∫ Σ running jobs' shares dt
+    busy: float | None = None  # busy share over the rate window; the models' shares add up to it
 
 
 class GpuStats(_Response):
-    """NVML's readings of a unit's GPU (``muxd.nvml``); None where NVML cannot say."""
+    """NVML's readings of a GPU (``muxd.nvml``); None where NVML cannot say."""
 
     index: int
     name: str | None = None
@@ -388,22 +437,65 @@ class GpuStats(_Response):
     memory_used_bytes: int | None = None  # by every process on the GPU
     memory_total_bytes: int | None = None
     power_w: float | None = None
-    energy_j: float | None = None
+    energy_j: float | None = None  # since the driver loaded
     temperature_c: float | None = None
     sm_clock_mhz: int | None = None
     memory_clock_mhz: int | None = None
 
 
+class ProcessStats(_Response):
+    """One unit process on the host (psutil)."""
+
+    pid: int
+    unit: str
+    rss_bytes: int | None = None
+    cpu_pct: float | None = None  # of one core: 200 is two cores busy
+
+
+class CpuStats(_Response):
+    """The host's CPU card, where a unit runs on the CPU (psutil)."""
+
+    model: str | None = None
+    cores_pct: list[float] = []  # per logical core, since the previous tick
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    processes: list[ProcessStats] = []
+
+
 class DeviceStats(_Response):
     unit: str
-    utilization: float | None = None  # busy fraction of the unit's engine over the last 10 s (telemetry.BusyWindow)
+    kind: Literal["cpu", "gpu"] = "cpu"
+    utilization: float | None = None  # the unit's busy share over the rate window (UnitStats.busy)
     memory_used_bytes: int | None = None  # the unit process's: its GPU memory (NVML) on a GPU, else its RSS
     memory_total_bytes: int | None = None  # the machine's RAM on a CPU, the GPU's memory on a GPU
-    gpu: GpuStats | None = None
+    gpu: GpuStats | None = None  # on a GPU with NVML
+    cpu: CpuStats | None = None  # on the CPU
+    tokens_per_joule: float | None = None  # where NVML knows the GPU's energy
+
+
+EventKind = Literal[
+    "unit_starting", "unit_ready", "unit_restarting", "unit_crashed", "unit_failed", "unit_stopped",
+    "model_loaded", "preemption", "quota_move",
+]
+
+
+class Event(_Response):
+    """Something that happened in the daemon, from its ring of recent events."""
+
+    id: int  # increasing from 1; the stream's ``Last-Event-ID``
+    time: float  # unix seconds
+    kind: EventKind
+    unit: str | None = None
+    model: str | None = None
+    message: str
 
 
 class Stats(_Response):
-    time: float
+    time: float  # unix seconds of the tick that computed it
+    uptime_s: float = 0.0
+    rate_window_s: float = 10.0  # tokens/s, compute shares and busy shares span this
+    latency_window_s: float = 60.0  # latency percentiles and SLO attainment span this
+    last_event_id: int = 0
     models: dict[str, ModelStats]
     units: dict[str, UnitStats]
     devices: dict[str, DeviceStats]

@@ -13,15 +13,15 @@
 """
 
 from muxd.client._base import resolve_socket as find_socket
-from muxd.client.aio import AsyncClient, AsyncStream
+from muxd.client.aio import AsyncClient, AsyncStatsStream, AsyncStream
 from muxd.client.errors import (
     APIError, BadRequestError, ConnectionLostError, DaemonNotRunningError, InternalServerError, NotFoundError,
     PermissionDeniedError, RateLimitError, UnavailableError,
 )  # fmt: skip
-from muxd.client.sync import Client, Stream
+from muxd.client.sync import Client, StatsStream, Stream
 
 __all__ = [
-    "Client", "AsyncClient", "Stream", "AsyncStream", "find_socket", "APIError", "BadRequestError",
+    "Client", "AsyncClient", "Stream", "AsyncStream", "StatsStream", "AsyncStatsStream", "find_socket", "APIError", "BadRequestError",
     "ConnectionLostError", "DaemonNotRunningError", "InternalServerError", "NotFoundError", "PermissionDeniedError",
     "RateLimitError", "UnavailableError",
 ]  # fmt: skip

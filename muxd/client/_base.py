@@ -11,6 +11,7 @@ import httpx
 
 from muxd.client.errors import ConnectionLostError, DaemonNotRunningError, error_from
 from muxd.paths import find_socket
+from muxd.protocol import Event, Stats
 
 BASE_URL = "http://muxd"  # the host is ignored on a Unix socket
 DONE = object()
@@ -55,6 +56,56 @@ def parse_event(line: str) -> Any:
     if isinstance(event, dict) and event.get("error"):
         raise error_from(None, event)
     return event
+
+
+class SseDecoder:
+    """Server-sent events from lines: ``feed`` returns ``(event, data, id)`` when a blank line ends one.
+
+    Comment lines (``:``, the keep-alives) are skipped; ``data`` lines of one
+    event are joined by newlines, as the SSE standard says.
+    """
+
+    def __init__(self) -> None:
+        self.event, self.data, self.id = "message", [], None
+
+    def feed(self, line: str) -> tuple[str, str, str | None] | None:
+        if not line:
+            if not self.data:
+                self.event = "message"
+                return None
+            out = (self.event, "\n".join(self.data), self.id)
+            self.event, self.data, self.id = "message", [], None
+            return out
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self.event = value
+        elif name == "data":
+            self.data.append(value)
+        elif name == "id":
+            self.id = value
+        return None
+
+
+def stats_item(event: str, data: str) -> Stats | Event | None:
+    """A ``/muxd/v1/stats/stream`` event as its protocol model (None for an event kind this client does not know)."""
+    if event == "stats":
+        return Stats.model_validate_json(data)
+    if event == "event":
+        return Event.model_validate_json(data)
+    if event == "error":
+        raise error_from(None, json.loads(data))
+    return None
+
+
+def stats_stream_request(interval_ms: int, last_event_id: int | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The query and headers of a stats stream: ``Last-Event-ID`` replays the events after it."""
+    headers = {"accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["last-event-id"] = str(last_event_id)
+    return {"interval_ms": interval_ms}, headers
 
 
 def raise_for_status(response: httpx.Response, body: bytes) -> None:

@@ -10,10 +10,12 @@ import httpx
 from pydantic import BaseModel
 
 from muxd.client._base import (
-    BASE_URL, DONE, Messages, chat_body, completion_body, lost, not_running, parse_event, raise_for_status,
-    resolve_socket,
+    BASE_URL, DONE, Messages, SseDecoder, chat_body, completion_body, lost, not_running, parse_event,
+    raise_for_status, resolve_socket, stats_item, stats_stream_request,
 )  # fmt: skip
-from muxd.protocol import ChatCompletion, ChatCompletionChunk, Completion, Health, Model, ModelList, Stats, Status
+from muxd.protocol import (
+    ChatCompletion, ChatCompletionChunk, Completion, Event, Health, Model, ModelList, Stats, Status,
+)  # fmt: skip
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -51,6 +53,38 @@ class AsyncStream(Generic[T]):
         await self.aclose()
 
 
+class AsyncStatsStream:
+    """The asyncio twin of ``muxd.client.StatsStream``."""
+
+    def __init__(self, response: httpx.Response, last_event_id: int | None) -> None:
+        self.response = response
+        self.last_event_id = last_event_id
+
+    async def __aiter__(self) -> AsyncIterator[Stats | Event]:
+        decoder = SseDecoder()
+        try:
+            async for line in self.response.aiter_lines():
+                done = decoder.feed(line)
+                item = stats_item(done[0], done[1]) if done else None
+                if isinstance(item, Event):
+                    self.last_event_id = item.id
+                if item is not None:
+                    yield item
+        except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+            raise lost(e) from e
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+    async def __aenter__(self) -> AsyncStatsStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 class AsyncClient:
     """The asyncio twin of ``muxd.client.Client``: same methods, awaited."""
 
@@ -68,7 +102,7 @@ class AsyncClient:
         params.update(max_tokens=max_tokens, temperature=temperature)
         body = completion_body(model, prompt, stream, params)
         if stream:
-            return AsyncStream(await self._stream("/v1/completions", body), Completion)
+            return AsyncStream(await self._stream("POST", "/v1/completions", body), Completion)
         return Completion.model_validate(await self._post("/v1/completions", body))
 
     async def chat(self, model: str, messages: Messages, *, stream: bool = False, max_tokens: int | None = None,
@@ -77,7 +111,7 @@ class AsyncClient:
         params.update(max_tokens=max_tokens, temperature=temperature)
         body = chat_body(model, messages, stream, params)
         if stream:
-            return AsyncStream(await self._stream("/v1/chat/completions", body), ChatCompletionChunk)
+            return AsyncStream(await self._stream("POST", "/v1/chat/completions", body), ChatCompletionChunk)
         return ChatCompletion.model_validate(await self._post("/v1/chat/completions", body))
 
     async def health(self) -> Health:
@@ -88,6 +122,12 @@ class AsyncClient:
 
     async def stats(self) -> Stats:
         return Stats.model_validate(await self._get("/muxd/v1/stats"))
+
+    async def stats_stream(self, interval_ms: int = 500, last_event_id: int | None = None) -> AsyncStatsStream:
+        """Live stats, as ``Client.stats_stream``."""
+        params, headers = stats_stream_request(interval_ms, last_event_id)
+        response = await self._stream("GET", "/muxd/v1/stats/stream", params=params, headers=headers)
+        return AsyncStatsStream(response, last_event_id)
 
     async def metrics(self) -> str:
         return (await self._call("GET", "/metrics")).text
@@ -115,8 +155,8 @@ class AsyncClient:
             raise_for_status(response, response.content)
         return response
 
-    async def _stream(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        request = self._http.build_request("POST", path, json=body)
+    async def _stream(self, method: str, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
+        request = self._http.build_request(method, path, json=body, **kwargs)
         try:
             response = await self._http.send(request, stream=True)
         except (httpx.ConnectError, FileNotFoundError) as e:

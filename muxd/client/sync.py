@@ -10,10 +10,12 @@ import httpx
 from pydantic import BaseModel
 
 from muxd.client._base import (
-    BASE_URL, DONE, Messages, chat_body, completion_body, lost, not_running, parse_event, raise_for_status,
-    resolve_socket,
+    BASE_URL, DONE, Messages, SseDecoder, chat_body, completion_body, lost, not_running, parse_event,
+    raise_for_status, resolve_socket, stats_item, stats_stream_request,
 )  # fmt: skip
-from muxd.protocol import ChatCompletion, ChatCompletionChunk, Completion, Health, Model, ModelList, Stats, Status
+from muxd.protocol import (
+    ChatCompletion, ChatCompletionChunk, Completion, Event, Health, Model, ModelList, Stats, Status,
+)  # fmt: skip
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -52,6 +54,42 @@ class Stream(Generic[T]):
         self.close()
 
 
+class StatsStream:
+    """``/muxd/v1/stats/stream``: a ``Stats`` each tick and each ``Event`` as it happens.
+
+    ``last_event_id`` follows the events read, so a new stream opened with
+    it after a disconnect replays the events missed meanwhile.
+    """
+
+    def __init__(self, response: httpx.Response, last_event_id: int | None) -> None:
+        self.response = response
+        self.last_event_id = last_event_id
+
+    def __iter__(self) -> Iterator[Stats | Event]:
+        decoder = SseDecoder()
+        try:
+            for line in self.response.iter_lines():
+                done = decoder.feed(line)
+                item = stats_item(done[0], done[1]) if done else None
+                if isinstance(item, Event):
+                    self.last_event_id = item.id
+                if item is not None:
+                    yield item
+        except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+            raise lost(e) from e
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> StatsStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Client:
     """``Client()`` finds the socket as the daemon picks it; ``Client("/path/to/muxd.sock")`` names one."""
 
@@ -70,7 +108,7 @@ class Client:
         params.update(max_tokens=max_tokens, temperature=temperature)
         body = completion_body(model, prompt, stream, params)
         if stream:
-            return Stream(self._stream("/v1/completions", body), Completion)
+            return Stream(self._stream("POST", "/v1/completions", body), Completion)
         return Completion.model_validate(self._post("/v1/completions", body))
 
     def chat(self, model: str, messages: Messages, *, stream: bool = False, max_tokens: int | None = None,
@@ -79,7 +117,7 @@ class Client:
         params.update(max_tokens=max_tokens, temperature=temperature)
         body = chat_body(model, messages, stream, params)
         if stream:
-            return Stream(self._stream("/v1/chat/completions", body), ChatCompletionChunk)
+            return Stream(self._stream("POST", "/v1/chat/completions", body), ChatCompletionChunk)
         return ChatCompletion.model_validate(self._post("/v1/chat/completions", body))
 
     # -- muxd's own ------------------------------------------------------------------
@@ -92,6 +130,12 @@ class Client:
 
     def stats(self) -> Stats:
         return Stats.model_validate(self._get("/muxd/v1/stats"))
+
+    def stats_stream(self, interval_ms: int = 500, last_event_id: int | None = None) -> StatsStream:
+        """Live stats: ``Stats`` every ``interval_ms`` and ``Event``s as they happen (those after
+        ``last_event_id`` first, from the daemon's ring; 0 replays the whole ring)."""
+        params, headers = stats_stream_request(interval_ms, last_event_id)
+        return StatsStream(self._stream("GET", "/muxd/v1/stats/stream", params=params, headers=headers), last_event_id)
 
     def metrics(self) -> str:
         return self._call("GET", "/metrics").text
@@ -121,8 +165,8 @@ class Client:
             raise_for_status(response, response.content)
         return response
 
-    def _stream(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        request = self._http.build_request("POST", path, json=body)
+    def _stream(self, method: str, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
+        request = self._http.build_request(method, path, json=body, **kwargs)
         try:
             response = self._http.send(request, stream=True)
         except (httpx.ConnectError, FileNotFoundError) as e:
