@@ -11,6 +11,7 @@ The TOML file (``$XDG_CONFIG_HOME/muxd/muxd.toml``)::
     tcp = "127.0.0.1:8000"                     # optional extra listener, off by default
     allow_uids = [1001]                        # peers besides the daemon's own uid and root
     log_level = "info"
+    stats_interval_ms = 500                    # the stats tick (/stats, /metrics, the stats stream)
     warm_spare = true                          # a standby unit process per unit, for fast restarts
     policy = "adbs"                            # unit defaults: policy, device, kv_cache_mb,
     kv_cache_mb = 256                          # page_tokens, max_batch_seqs, max_prefill_tokens, threads,
@@ -66,8 +67,10 @@ class ModelConfig:
     quantization: str = "none"
     rate: float = 1.0  # expected requests per second: placement and initial KV quotas
     device: str = DEVICE_AUTO  # the device of its unit when units are grouped by device
-    slo_ttft_ms: float | None = None  # targets for /stats' SLO attainment
+    slo_ttft_ms: float | None = None  # targets of its SLO attainment (core/slo.py)
     slo_tpot_ms: float | None = None
+    slo_e2e_ms: float | None = None
+    slo_goal: float = 0.99  # the attainment it should reach; `muxd top` colours against it
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -80,7 +83,9 @@ class ModelConfig:
             )
         if self.rate < 0:
             raise ValueError(f"model {self.name!r}: rate must be >= 0, got {self.rate}")
-        for slo in ("slo_ttft_ms", "slo_tpot_ms"):
+        if not 0 < self.slo_goal <= 1:
+            raise ValueError(f"model {self.name!r}: slo_goal must be in (0, 1], got {self.slo_goal}")
+        for slo in ("slo_ttft_ms", "slo_tpot_ms", "slo_e2e_ms"):
             value = getattr(self, slo)
             if value is not None and value <= 0:
                 raise ValueError(f"model {self.name!r}: {slo} must be > 0, got {value}")
@@ -140,8 +145,11 @@ class DaemonConfig:
     log_level: str = "info"
     placement: str = "manual"  # "manual" ([[units]]), "per-device" (grouped by device) or "demo"
     warm_spare: bool = True  # keep a standby process per unit (torch imported) to replace a dead unit fast
+    stats_interval_ms: int = 500  # the stats tick: /stats, /metrics and the stats stream read its figures
 
     def __post_init__(self) -> None:
+        if not 50 <= self.stats_interval_ms <= 60_000:
+            raise ValueError(f"stats_interval_ms must be in [50, 60000], got {self.stats_interval_ms}")
         names = [m.name for u in self.units for m in u.models]
         if len(set(names)) != len(names):
             raise ValueError(f"a model is in two units: {sorted(n for n in set(names) if names.count(n) > 1)}")
@@ -169,7 +177,10 @@ class Flags:
 
 
 # Keys of the TOML file: top level, unit defaults (also allowed in [[units]]), models, limits.
-_TOP_KEYS = {"socket", "tcp", "allow_uids", "log_level", "placement", "warm_spare", "limits", "models", "units"}
+_TOP_KEYS = {
+    "socket", "tcp", "allow_uids", "log_level", "placement", "warm_spare", "stats_interval_ms", "limits", "models",
+    "units",
+}  # fmt: skip
 _UNIT_KEYS = {
     "policy", "device", "kv_cache_mb", "page_tokens", "max_batch_seqs", "max_prefill_tokens", "threads", "prefix_caching",
 }
@@ -183,6 +194,7 @@ _ENV = {
     "MUXD_QUEUE_PER_MODEL": ("queue_per_model", int),
     "MUXD_DRAIN_TIMEOUT_S": ("drain_timeout_s", float),
     "MUXD_DEVICE": ("device", str),
+    "MUXD_STATS_INTERVAL_MS": ("stats_interval_ms", int),
     "MUXD_WARM_SPARE": ("warm_spare", lambda v: v.lower() not in ("0", "false", "no", "off")),
 }
 
@@ -323,7 +335,11 @@ def _build(
     spare = s.get("warm_spare", True)
     if not isinstance(spare, bool):
         raise ValueError(f"warm_spare must be true or false, got {spare!r}")
-    return DaemonConfig(tuple(units), socket, _tcp(s.get("tcp")), uids, limits, level, placement, spare)
+    interval = s.get("stats_interval_ms", 500)
+    if not isinstance(interval, int) or isinstance(interval, bool):
+        raise ValueError(f"stats_interval_ms must be an integer of milliseconds, got {interval!r}")
+    return DaemonConfig(tuple(units), socket, _tcp(s.get("tcp")), uids, limits, level, placement, spare,
+                        stats_interval_ms=interval)  # fmt: skip
 
 
 def _model(table: dict[str, Any], base_dir: Path, default_device: str) -> ModelConfig:

@@ -92,6 +92,18 @@ class ModelStats:
     pages_cached: int = 0  # idle prefix-cache pages (evictable), not counted in pages_held
     prefix_hit_tokens: int = 0  # prompt tokens reused from the prefix cache
     prefix_query_tokens: int = 0  # prompt tokens looked up in it
+    prefill_share_s: float = 0.0  # Σ job share × job seconds of its prefill jobs
+    decode_share_s: float = 0.0
+    oldest_waiting_s: float | None = None  # age of its longest-waiting queued request
+
+
+@dataclass
+class UnitEvent:
+    """A scheduler event (``sched.base.SchedEvent``): preemption, quota move."""
+
+    kind: str
+    model: str
+    message: str
 
 
 @dataclass
@@ -101,7 +113,8 @@ class StatsSnapshot:
     kv_pages_total: int
     kv_pages_free: int  # free plus cached: cached prefix blocks are evicted on demand
     models: dict[str, ModelStats] = field(default_factory=dict)
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # compute-seconds the executor held jobs (Executor.occupied_s)
     steps: int = 0
     preemptions: int = 0
     kv_pages_cached: int = 0
+    events: list[UnitEvent] = field(default_factory=list)  # since the previous snapshot

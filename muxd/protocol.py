@@ -295,6 +295,7 @@ class ErrorResponse(_Response):
 class Health(_Response):
     status: str  # "ok", "starting", "degraded" or "stopping"
     units: dict[str, str] = {}
+    restarts: dict[str, int] = {}
 
 
 class PoolStatus(_Response):
@@ -323,6 +324,7 @@ class ModelStatus(_Response):
     state: str
     path: str
     dtype: str
+    quantization: str = "none"
     device: str
     max_model_len: int | None = None
     weight_bytes: int | None = None

@@ -118,29 +118,3 @@ def test_the_wrapper_loads_no_torch(module) -> None:
     from tests.test_cli_imports import loaded_modules_after
 
     assert module not in loaded_modules_after("import muxd.nvml; muxd.nvml.Nvml().snapshot()")
-
-
-def test_a_gpu_units_stats_carry_its_gpus_readings_and_its_own_gpu_memory() -> None:
-    import os
-
-    from muxd.protocol import DeviceStats
-    from muxd.server.app import device_doc
-
-    pid = os.getpid()
-    fake = FakeNvml()
-    fake.nvmlDeviceGetComputeRunningProcesses = lambda h: [SimpleNamespace(pid=pid, usedGpuMemory=7 << 30)]
-    doc = DeviceStats(**device_doc("gpu1", "cuda:1", pid, 0.5, Nvml(fake).snapshot(pids=[pid])))
-    assert doc.memory_used_bytes == 7 << 30 and doc.memory_total_bytes == 80 << 30
-    assert doc.gpu.index == 1 and doc.gpu.utilization_pct == 87.0 and doc.gpu.power_w == 412.5
-
-
-def test_without_nvml_a_gpu_unit_reports_its_rss_and_a_cpu_unit_the_machines_ram() -> None:
-    import os
-
-    from muxd.protocol import DeviceStats
-    from muxd.server.app import device_doc
-
-    gpu = DeviceStats(**device_doc("gpu0", "cuda:0", os.getpid(), None, []))
-    assert gpu.gpu is None and gpu.memory_used_bytes > 0 and gpu.memory_total_bytes is None
-    cpu = DeviceStats(**device_doc("cpu0", "cpu", os.getpid(), None, []))
-    assert cpu.gpu is None and 0 < cpu.memory_used_bytes < cpu.memory_total_bytes

@@ -102,7 +102,7 @@ def ps(socket: SocketOption = None) -> None:
         memory = _bytes((m.weight_bytes or 0) + kv) if m.weight_bytes is not None else "-"
         rows.append((
             m.name, m.unit, m.state, memory, f"{m.rate:g} r/s",
-            f"{s.tokens_per_s:.1f}" if s else "-", str(s.running) if s else "-", str(s.queued) if s else "-",
+            f"{s.tokens_out_per_s:.1f}" if s else "-", str(s.running) if s else "-", str(s.queued) if s else "-",
             m.plan or "-",
         ))  # fmt: skip
     headers = ("MODEL", "UNIT", "STATE", "MEMORY", "RATE", "TOKENS/S", "RUNNING", "QUEUED")
@@ -133,14 +133,16 @@ def stats(
     if as_json:
         typer.echo(json.dumps(doc.model_dump(mode="json")))
         return
-    requests = _table("requests", "MODEL", "RUNNING", "QUEUED", "DONE", "ERRORS", "429s", "TOKENS/S", "SLO MET")
-    latency = _table("latency and memory", "MODEL", "TTFT p50 ms", "p99", "TPOT p50 ms", "p99", "KV PAGES", "QUOTA")
+    requests = _table("requests", "MODEL", "RUNNING", "QUEUED", "DONE", "ERRORS", "429s", "TOKENS/S", "SHARE", "SLO MET")
+    window = f"latency (last {doc.latency_window_s:.0f} s) and memory"
+    latency = _table(window, "MODEL", "TTFT p50 ms", "p99", "TPOT p50 ms", "p99", "E2E p99 ms", "KV PAGES", "QUOTA")
     for name, m in doc.models.items():
-        slo = "-" if m.slo_attainment is None else f"{m.slo_attainment:.0%}"
+        slo = "-" if m.slo.attainment is None else f"{m.slo.attainment:.0%}"
         requests.add_row(name, str(m.running), str(m.queued), str(m.done), str(m.errors), str(m.rejected),
-                         f"{m.tokens_per_s:.1f}", slo)  # fmt: skip
-        latency.add_row(name, _ms(m.ttft_ms.p50), _ms(m.ttft_ms.p99), _ms(m.tpot_ms.p50), _ms(m.tpot_ms.p99),
-                        _num(m.pages_held), _num(m.pages_quota))  # fmt: skip
+                         f"{m.tokens_out_per_s:.1f}", f"{m.share.total:.0%}", slo)  # fmt: skip
+        lat = m.latency
+        latency.add_row(name, _ms(lat.ttft_ms.p50), _ms(lat.ttft_ms.p99), _ms(lat.tpot_ms.p50), _ms(lat.tpot_ms.p99),
+                        _ms(lat.e2e_ms.p99), _num(m.pages_held), _num(m.pages_quota))  # fmt: skip
     units = _table("units", "UNIT", "STATE", "PAGES FREE/TOTAL", "STEPS", "PREEMPT", "DEVICE", "UTIL", "MEMORY")
     for name, u in doc.units.items():
         device, d = next(((k, v) for k, v in doc.devices.items() if v.unit == name), ("-", None))

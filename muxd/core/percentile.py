@@ -4,13 +4,17 @@ all use it, so their p50s and p99s compare."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
     """The ``q``-th percentile (``q`` in [0, 100]) with linear interpolation
     between the closest ranks (numpy's default); None for no values."""
-    ordered = sorted(values)
+    return percentile_sorted(sorted(values), q)
+
+
+def percentile_sorted(ordered: Sequence[float], q: float) -> float | None:
+    """``percentile`` of values already in ascending order (no copy, no sort)."""
     if not ordered:
         return None
     rank = (len(ordered) - 1) * q / 100

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -67,10 +68,18 @@ class Executor:
     threads, and at most ``slots`` threads ever compute.
     """
 
-    def __init__(self, slots: int, device: torch.device | str = "cpu", *, green_contexts: bool = True) -> None:
+    def __init__(self, slots: int, device: torch.device | str = "cpu", *, green_contexts: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         if slots < 1:
             raise ValueError(f"an executor needs at least one slot, got {slots}")
         self.slots = slots
+        # Occupancy, measured apart from the jobs' own timings: ∫ Σ in-flight
+        # jobs' shares dt, from submit to collection. The models' share-seconds
+        # (Σ share × job seconds) should add up to it, less the driver's overhead.
+        self.clock = clock
+        self._occupied_s = 0.0
+        self._share = 0.0
+        self._since = clock()
         self.device = torch.device(device)
         self._free = set(range(slots))
         self._held: dict[int, list[int]] = {}  # job id -> slot ids
@@ -98,6 +107,7 @@ class Executor:
         ids = sorted(self._free)[:want]
         self._free.difference_update(ids)
         self._held[job.job_id] = ids
+        self._occupy(job.share)
         self._inboxes[ids[0]].put((job, run, len(ids)))
 
     def wait(self, timeout: float | None = None) -> list[JobResult]:
@@ -113,10 +123,22 @@ class Executor:
         results = []
         for job, result, error in items:
             self._free.update(self._held.pop(job.job_id))
+            self._occupy(-job.share)
             if error is not None:
                 raise error  # a failed job raises here, in the engine's thread
             results.append(result)
         return results
+
+    def occupied_s(self) -> float:
+        """Compute-seconds the executor has held jobs: ∫ Σ in-flight shares dt, up to now."""
+        self._occupy(0.0)
+        return self._occupied_s
+
+    def _occupy(self, delta: float) -> None:
+        now = self.clock()
+        self._occupied_s += self._share * (now - self._since)
+        self._since = now
+        self._share = max(0.0, self._share + delta) if self._held else 0.0
 
     def _worker(self, slot: int) -> None:
         while True:

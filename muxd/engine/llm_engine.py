@@ -18,6 +18,7 @@ import torch
 
 from muxd import ipc
 from muxd.core.detokenize import IncrementalDetokenizer
+from muxd.core.job import Job
 from muxd.core.kv_manager import KVManager
 from muxd.core.pages import PagePool
 from muxd.core.sequence import FinishReason, SamplingParams, Sequence
@@ -57,7 +58,8 @@ class EngineStats:
     steps: int = 0
     prefill_tokens: int = 0
     decode_tokens: int = 0
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # Σ job seconds (concurrent jobs add up: can exceed wall time)
+    share_s: Counter[tuple[str, str]] = field(default_factory=Counter)  # (model, kind) -> Σ job share × seconds
     peak_jobs: int = 0  # most jobs in flight at once
     step_times: dict[str, list[float]] = field(default_factory=lambda: {"prefill": [], "decode": []})
     finished: Counter[str] = field(default_factory=Counter)  # per model
@@ -111,7 +113,7 @@ class LLMEngine:
         self.kv = KVManager(self.pool, page_tokens, prefix_caching=prefix_caching)
         config = replace(scheduler_config or SchedulerConfig(), compute_slots=slots, rates=dict(rates or {}))
         self.scheduler = POLICIES[policy](self.kv, config)
-        self.executor = Executor(slots, device, green_contexts=green_contexts)
+        self.executor = Executor(slots, device, green_contexts=green_contexts, clock=clock)
         self.models = models
         self.runners: dict[str, ModelRunner] = {}
         for name, loaded in models.items():
@@ -193,7 +195,7 @@ class LLMEngine:
         outputs = []
         for result in self.executor.wait():
             job = result.job
-            self._account(job.kind.value, job.num_tokens, result.duration_s)
+            self._account(job, result.duration_s)
             outputs.extend(self._report(seq) for seq in self.scheduler.complete(result))
         reported = {o.request_id for o in outputs}
         for request_id in [r for r, req in self._requests.items() if req.seq.is_finished]:
@@ -206,8 +208,9 @@ class LLMEngine:
         return outputs
 
     def snapshot(self, unit: str) -> ipc.StatsSnapshot:
-        """Counters and pool usage per model, for the front end's /stats."""
-        sched, pool = self.scheduler, self.pool
+        """Counters and pool usage per model, for the front end's /stats, and
+        the scheduler's events since the last snapshot."""
+        sched, pool, now = self.scheduler, self.pool, self.clock()
         models = {
             name: ipc.ModelStats(
                 running=sched.num_running(name),
@@ -220,20 +223,25 @@ class LLMEngine:
                 pages_cached=pool.cached(name),
                 prefix_hit_tokens=self.kv.hit_tokens[name],
                 prefix_query_tokens=self.kv.query_tokens[name],
+                prefill_share_s=self.stats.share_s[name, "prefill"],
+                decode_share_s=self.stats.share_s[name, "decode"],
+                oldest_waiting_s=None if (t := sched.oldest_arrival(name)) is None else max(0.0, now - t),
             )
             for name in self.runners
         }
+        events = [ipc.UnitEvent(e.kind, e.model, e.message) for e in sched.take_events()]
         # Cached pages count as free: they are evicted as soon as new work needs them.
         return ipc.StatsSnapshot(
             unit,
-            self.clock(),
+            now,
             pool.total,
             pool.num_free + pool.num_cached,
             models,
-            self.stats.busy_s,
+            self.executor.occupied_s(),
             self.stats.steps,
             sched.num_preemptions,
             kv_pages_cached=pool.num_cached,
+            events=events,
         )
 
     def run_until_done(self) -> list[RequestOutput]:
@@ -274,14 +282,16 @@ class LLMEngine:
             new_text=new_text,
         )
 
-    def _account(self, kind: str, tokens: int, seconds: float) -> None:
+    def _account(self, job: Job, seconds: float) -> None:
+        kind = job.kind.value
         self.stats.steps += 1
         self.stats.busy_s += seconds
+        self.stats.share_s[job.model, kind] += job.share * seconds
         self.stats.step_times[kind].append(seconds)
         if kind == "prefill":
-            self.stats.prefill_tokens += tokens
+            self.stats.prefill_tokens += job.num_tokens
         else:
-            self.stats.decode_tokens += tokens
+            self.stats.decode_tokens += job.num_tokens
 
 
 def load_engine(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from muxd.core.job import Job, JobKind, JobResult
 from muxd.core.sequence import Sequence
-from muxd.sched.base import Scheduler
+from muxd.sched.base import SchedEvent, Scheduler
 from muxd.sched.quota import adapt_quotas, initial_quotas
 
 ADAPT_INTERVAL_S = 0.5
@@ -138,8 +138,12 @@ class ADBSScheduler(Scheduler):
         if now < self._next_adapt:
             return
         self._next_adapt = now + self.adapt_interval_s
-        if adapt_quotas(pool, {m for m in self.models if self._blocked_by_quota(m)}):
+        moves = adapt_quotas(pool, {m for m in self.models if self._blocked_by_quota(m)})
+        if moves:
             self.quota_moves += 1
+        for model, pages in moves.items():
+            verb = "lent" if pages < 0 else "borrowed"
+            self.events.append(SchedEvent("quota_move", model, f"{verb} {abs(pages)} pages; quota now {pool.quota(model)}"))
 
     def _blocked_by_quota(self, model: str) -> bool:
         head: Sequence | None = self.oldest_waiting([model])

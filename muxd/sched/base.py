@@ -27,6 +27,15 @@ class SchedulerConfig:
     rates: dict[str, float] = field(default_factory=dict)  # expected req/s per model (quotas, partitions)
 
 
+@dataclass(frozen=True)
+class SchedEvent:
+    """Something the scheduler did that a person watching the unit wants to see."""
+
+    kind: str  # "preemption" or "quota_move"
+    model: str
+    message: str
+
+
 class Scheduler(ABC):
     """Queues per model: ``waiting`` (not yet fully prefilled) and ``running``.
 
@@ -47,6 +56,7 @@ class Scheduler(ABC):
         self._next_order = 0
         self._next_job_id = 0
         self.num_preemptions = 0  # total so far, for stats and tests
+        self.events: deque[SchedEvent] = deque(maxlen=256)  # the latest, since the engine last took them
 
     # -- requests ----------------------------------------------------------
     def add_model(self, model: str) -> None:
@@ -156,13 +166,24 @@ class Scheduler(ABC):
 
     def preempt(self, seq: Sequence) -> None:
         """Drop ``seq``'s pages; it waits again, first in line, to be recomputed."""
+        message = f"{seq.seq_id} preempted after {seq.num_computed} tokens, {len(seq.pages)} pages freed"
         self.kv.free(seq)
+        self.events.append(SchedEvent("preemption", seq.model, message))
         seq.num_preemptions += 1
         self.num_preemptions += 1
         if seq.status is SequenceStatus.RUNNING:
             self.running[seq.model].remove(seq)
             seq.status = SequenceStatus.WAITING
             self.waiting[seq.model].appendleft(seq)
+
+    def take_events(self) -> list[SchedEvent]:
+        events = list(self.events)
+        self.events.clear()
+        return events
+
+    def oldest_arrival(self, model: str) -> float | None:
+        """When the longest-waiting queued request of ``model`` arrived (None: none waits)."""
+        return min((s.arrival for s in self.waiting[model]), default=None)
 
     def age(self, seq: Sequence) -> tuple[float, int]:
         """Sort key: smaller is older (arrival time, then admission order)."""

@@ -31,6 +31,8 @@ from muxd.server import uds
 from muxd.server.app import build_app
 from muxd.server.generation import ServedModel
 from muxd.server.router import Router
+from muxd.server.events import EventLog
+from muxd.server.stats_feed import StatsFeed
 from muxd.server.supervisor import UnitProcess
 from muxd.server.telemetry import Telemetry
 
@@ -58,6 +60,7 @@ class Daemon:
         self.unit_entry = unit_entry
         self.started = time.time()
         self.telemetry = Telemetry(config.models)
+        self.events = EventLog()
         try:
             self.served = {m.name: ServedModel.load(m, u.name) for u in config.units for m in u.models}
         except (OSError, ValueError, KeyError) as e:
@@ -66,6 +69,7 @@ class Daemon:
         self.router: Router | None = None
         self.server: _Server | None = None
         self.fatal: str | None = None
+        self.feed: StatsFeed | None = None
         self.stopping = False
 
     # -- the unit listener ---------------------------------------------------------
@@ -75,6 +79,9 @@ class Daemon:
             if served is not None:
                 served.info = info
                 served.max_position = info.max_position
+            plan = f" ({info.plan})" if info.plan else ""
+            self.events.add("model_loaded", f"{info.name}{plan}: {info.weight_bytes / 2**20:.0f} MiB of weights on {info.device}",
+                            unit=unit.name, model=info.name)  # fmt: skip
         if all(u.state.value == "ready" for u in self.units.values()) and unit.restarts == 0:
             names = ", ".join(self.served)
             log.info("muxd serving %s on %s", names, self.config.socket)
@@ -87,6 +94,9 @@ class Daemon:
         if n:
             log.warning("failed %d in-flight request(s) of unit %s with 503", n, unit.name)
 
+    def unit_changed(self, unit: UnitProcess, kind: str, message: str) -> None:
+        self.events.add(kind, message, unit=unit.name)  # type: ignore[arg-type]
+
     def unit_start_failed(self, unit: UnitProcess, error: str) -> None:
         self.fatal = f"unit {unit.name} could not load its models: {error}"
         self.request_shutdown()
@@ -97,6 +107,8 @@ class Daemon:
             log.info("shutting down: no new connections; draining in-flight requests (up to %.0f s)",
                      self.config.limits.drain_timeout_s)  # fmt: skip
         self.stopping = True
+        if self.feed is not None:
+            self.feed.close()  # the stats streams end, so the drain waits only for requests
         if self.server is not None:
             self.server.should_exit = True
 
@@ -121,11 +133,15 @@ class Daemon:
                 log.warning("also listening on tcp %s:%d, with no authentication", *self.config.tcp)
             for unit in self.units.values():
                 unit.start()
+            self.feed = StatsFeed(self)
+            ticker = asyncio.create_task(self.feed.run(), name="muxd-stats")
             self.server = _Server(self._uvicorn_config())
             if self.stopping:
                 self.server.should_exit = True
             await self.server.serve(sockets=sockets)
         finally:
+            if self.feed is not None:
+                ticker.cancel()
             for s in sockets:
                 s.close()
             await asyncio.gather(*(u.stop() for u in self.units.values()))

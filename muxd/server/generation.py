@@ -22,6 +22,7 @@ from typing import Any
 from muxd import ipc
 from muxd.config import ModelConfig
 from muxd.core.detokenize import IncrementalDetokenizer
+from muxd.core.slo import Outcome
 from muxd.errors import ContextLengthError, InvalidRequestError, QueueFullError, UnitUnavailableError
 from muxd.server.router import Event, Router, UnitFailure
 from muxd.server.telemetry import Telemetry
@@ -216,7 +217,9 @@ class Generation:
             raise InvalidRequestError(f"model {self.model!r} cannot take this request: {ev.error}")
         if ev.token_ids:
             now = self.clock()
-            c.first_token_at = c.first_token_at or now
+            if c.first_token_at is None:
+                c.first_token_at = now
+                self.telemetry.prompt_done(self.model, len(self.prompt_ids))
             c.last_token_at = now
             c.token_ids += ev.token_ids
             c.logprobs += ev.logprobs
@@ -239,7 +242,8 @@ class Generation:
         tpot = None
         if c.first_token_at is not None and len(c.token_ids) > 1:
             tpot = (c.last_token_at - c.first_token_at) / (len(c.token_ids) - 1)
-        self.telemetry.finished(self.model, ttft, tpot, len(self.prompt_ids), len(c.token_ids))
+        outcome = Outcome(ok=True, ttft_s=ttft, tpot_s=tpot, e2e_s=self.clock() - self.arrival)
+        self.telemetry.finished(self.model, outcome, len(self.prompt_ids), len(c.token_ids))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -141,6 +141,7 @@ class UnitListener(Protocol):
     def unit_events(self, unit: UnitProcess, events: list[ipc.TokenEvent]) -> None: ...
     def unit_down(self, unit: UnitProcess, reason: str) -> None: ...
     def unit_start_failed(self, unit: UnitProcess, error: str) -> None: ...
+    def unit_changed(self, unit: UnitProcess, kind: str, message: str) -> None: ...  # for the event log
 
 
 class UnitProcess:
@@ -196,6 +197,8 @@ class UnitProcess:
         self.started_at = self.clock()
         self._stopped.clear()
         log.info("unit %s: process %d loads %s", self.name, proc.pid, ", ".join(m.name for m in self.config.models))
+        kind = "unit_starting" if self.restarts == 0 else "unit_restarting"
+        self.listener.unit_changed(self, kind, f"process {proc.pid} loads {', '.join(m.name for m in self.config.models)}")
         threading.Thread(target=self._read, args=(self._gen, proc, parent), name=f"muxd-read-{self.name}", daemon=True).start()
 
     def _spawn(self) -> tuple[Any, Connection]:
@@ -348,6 +351,7 @@ class UnitProcess:
         elif isinstance(msg, ipc.StartFailed):
             self.last_error = msg.error
             log.error("unit %s could not load its models: %s", self.name, msg.error)
+            self.listener.unit_changed(self, "unit_failed", f"could not load its models: {msg.error}")
             first = self.restarts == 0
             if self.state not in (UnitState.STOPPING, UnitState.STOPPED):  # stopping: its exit is no crash to restart
                 self.state = UnitState.FAILED
@@ -365,6 +369,7 @@ class UnitProcess:
         took = self.ready_at - (self.started_at or self.ready_at)
         what = "restarted" if self.restarts else "ready"
         log.info("unit %s %s in %.2f s: %d KV pages (%d MiB)", self.name, what, took, ready.kv_pages, ready.kv_bytes >> 20)
+        self.listener.unit_changed(self, "unit_ready", f"{what} in {took:.2f} s: {ready.kv_pages} KV pages ({ready.kv_bytes >> 20} MiB)")
         self.listener.unit_ready(self, ready)
         self._spawn_spare()
 
@@ -382,12 +387,14 @@ class UnitProcess:
         if self.state in (UnitState.STOPPING, UnitState.STOPPED):
             self.state = UnitState.STOPPED
             log.info("unit %s stopped", self.name)
+            self.listener.unit_changed(self, "unit_stopped", "stopped")
             return
         reason = f"unit {self.name} {describe_exit(exitcode)}"
         if self.state is UnitState.READY:
             self.last_error = reason
         failed_to_load = self.state is UnitState.FAILED
         log.error("%s; failing its in-flight requests and restarting it", reason)
+        self.listener.unit_changed(self, "unit_crashed", reason)
         self.listener.unit_down(self, reason)
         if failed_to_load and self.restarts == 0:
             return  # the first start failed: the daemon reports it and exits

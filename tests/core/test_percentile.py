@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from muxd.core.percentile import percentile
+from muxd.core.percentile import percentile, percentile_sorted
 
 
 def test_percentiles_interpolate_between_ranks() -> None:
@@ -19,4 +19,10 @@ def test_the_daemon_and_both_benches_use_this_one() -> None:
     from muxd.bench import mux, serve
     from muxd.server import telemetry
 
-    assert mux.percentile is serve.percentile is telemetry.percentile is percentile
+    assert mux.percentile is serve.percentile is percentile
+    assert telemetry.percentile_sorted is percentile_sorted  # the daemon keeps its values sorted
+
+
+def test_sorted_values_give_the_same_percentiles_as_unsorted_ones() -> None:
+    values = [7.0, 1.0, 4.0, 9.0, 2.5]
+    assert all(percentile_sorted(sorted(values), q) == percentile(values, q) for q in (0, 25, 50, 90, 99, 100))

@@ -56,7 +56,7 @@ def test_health_status_stats_metrics_openapi(client):
     client.complete("tiny-qwen3", "x", max_tokens=2)
     stats = client.stats()
     model = stats.models["tiny-qwen3"]
-    assert model.done >= 1 and model.generated_tokens >= 1 and model.ttft_ms.p50 is not None
+    assert model.done >= 1 and model.generated_tokens >= 1 and model.latency.ttft_ms.p50 is not None
     assert stats.units["cpu0"].pages_total == status.units[0].pool.pages_total
     assert stats.devices["cpu"].memory_used_bytes > 0
     metrics = client.metrics()
