@@ -59,8 +59,12 @@ class AsyncStatsStream:
     def __init__(self, response: httpx.Response, last_event_id: int | None) -> None:
         self.response = response
         self.last_event_id = last_event_id
+        self._items = self._read()  # one reader, as StatsStream
 
-    async def __aiter__(self) -> AsyncIterator[Stats | Event]:
+    def __aiter__(self) -> AsyncIterator[Stats | Event]:
+        return self._items
+
+    async def _read(self) -> AsyncIterator[Stats | Event]:
         decoder = SseDecoder()
         try:
             async for line in self.response.aiter_lines():

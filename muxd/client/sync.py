@@ -64,8 +64,12 @@ class StatsStream:
     def __init__(self, response: httpx.Response, last_event_id: int | None) -> None:
         self.response = response
         self.last_event_id = last_event_id
+        self._items = self._read()  # one reader: a loop that breaks and iterates again goes on where it was
 
     def __iter__(self) -> Iterator[Stats | Event]:
+        return self._items
+
+    def _read(self) -> Iterator[Stats | Event]:
         decoder = SseDecoder()
         try:
             for line in self.response.iter_lines():
