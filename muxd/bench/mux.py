@@ -7,7 +7,8 @@ replayed open-loop against an in-process ``LLMEngine`` once per policy
 the machine's noise hits every policy alike. Per policy it reports
 throughput (finished requests and generated tokens per second of the run),
 SLO attainment (the fraction of requests whose end-to-end latency is within
-``slo_scale`` × their latency when served alone), TTFT and TPOT p50/p99; with
+``slo_scale`` × their latency when served alone, judged by ``core.slo`` as the
+daemon judges: an unfinished request is a miss), TTFT and TPOT p50/p99; with
 ``find_max_rate``, the highest total rate each policy holds at ≥ 99 % SLO
 attainment.
 
@@ -33,6 +34,7 @@ from typing import Any
 
 from muxd import workload
 from muxd.core.percentile import percentile
+from muxd.core.slo import Outcome, SloTarget, attainment, meets
 from muxd.engine import cpu_isa
 from muxd.workload import RequestSpec, SoloLatency, WorkloadSpec
 
@@ -179,6 +181,17 @@ class Record:
     def latency(self) -> float | None:
         return None if self.finish_s is None else self.finish_s - self.request.arrival_s
 
+    def outcome(self) -> Outcome:
+        ttft = None if self.first_token_s is None else self.first_token_s - self.request.arrival_s
+        tpot = None
+        if self.finish_s is not None and self.first_token_s is not None and self.output_tokens > 1:
+            tpot = (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
+        return Outcome(ok=self.finish_s is not None, ttft_s=ttft, tpot_s=tpot, e2e_s=self.latency())
+
+    def verdict(self) -> bool | None:
+        """``core.slo.meets`` against the request's end-to-end target: the daemon's rule."""
+        return meets(SloTarget(e2e_s=self.request.slo_s), self.outcome())
+
     def missed(self, now: float) -> bool:
         """Known to miss its SLO by ``now``: finished late, or still running past it."""
         slo = self.request.slo_s
@@ -254,16 +267,21 @@ def summarize(records: list[Record], makespan_s: float) -> dict[str, Any]:
     """Throughput, SLO attainment and latency percentiles of one replay."""
     done = [r for r in records if r.finish_s is not None]
     ttft = [r.first_token_s - r.request.arrival_s for r in records if r.first_token_s is not None]
-    tpot = [(r.finish_s - r.first_token_s) / (r.output_tokens - 1) for r in done if r.output_tokens > 1]
-    met = [r for r in done if r.request.slo_s is None or not r.missed(r.finish_s)]
+    tpot = [o.tpot_s for o in (r.outcome() for r in done) if o.tpot_s is not None]
+    verdicts = {id(r): r.verdict() for r in records}
     span = max(makespan_s, 1e-9)
+
+    def slo_attainment(mine: list[Record]) -> float:
+        got = attainment(verdicts[id(r)] for r in mine)
+        return 1.0 if got is None else got  # no request had a target: none missed one
+
     per_model: dict[str, dict[str, Any]] = {}
     for model in sorted({r.request.model for r in records}):
         mine = [r for r in records if r.request.model == model]
         per_model[model] = {
             "requests": len(mine),
             "finished": sum(r.finish_s is not None for r in mine),
-            "slo_attainment": sum(r in met for r in mine) / len(mine),
+            "slo_attainment": slo_attainment(mine),
         }
     return {
         "requests": len(records),
@@ -271,7 +289,7 @@ def summarize(records: list[Record], makespan_s: float) -> dict[str, Any]:
         "makespan_s": makespan_s,
         "throughput_req_s": len(done) / span,
         "throughput_tok_s": sum(r.output_tokens for r in records) / span,
-        "slo_attainment": len(met) / len(records) if records else 1.0,
+        "slo_attainment": slo_attainment(records),
         "ttft_p50_s": percentile(ttft, 50),
         "ttft_p99_s": percentile(ttft, 99),
         "tpot_p50_s": percentile(tpot, 50),
