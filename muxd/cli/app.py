@@ -18,9 +18,11 @@ from muxd.cli import client_verbs
 from muxd.cli.bench import app as bench_app
 from muxd.cli.bench_api import api as bench_api
 from muxd.cli.bench_serve import serve as bench_serve
+from muxd.cli.bench_stats import stats as bench_stats
 from muxd.cli.common import FAILURE, exit_with
 from muxd.cli.generate import generate
 from muxd.cli.serve import serve
+from muxd.cli.top import top
 from muxd.errors import MuxdError
 
 app = typer.Typer(name="muxd", help="Serve several LLMs at once on one machine.", no_args_is_help=True)
@@ -33,8 +35,10 @@ app.command("run")(client_verbs.run)
 app.command("ps")(client_verbs.ps)
 app.command("stats")(client_verbs.stats)
 app.command("stop")(client_verbs.stop)
+app.command("top")(top)
 bench_app.command("api")(bench_api)
 bench_app.command("serve")(bench_serve)
+bench_app.command("stats")(bench_stats)
 
 
 @app.command()

@@ -1,0 +1,91 @@
+"""Following a daemon's stats stream across its stops and restarts.
+
+``follow`` yields what the stream sends (``Stats`` and ``Event`` documents)
+and, between them, what became of the connection: ``Connected`` with the
+daemon's status when a stream opens, ``Down`` with a message to show when
+it cannot. It never ends on its own and never raises for a daemon that is
+gone: it retries, sooner at first, then every ``max_backoff_s``.
+
+Events are not missed or repeated: reconnecting to the same daemon replays
+the events after the last one read; a new daemon (another pid) replays its
+whole ring, from id 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from muxd.client import AsyncStatsStream, DaemonNotRunningError
+from muxd.errors import MuxdError
+from muxd.protocol import Event, Stats, Status
+
+
+class StatsClient(Protocol):
+    """What the dashboard needs of ``muxd.client.AsyncClient`` (tests pass a fake)."""
+
+    socket: Path
+
+    async def status(self) -> Status: ...
+
+    async def stats_stream(self, interval_ms: int = 500, last_event_id: int | None = None) -> AsyncStatsStream: ...
+
+
+@dataclass(frozen=True)
+class Connected:
+    status: Status
+
+
+@dataclass(frozen=True)
+class Down:
+    message: str
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Seconds between tries: ``first_s``, doubling up to ``max_s``, back to ``first_s`` once connected."""
+
+    first_s: float = 0.1
+    max_s: float = 2.0
+
+
+Item = Stats | Event | Connected | Down
+
+
+async def follow(client: StatsClient, interval_ms: int, backoff: Backoff = Backoff(),
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> AsyncIterator[Item]:  # fmt: skip
+    pid: int | None = None
+    last_event_id = 0
+    delay = backoff.first_s
+    while True:
+        stream: AsyncStatsStream | None = None
+        try:
+            status = await client.status()
+            if status.pid != pid:
+                pid, last_event_id = status.pid, 0
+            stream = await client.stats_stream(interval_ms, last_event_id)
+            yield Connected(status)
+            delay = backoff.first_s
+            async for item in stream:
+                yield item
+            yield Down(f"the muxd daemon on {client.socket} closed the stream; reconnecting")
+        except DaemonNotRunningError:
+            yield Down(f"no muxd daemon on {client.socket}; retrying")
+        except (MuxdError, httpx.HTTPError, OSError) as e:
+            yield Down(f"lost the muxd daemon on {client.socket} ({_reason(e)}); retrying")
+        finally:
+            if stream is not None:
+                last_event_id = stream.last_event_id or 0
+                await stream.aclose()
+        await sleep(delay)
+        delay = min(delay * 2, backoff.max_s)
+
+
+def _reason(error: Exception) -> str:
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0][:120]
