@@ -109,3 +109,14 @@ def test_a_crash_and_restart_are_events_and_the_stream_ends_when_the_daemon_stop
     finally:
         daemon.stop()
     wait_for(lambda: not daemon.socket.exists(), 10, "the socket to go")
+
+
+def test_openapi_describes_each_event_of_each_stream(tiny_daemon):
+    with Client(tiny_daemon.socket) as client:
+        paths = client.openapi()["paths"]
+    stream = paths["/muxd/v1/stats/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert {v["title"]: v["properties"]["data"]["$ref"].rsplit("/", 1)[1] for v in stream["oneOf"]} == {
+        "stats": "Stats", "event": "Event"}
+    chat = paths["/v1/chat/completions"]["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert [v["title"] for v in chat["oneOf"]] == ["message", "done"]
+    assert chat["oneOf"][0]["properties"]["data"]["$ref"].endswith("/ChatCompletionChunk")
