@@ -130,10 +130,10 @@ class MuxdRoutes:
         return JSONResponse(doc.model_dump())
 
     async def stats(self, request: Request) -> Response:
-        return JSONResponse((await self._feed().tick()).model_dump())
+        return JSONResponse((await self._feed().current()).model_dump())
 
     async def metrics(self, request: Request) -> Response:
-        text = prometheus(await self._feed().tick(), self.health_doc())
+        text = prometheus(await self._feed().current(), self.health_doc())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def stats_stream(self, request: Request) -> Response:

@@ -2,10 +2,10 @@
 
 Each tick asks every unit for its snapshot once, reads the devices once,
 moves the windows on (``telemetry.RateWindow``: tokens/s, compute shares,
-busy shares; the latency windows) and builds the document. ``/muxd/v1/stats``
-and ``/metrics`` take a tick of their own (so a request's counters show at
-once); the stats streams share the ticker's documents, serialised once per
-tick. The windows span fixed times, so no reader changes what another sees.
+busy shares; the latency windows) and builds the document. Every reader
+gets the latest tick's document (``/muxd/v1/stats``, ``/metrics``, the
+streams, serialised once per tick): no reader costs the units a round trip
+or moves a window.
 
 Compute share: a model's prefill (decode) share is Σ(job share × job
 seconds) of its prefill (decode) jobs over the window, measured in the unit;
@@ -77,6 +77,10 @@ class StatsFeed:
 
     def period(self) -> float:
         return max(0.05, min([self.interval_s, *(s.interval_s for s in self.subscriptions)]))
+
+    async def current(self) -> Stats:
+        """The latest tick's document (the first tick's, once it is done)."""
+        return self.latest if self.latest is not None else await self.tick()
 
     def subscribe(self, interval_s: float) -> Subscription:
         sub = Subscription(interval_s)

@@ -7,6 +7,7 @@ import pytest
 from muxd.client import AsyncClient, BadRequestError, Client, DaemonNotRunningError, NotFoundError
 from muxd.errors import MuxdError
 from muxd.protocol import ChatCompletion, ChatCompletionChunk, Completion
+from tests.e2e.conftest import wait_for
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_health_status_stats_metrics_openapi(client):
     assert status.units[0].pool.pages_total > 0 and status.policy == status.units[0].policy
     assert {m.name for m in status.models} == {"tiny-llama", "tiny-qwen3"}
     client.complete("tiny-qwen3", "x", max_tokens=2)
-    stats = client.stats()
+    stats = wait_for(lambda: (s := client.stats()).models["tiny-qwen3"].done and s, 10, "the next stats tick")
     model = stats.models["tiny-qwen3"]
     assert model.done >= 1 and model.generated_tokens >= 1 and model.latency.ttft_ms.p50 is not None
     assert stats.units["cpu0"].pages_total == status.units[0].pool.pages_total
@@ -102,7 +103,11 @@ def test_stats_report_prompt_tokens_served_from_the_prefix_cache(client):
     prompt = list(range(5, 45))  # 40 tokens: two full 16-token blocks, then a partial one
     first = client.complete("tiny-llama", prompt, max_tokens=2, temperature=0, ignore_eos=True)
     again = client.complete("tiny-llama", prompt, max_tokens=2, temperature=0, ignore_eos=True)
-    after = client.stats().models["tiny-llama"]
     assert again.text == first.text
+
+    def reused_both_blocks():  # the second request's 32 tokens, once a stats tick has seen it
+        m = client.stats().models["tiny-llama"]
+        return m.prefix_hit_tokens - before.prefix_hit_tokens >= 32 and m
+
+    after = wait_for(reused_both_blocks, 10, "a stats tick with the prefix-cache hits")
     assert after.prefix_query_tokens - before.prefix_query_tokens >= 2 * len(prompt)
-    assert after.prefix_hit_tokens - before.prefix_hit_tokens >= 32  # the second request reused both blocks
