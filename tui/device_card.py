@@ -67,7 +67,9 @@ def cpu_lines(cpu: CpuStats | None, width: int) -> list[Text]:
     lines.append(bar_line("ram", used / total if used is not None and total else None, fmt_of(used, total), width))
     for p in cpu.processes:
         cpu_pct = NONE if p.cpu_pct is None else f"{p.cpu_pct:.0f}%"
-        lines.append(Text.assemble((f"{p.unit:<{LABEL}}", "bold"), f"pid {p.pid}  rss {fmt_bytes(p.rss_bytes)}  cpu {cpu_pct}"))
+        line = Text.assemble((f"{p.unit:<{LABEL}}", "bold"), f"pid {p.pid}  rss {fmt_bytes(p.rss_bytes)}  cpu {cpu_pct}")
+        line.no_wrap, line.overflow = True, "ellipsis"
+        lines.append(line)
     return lines
 
 

@@ -23,13 +23,15 @@ import httpx
 
 from muxd.client import AsyncStatsStream, DaemonNotRunningError
 from muxd.errors import MuxdError
-from muxd.protocol import Event, Stats, Status
+from muxd.protocol import Event, Health, Stats, Status
 
 
 class StatsClient(Protocol):
     """What the dashboard needs of ``muxd.client.AsyncClient`` (tests pass a fake)."""
 
     socket: Path
+
+    async def health(self) -> Health: ...
 
     async def status(self) -> Status: ...
 
@@ -57,6 +59,10 @@ class Backoff:
 Item = Stats | Event | Connected | Down
 
 
+class Stopping(Exception):
+    """The daemon answers, but is shutting down."""
+
+
 async def follow(client: StatsClient, interval_ms: int, backoff: Backoff = Backoff(),
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> AsyncIterator[Item]:  # fmt: skip
     pid: int | None = None
@@ -65,6 +71,8 @@ async def follow(client: StatsClient, interval_ms: int, backoff: Backoff = Backo
     while True:
         stream: AsyncStatsStream | None = None
         try:
+            if (await client.health()).status == "stopping":  # a stream opened now would hold its drain up
+                raise Stopping()
             status = await client.status()
             if status.pid != pid:
                 pid, last_event_id = status.pid, 0
@@ -74,6 +82,8 @@ async def follow(client: StatsClient, interval_ms: int, backoff: Backoff = Backo
             async for item in stream:
                 yield item
             yield Down(f"the muxd daemon on {client.socket} closed the stream; reconnecting")
+        except Stopping:
+            yield Down(f"the muxd daemon on {client.socket} is stopping; retrying")
         except DaemonNotRunningError:
             yield Down(f"no muxd daemon on {client.socket}; retrying")
         except (MuxdError, httpx.HTTPError, OSError) as e:

@@ -9,17 +9,19 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
 
-from tests.e2e.conftest import tiny_models  # noqa: F401  (a fixture, used by test_live)
-from tests.tui import docs
+from tests.e2e.conftest import tiny_daemon, tiny_models  # noqa: F401  (fixtures test_live uses)
+from tests.tui import docs, record
 from tests.tui.fake import FakeClient, FrozenClock
 from tui.app import MuxdTop
 from tui.follow import Backoff
 
 FAST = Backoff(first_s=0.01, max_s=0.05)  # reconnect tries in tests
+RECORDING = Path(__file__).parent / "data" / "cpu.jsonl"
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +49,15 @@ def cpu_client() -> FakeClient:
 
 
 @pytest.fixture
+def recorded_client() -> FakeClient:
+    """A real CPU daemon's stream under load (``tests/tui/record.py``): two tiny models, one missing its SLO."""
+    status, stats, events = record.load(RECORDING)
+    return FakeClient(stats, events, status, docs.SOCKET)
+
+
+@pytest.fixture
 def gpu_client() -> FakeClient:
-    return FakeClient(docs.run(gpu=True), docs.EVENTS, docs.status(gpu=True), docs.SOCKET)
+    return FakeClient(docs.run(gpu=True), docs.events(gpu=True), docs.status(gpu=True), docs.SOCKET)
 
 
 def make_app(client: FakeClient, clock: FrozenClock) -> MuxdTop:

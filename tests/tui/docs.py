@@ -107,6 +107,13 @@ EVENTS = [
 ]  # fmt: skip
 
 
+def events(gpu: bool = False) -> list[Event]:
+    """``EVENTS``, of a GPU daemon's unit ``cuda0`` where ``gpu``."""
+    if not gpu:
+        return list(EVENTS)
+    return [e.model_copy(update={"unit": "cuda0", "message": e.message.replace("on cpu", "on cuda:0")}) for e in EVENTS]
+
+
 def status(gpu: bool = False) -> Status:
     device = "cuda" if gpu else "cpu"
     plans = {"smollm2": "q8/avx512-vnni", "tiny-llama": "fp32", "tiny-qwen3": "fp32"} if not gpu else dict.fromkeys(MODELS, "bf16")

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from muxd.client import ConnectionLostError, DaemonNotRunningError
-from muxd.protocol import Event, Stats, Status
+from muxd.protocol import Event, Health, Stats, Status
 
 LOST = object()
 
@@ -59,9 +59,14 @@ class FakeClient:
         self.stats, self.events, self.status_doc = list(stats), list(events), status
         self.socket = Path(socket)
         self.up = True
+        self.health_status = "ok"
         self.streams: set[FakeStream] = set()
         self.opened: list[int | None] = []  # the last_event_id of each stream opened
         self.closed = False
+
+    async def health(self) -> Health:
+        self._check()
+        return Health(status=self.health_status)
 
     async def status(self) -> Status:
         self._check()

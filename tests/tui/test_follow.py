@@ -89,3 +89,14 @@ async def test_a_stream_the_daemon_ends_is_reopened():
     assert down == Down(f"the muxd daemon on {docs.SOCKET} closed the stream; reconnecting")
     assert isinstance(await anext(items), Connected)
     await items.aclose()
+
+
+async def test_a_stopping_daemon_gets_no_stream_that_would_hold_its_drain():
+    fake = client()
+    fake.health_status = "stopping"
+    items = follow(fake, 500, sleep=Sleeps())
+    assert await anext(items) == Down(f"the muxd daemon on {docs.SOCKET} is stopping; retrying")
+    assert fake.opened == []
+    fake.health_status = "ok"
+    assert isinstance(await anext(items), Connected)
+    await items.aclose()
