@@ -35,11 +35,11 @@ def fmt_bytes(n: float | None) -> str:
 
 
 def fmt_ms(ms: float | None) -> str:
-    """Milliseconds as people read them: ``"4.2 ms"``, ``"38 ms"``, ``"1.25 s"``."""
+    """Milliseconds as people read them: ``"4.2 ms"``, ``"38 ms"``, ``"1.00 s"``, ``"12.5 s"``, ``"3m05s"``."""
     if ms is None:
         return NONE
     if ms >= 1000:
-        return f"{ms / 1000:.3g} s"
+        return fmt_seconds(ms / 1000) if ms >= 60_000 else f"{ms / 1000:.{2 if ms < 10_000 else 1}f} s"
     return f"{ms:.2g} ms" if ms < 10 else f"{ms:.0f} ms"
 
 

@@ -17,7 +17,8 @@ def test_bytes_in_binary_units(n, text):
 
 
 @pytest.mark.parametrize(("ms", "text"), [(None, "-"), (0.42, "0.42 ms"), (4.25, "4.2 ms"), (38.4, "38 ms"),
-                                          (999.4, "999 ms"), (1250, "1.25 s")])  # fmt: skip
+                                          (999.4, "999 ms"), (1000.3, "1.00 s"), (1250, "1.25 s"),
+                                          (12_540, "12.5 s"), (185_000, "3m05s")])  # fmt: skip
 def test_milliseconds_as_people_read_them(ms, text):
     assert fmt_ms(ms) == text
 
