@@ -96,6 +96,8 @@ class Daemon:
 
     def unit_changed(self, unit: UnitProcess, kind: str, message: str) -> None:
         self.events.add(kind, message, unit=unit.name)  # type: ignore[arg-type]
+        if self.feed is not None:
+            self.feed.poke()
 
     def unit_start_failed(self, unit: UnitProcess, error: str) -> None:
         self.fatal = f"unit {unit.name} could not load its models: {error}"

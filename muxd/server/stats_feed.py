@@ -67,9 +67,9 @@ class StatsFeed:
     async def run(self) -> None:
         """Tick until cancelled, as often as the fastest subscriber asks (at most every 50 ms)."""
         while True:
+            self._wake.clear()  # before the tick: a poke during it ticks again at once
             doc = await self.tick()
             self._publish(doc)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.period())
             except asyncio.TimeoutError:
@@ -77,6 +77,10 @@ class StatsFeed:
 
     def period(self) -> float:
         return max(0.05, min([self.interval_s, *(s.interval_s for s in self.subscriptions)]))
+
+    def poke(self) -> None:
+        """Tick now (a unit changed state: the next document should say so at once)."""
+        self._wake.set()
 
     async def current(self) -> Stats:
         """The latest tick's document (the first tick's, once it is done)."""
