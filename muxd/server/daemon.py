@@ -79,8 +79,8 @@ class Daemon:
             if served is not None:
                 served.info = info
                 served.max_position = info.max_position
-            plan = f" ({info.plan})" if info.plan else ""
-            self.events.add("model_loaded", f"{info.name}{plan}: {info.weight_bytes / 2**20:.0f} MiB of weights on {info.device}",
+            plan = f", plan {info.plan}" if info.plan else ""
+            self.events.add("model_loaded", f"{info.weight_bytes / 2**20:.0f} MiB of weights on {info.device}{plan}",
                             unit=unit.name, model=info.name)  # fmt: skip
         if all(u.state.value == "ready" for u in self.units.values()) and unit.restarts == 0:
             names = ", ".join(self.served)
