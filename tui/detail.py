@@ -49,12 +49,12 @@ class ModelDetail(Widget):
         if m is None:
             return Group(Text(f"{self.model}: not in the daemon's stats (any more)", style="yellow"))
         status = next((s for s in self.status.models if s.name == self.model), None) if self.status else None
-        width = max(self.content_size.width, 40)
-        charts = model_lines(self.model, m, self.history.tokens_per_s(self.model), self.history.attainment(self.model), width)
+        tokens, attainment = self.history.tokens_per_s(self.model), self.history.attainment(self.model)
+        charts = model_lines(self.model, m, tokens, attainment, max(self.content_size.width, 40))
         window = self.stats.latency_window_s
-        return Group(
-            figures(m, status), compute_line(m), Text(), latency_table(m, window), Text(), slo_table(m.slo, window), Text(), *charts
-        )  # fmt: skip
+        blank = Text()
+        return Group(figures(m, status), compute_line(m), blank, latency_table(m, window), blank,
+                     slo_table(m.slo, window), blank, *charts)  # fmt: skip
 
 
 def compute_line(m: ModelStats) -> Text:
@@ -73,16 +73,18 @@ def figures(m: ModelStats, status: ModelStatus | None) -> Table:
     table.add_column()
     table.add_column(style="bold")
     table.add_column()
+    tokens_per_joule = NONE if m.tokens_per_joule is None else f"{m.tokens_per_joule:.3g}"
+    pages = f"held {_n(m.pages_held)}  quota {_n(m.pages_quota)}  cached {_n(m.pages_cached)}"
     rows = [
         ("state", m.state, "unit", m.unit),
         ("plan", _get(status, "plan"), "dtype", _get(status, "dtype")),
         ("weights", fmt_bytes(status.weight_bytes if status else None), "max len", _get(status, "max_model_len")),
-        ("rate", f"{fmt_rate(m.rate)} req/s expected", "tok/J", NONE if m.tokens_per_joule is None else f"{m.tokens_per_joule:.3g}"),
+        ("rate", f"{fmt_rate(m.rate)} req/s expected", "tok/J", tokens_per_joule),
         ("tokens/s", f"in {fmt_rate(m.tokens_in_per_s)}  out {fmt_rate(m.tokens_out_per_s)}",
          "tokens", f"prompt {m.prompt_tokens}  generated {m.generated_tokens}"),
         ("requests", f"running {m.running}  queued {m.queued}  in flight {m.in_flight}",
          "finished", f"done {m.done}  errors {m.errors}  429s {m.rejected}"),
-        ("oldest queued", fmt_seconds(m.queue_age_s), "pages", f"held {_n(m.pages_held)}  quota {_n(m.pages_quota)}  cached {_n(m.pages_cached)}"),
+        ("oldest queued", fmt_seconds(m.queue_age_s), "pages", pages),
         ("prefix cache", _hit_rate(m), "", ""),
     ]  # fmt: skip
     for row in rows:

@@ -14,6 +14,7 @@ whole ring, from id 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,12 +87,15 @@ async def follow(client: StatsClient, interval_ms: int, backoff: Backoff = Backo
             yield Down(f"the muxd daemon on {client.socket} is stopping; retrying")
         except DaemonNotRunningError:
             yield Down(f"no muxd daemon on {client.socket}; retrying")
-        except (MuxdError, httpx.HTTPError, OSError) as e:
+        except httpx.TimeoutException:
+            yield Down(f"the muxd daemon on {client.socket} does not answer; retrying")
+        except (MuxdError, httpx.HTTPError, OSError, ValueError) as e:  # ValueError: a document this client cannot read
             yield Down(f"lost the muxd daemon on {client.socket} ({_reason(e)}); retrying")
         finally:
             if stream is not None:
                 last_event_id = stream.last_event_id or 0
-                await stream.aclose()
+                with contextlib.suppress(MuxdError, httpx.HTTPError, OSError):  # it is gone either way
+                    await stream.aclose()
         await sleep(delay)
         delay = min(delay * 2, backoff.max_s)
 

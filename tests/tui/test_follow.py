@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from muxd.protocol import Event, Stats
@@ -99,4 +100,29 @@ async def test_a_stopping_daemon_gets_no_stream_that_would_hold_its_drain():
     assert fake.opened == []
     fake.health_status = "ok"
     assert isinstance(await anext(items), Connected)
+    await items.aclose()
+
+
+async def test_a_daemon_that_hangs_is_called_so():
+    fake = client()
+
+    async def hangs() -> None:
+        raise httpx.ReadTimeout("")
+
+    fake.status = hangs
+    items = follow(fake, 500, sleep=Sleeps())
+    assert await anext(items) == Down(f"the muxd daemon on {docs.SOCKET} does not answer; retrying")
+    await items.aclose()
+
+
+async def test_a_document_it_cannot_read_is_a_lost_stream_not_a_crash():
+    fake = client()
+
+    async def garbled(interval_ms: int = 500, last_event_id: int | None = None):
+        Stats.model_validate_json('{"time": "soon"}')
+
+    fake.stats_stream = garbled
+    items = follow(fake, 500, sleep=Sleeps())
+    down = await anext(items)
+    assert isinstance(down, Down) and down.message.startswith(f"lost the muxd daemon on {docs.SOCKET} (")
     await items.aclose()
