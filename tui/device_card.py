@@ -60,7 +60,7 @@ def gpu_lines(gpu: GpuStats, width: int) -> list[Text]:
 
 def cpu_lines(cpu: CpuStats | None, width: int) -> list[Text]:
     if cpu is None:
-        return [Text("no CPU readings", style="dim")]
+        return [Text("no readings (neither NVML nor psutil answered)", style="dim")]
     used, total = cpu.memory_used_bytes, cpu.memory_total_bytes
     lines = [Text(cpu.model or "CPU", style="dim", overflow="ellipsis", no_wrap=True)]
     lines += core_lines(cpu.cores_pct, width)
@@ -75,6 +75,8 @@ def cpu_lines(cpu: CpuStats | None, width: int) -> list[Text]:
 
 def core_lines(cores_pct: list[float], width: int) -> list[Text]:
     """A bar per core in as many columns as fit; one level character per core when that takes too many lines."""
+    if not cores_pct:
+        return []
     per_line = max(1, width // CORE_CELL)
     if len(cores_pct) > per_line * MAX_CORE_LINES:
         text = Text(f"{'cores':<{LABEL}}")

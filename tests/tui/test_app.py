@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from muxd.protocol import Event
+from muxd.protocol import CpuStats, DeviceStats, Event, ModelStats, Stats, UnitStats
 from tests.tui import docs
 from tests.tui.conftest import all_played, make_app, until
+from tests.tui.fake import FakeClient
 from tui.detail import DetailScreen, ModelDetail
 from tui.device_card import DeviceCard
 from tui.events import EventLog
@@ -178,3 +179,22 @@ async def test_a_tiny_terminal_and_back(cpu_client, clock, keys):
             cpu_client.push(docs.stats_at(1000 + size[0]))
         await pilot.pause()
         assert app.is_running
+
+
+def minimal_stats() -> Stats:
+    """Only what the protocol requires: every optional figure unknown."""
+    model = ModelStats(unit="cuda0", running=0, queued=0, in_flight=0, done=0, errors=0, rejected=0, prompt_tokens=0,
+                       generated_tokens=0)  # fmt: skip
+    devices = {"cuda:0": DeviceStats(unit="cuda0", kind="gpu"), "cpu": DeviceStats(unit="cpu0", cpu=CpuStats())}
+    return Stats(time=docs.T0, models={"m": model}, units={"cuda0": UnitStats(state="starting")}, devices=devices)
+
+
+@pytest.mark.parametrize("keys", [(), ("enter",), ("question_mark",)], ids=["main", "detail", "help"])
+async def test_a_document_of_unknowns_renders_on_every_screen(clock, keys):
+    client = FakeClient([minimal_stats()], [], docs.status(), docs.SOCKET)
+    app = make_app(client, clock)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await all_played(pilot)
+        await pilot.press(*keys)
+        await pilot.pause()
+        assert app.is_running and rows(app) == ["m"]
