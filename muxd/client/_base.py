@@ -100,6 +100,21 @@ def stats_item(event: str, data: str) -> Stats | Event | None:
     return None
 
 
+class StatsEvents:
+    """The lines of a stats stream as ``Stats`` and ``Event`` items, following the last event id read."""
+
+    def __init__(self, last_event_id: int | None) -> None:
+        self.decoder = SseDecoder()
+        self.last_event_id = last_event_id
+
+    def feed(self, line: str) -> Stats | Event | None:
+        done = self.decoder.feed(line)
+        item = stats_item(done[0], done[1]) if done else None
+        if isinstance(item, Event):
+            self.last_event_id = item.id
+        return item
+
+
 def stats_stream_request(interval_ms: int, last_event_id: int | None) -> tuple[dict[str, Any], dict[str, str]]:
     """The query and headers of a stats stream: ``Last-Event-ID`` replays the events after it."""
     headers = {"accept": "text/event-stream"}

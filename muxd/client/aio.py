@@ -10,8 +10,8 @@ import httpx
 from pydantic import BaseModel
 
 from muxd.client._base import (
-    BASE_URL, DONE, Messages, SseDecoder, chat_body, completion_body, lost, not_running, parse_event,
-    raise_for_status, resolve_socket, stats_item, stats_stream_request,
+    BASE_URL, DONE, Messages, StatsEvents, chat_body, completion_body, lost, not_running, parse_event,
+    raise_for_status, resolve_socket, stats_stream_request,
 )  # fmt: skip
 from muxd.protocol import (
     ChatCompletion, ChatCompletionChunk, Completion, Event, Health, Model, ModelList, Stats, Status,
@@ -58,20 +58,20 @@ class AsyncStatsStream:
 
     def __init__(self, response: httpx.Response, last_event_id: int | None) -> None:
         self.response = response
-        self.last_event_id = last_event_id
+        self.events = StatsEvents(last_event_id)
         self._items = self._read()  # one reader, as StatsStream
+
+    @property
+    def last_event_id(self) -> int | None:
+        return self.events.last_event_id
 
     def __aiter__(self) -> AsyncIterator[Stats | Event]:
         return self._items
 
     async def _read(self) -> AsyncIterator[Stats | Event]:
-        decoder = SseDecoder()
         try:
             async for line in self.response.aiter_lines():
-                done = decoder.feed(line)
-                item = stats_item(done[0], done[1]) if done else None
-                if isinstance(item, Event):
-                    self.last_event_id = item.id
+                item = self.events.feed(line)
                 if item is not None:
                     yield item
         except (httpx.RemoteProtocolError, httpx.ReadError) as e:
