@@ -81,7 +81,7 @@ class MuxdTop(App):
         self.query_one("#devices").border_title = "devices"
         self.query_one("#events").border_title = "events"
         self.update_headline()
-        self.set_interval(0.5, self.update_headline)
+        self.set_interval(1.0, self.update_headline)  # the age, between documents and without them
         self.follow_daemon()
 
     async def on_unmount(self) -> None:

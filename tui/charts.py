@@ -27,13 +27,16 @@ class Charts(Widget):
         super().__init__(**kwargs)
         self.history = history
         self.series: dict[str, tuple[list[float], list[float | None]]] = {}
+        self.shape: list[tuple[str, bool]] = []
 
     def watch_stats(self, stats: Stats | None) -> None:
         """Copy the series now, so that a paused view keeps what it showed."""
         models = stats.models if stats else {}
+        shape = [(name, has_target(m)) for name, m in sorted(models.items())]  # what decides the number of lines
         self.series = {name: (self.history.tokens_per_s(name), self.history.attainment(name)) for name in models}
         self.border_title = f"last {fmt_seconds(self.history.span_s)}"
-        self.refresh(layout=True)
+        self.refresh(layout=shape != self.shape)
+        self.shape = shape
 
     def render(self) -> Group:
         if self.stats is None or not self.stats.models:

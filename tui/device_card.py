@@ -29,9 +29,11 @@ class DeviceCard(Widget):
         self.device: DeviceStats | None = None
 
     def show(self, device: DeviceStats) -> None:
+        """Draw ``device``; lay the screen out again only when the card's lines may change in number."""
+        shape = _shape(self.device) if self.device is not None else None
         self.device = device
         self.border_title = f"{self.key} · {device.unit}"
-        self.refresh(layout=True)
+        self.refresh(layout=_shape(device) != shape)
 
     def render(self) -> Group:
         d, width = self.device, max(self.content_size.width, 20)
@@ -42,6 +44,10 @@ class DeviceCard(Widget):
         if d.gpu is not None:
             lines.append(pair("unit mem", fmt_bytes(d.memory_used_bytes), "tok/J", _tpj(d.tokens_per_joule)))
         return Group(*lines)
+
+
+def _shape(d: DeviceStats) -> tuple:
+    return d.gpu is None, d.cpu is None, d.cpu and len(d.cpu.cores_pct), d.cpu and len(d.cpu.processes)
 
 
 def gpu_lines(gpu: GpuStats, width: int) -> list[Text]:

@@ -75,8 +75,9 @@ class ModelsTable(DataTable):
         names = [name for name, _ in sorted(models.items(), key=lambda item: key(*item))]
         if names == [k.value for k in self.rows]:
             for name in names:
-                for (label, _), cell in zip(COLUMNS, row(name, models[name])):
-                    self.update_cell(name, label, cell, update_width=True)
+                for (label, _), cell, old in zip(COLUMNS, row(name, models[name]), self.get_row(name)):
+                    if cell != old:
+                        self.update_cell(name, label, cell, update_width=True)
             return
         selected, scroll_x = selected or self.selected, self.scroll_x
         self.clear()
