@@ -143,6 +143,8 @@ class MuxdRoutes:
         header = request.headers.get("last-event-id")
         last_id = None if header is None else _int_param(header, "Last-Event-ID", 0, None)
         feed, events = self._feed(), self.daemon.events
+        if self.daemon.stopping:  # a stream now would hold the drain up until it times out
+            raise UnitUnavailableError("the daemon is shutting down; reconnect when it is back")
 
         async def body() -> AsyncIterator[str]:
             sub = feed.subscribe(interval_ms / 1e3)

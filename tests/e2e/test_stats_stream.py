@@ -10,6 +10,7 @@ import time
 import pytest
 
 from muxd.client import AsyncClient, BadRequestError, Client
+from muxd.errors import MuxdError
 from muxd.protocol import Event, Stats
 from tests.e2e.conftest import short_tmp_dir, start_daemon, tiny_config, wait_for
 
@@ -120,3 +121,21 @@ def test_openapi_describes_each_event_of_each_stream(tiny_daemon):
     chat = paths["/v1/chat/completions"]["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
     assert [v["title"] for v in chat["oneOf"]] == ["message", "done"]
     assert chat["oneOf"][0]["properties"]["data"]["$ref"].endswith("/ChatCompletionChunk")
+
+
+def test_a_stream_asked_for_while_the_daemon_stops_is_refused_with_a_503(tiny_models):
+    tmp = short_tmp_dir()
+    daemon = start_daemon(tiny_config(tiny_models, tmp / "muxd.sock", drain_timeout_s=30), tmp)
+    try:
+        with Client(daemon.socket) as holder, Client(daemon.socket) as watcher:
+            assert watcher.health().status == "ok"  # a kept-alive connection, which outlives the listener
+            stream = holder.chat("tiny-llama", "hi", stream=True, max_tokens=490, n=8, ignore_eos=True)  # the drain
+            daemon.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: watcher.health().status == "stopping", 10, "the daemon to be stopping")
+            with pytest.raises(MuxdError, match="shutting down") as refused:
+                watcher.stats_stream()
+            assert refused.value.http_status == 503
+            stream.close()
+        assert daemon.proc.wait(timeout=30) == 0
+    finally:
+        daemon.stop()
