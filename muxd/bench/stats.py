@@ -31,6 +31,7 @@ import psutil
 
 from muxd.client import AsyncClient
 from muxd.errors import MuxdError
+from muxd.core.percentile import percentile
 from muxd.core.slo import Outcome, SloTarget, attainment, meets
 from muxd.protocol import Stats
 
@@ -48,13 +49,14 @@ async def one_request(client: AsyncClient, model: str, prompt: str, max_tokens: 
     sent = time.monotonic()
     first = None
     try:
-        stream = await client.chat(model, prompt, stream=True, max_tokens=max_tokens, temperature=0, ignore_eos=True)
+        stream = await client.chat(model, prompt, stream=True, max_tokens=max_tokens, temperature=0, ignore_eos=True,
+                                   include_usage=True)  # fmt: skip
         tokens = 0
         async for chunk in stream:
-            for choice in chunk.choices:
-                if choice.delta.content or choice.finish_reason:
-                    first = first or time.monotonic()
-                    tokens += bool(choice.delta.content)
+            if any(c.delta.content or c.finish_reason for c in chunk.choices):
+                first = first or time.monotonic()  # the first chunk that carries text (or ends the answer)
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens  # a chunk may carry several tokens: count them all
         end = time.monotonic()
         tpot = (end - first) / (tokens - 1) if first is not None and tokens > 1 else None
         outcome = Outcome(ok=True, ttft_s=None if first is None else first - sent, tpot_s=tpot, e2e_s=end - sent)
@@ -99,6 +101,9 @@ def compare_attainment(final: Stats, timings: list[Timing]) -> dict[str, Any]:
             "daemon_window": m.slo.attainment, "bench_window": window,
             "daemon_total": m.slo.attainment_total, "bench_total": attainment(meets(target, t.outcome) for t in mine),
             "points_apart": None if window is None or m.slo.attainment is None else round(100 * abs(window - m.slo.attainment), 2),
+            # where the two vantage points differ: the bench's clock runs in another process on the same cores
+            "ttft_p50_ms": {"daemon": m.latency.ttft_ms.p50, "bench": _ms(percentile([t.outcome.ttft_s for t in mine if t.outcome.ttft_s is not None], 50))},
+            "tpot_p50_ms": {"daemon": m.latency.tpot_ms.p50, "bench": _ms(percentile([t.outcome.tpot_s for t in mine if t.outcome.tpot_s is not None], 50))},
         }  # fmt: skip
     return out
 
@@ -171,6 +176,10 @@ async def run_stats_bench(socket: str, duration_s: float = 60.0, max_tokens: int
         "share_sum_over_busy": share_ratios(docs, min_busy=0.2),
         "stream": cost,
     }  # fmt: skip
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e3, 3)
 
 
 def _cpu_model() -> str | None:

@@ -149,13 +149,14 @@ class Generation:
         n: int,
         stop: tuple[str, ...],
         clock: Callable[[], float] = time.monotonic,
+        arrival: float | None = None,  # when the request came (default: now), on ``clock``
     ) -> None:
         self.router, self.telemetry, self.served = router, telemetry, served
         self.request_id = request_id
         self.prompt_ids = prompt_ids
         self.params = params
         self.clock = clock
-        self.arrival = clock()
+        self.arrival = clock() if arrival is None else arrival
         tail = prompt_ids[-PROMPT_TAIL:]
         decode = served.tokenizer.decode
         self.choices = [_Choice(i, f"{request_id}-{i}", IncrementalDetokenizer(decode, stop, tail)) for i in range(n)]

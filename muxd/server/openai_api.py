@@ -57,6 +57,7 @@ class OpenAIRoutes:
         return JSONResponse({"object": "list", "data": data})
 
     async def completions(self, request: Request) -> Response:
+        arrival = time.monotonic()  # latencies count from here, as the client's do: parsing and tokenizing included
         req = parse_body(CompletionRequest, await request.body())
         served = self.model(req.model)
         prompt = req.prompt
@@ -70,11 +71,13 @@ class OpenAIRoutes:
         params = sampling_params(
             served, len(ids), req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, req, "prompt", req.logprobs is not None
         )
-        gen = Generation(self.router, self.telemetry, served, new_id("cmpl"), ids, params, req.n, req.stop_strings)
+        gen = Generation(self.router, self.telemetry, served, new_id("cmpl"), ids, params, req.n, req.stop_strings,
+                         arrival=arrival)  # fmt: skip
         shape = CompletionShape(gen, req.logprobs is not None)
         return await respond(request, gen, shape, req.stream, req.include_usage)
 
     async def chat_completions(self, request: Request) -> Response:
+        arrival = time.monotonic()
         req = parse_body(ChatCompletionRequest, await request.body())
         served = self.model(req.model)
         messages = [{"role": m.role, "content": m.text, **({"name": m.name} if m.name else {})} for m in req.messages]
@@ -83,7 +86,8 @@ class OpenAIRoutes:
         except ChatTemplateError as e:
             raise InvalidRequestError(str(e), param="messages") from None
         params = sampling_params(served, len(ids), req.output_limit, None, req, "messages", req.logprobs)
-        gen = Generation(self.router, self.telemetry, served, new_id("chatcmpl"), ids, params, req.n, req.stop_strings)
+        gen = Generation(self.router, self.telemetry, served, new_id("chatcmpl"), ids, params, req.n, req.stop_strings,
+                         arrival=arrival)  # fmt: skip
         shape = ChatShape(gen, req.logprobs)
         return await respond(request, gen, shape, req.stream, req.include_usage)
 
