@@ -14,6 +14,7 @@ memory nobody needs right now, so they never count against a model.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 
@@ -39,14 +40,14 @@ class PagePool:
     """
 
     total: int
-    _free: list[int] = field(init=False, repr=False)
+    _free: array[int] = field(init=False, repr=False)  # 8 bytes a page: a pool of millions of pages fits
     _models: dict[str, ModelPages] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.total <= 0:
             raise ValueError(f"a page pool needs at least one page, got {self.total}")
         # Pop from the end: low page ids are handed out first.
-        self._free = list(range(self.total - 1, -1, -1))
+        self._free = array("q", range(self.total - 1, -1, -1))
 
     # -- models ------------------------------------------------------------
     def register(self, model: str, quota: int | None = None) -> None:
@@ -94,7 +95,7 @@ class PagePool:
             raise ValueError(f"cannot allocate {n} pages")
         if not self.can_allocate(model, n, enforce_quota=enforce_quota):
             return None
-        pages = self._free[len(self._free) - n:]
+        pages = self._free[len(self._free) - n:].tolist()
         del self._free[len(self._free) - n:]
         self._models[model].held += n
         return pages

@@ -289,12 +289,14 @@ class Scheduler(ABC):
     def build_decode(self, model: str) -> list[Chunk]:
         """One-token chunks of ``model``'s idle running sequences, oldest first."""
         chunks: list[Chunk] = []
+        taken: set[int] = set()  # id() of the sequences already in this batch: never preempted for a later one
         batch = sorted((s for s in self.running[model] if not self.is_busy(s)), key=self.age)
         for seq in batch[: self.config.max_batch_seqs]:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted to make room for an older one
-            if self.reserve(seq, seq.num_tokens, {id(c.seq) for c in chunks}, may_preempt_self=True):
+            if self.reserve(seq, seq.num_tokens, taken, may_preempt_self=True):
                 chunks.append(self.decode_chunk(seq))
+                taken.add(id(seq))
         return chunks
 
     def oldest_waiting(self, models: list[str] | None = None) -> Sequence | None:
