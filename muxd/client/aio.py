@@ -165,6 +165,8 @@ class AsyncClient:
             response = await self._http.send(request, stream=True)
         except (httpx.ConnectError, FileNotFoundError) as e:
             raise not_running(self.socket, e) from e
+        except (httpx.RemoteProtocolError, httpx.ReadError) as e:  # the daemon closed the connection (stopping)
+            raise lost(e) from e
         if response.status_code >= 400:
             raise_for_status(response, await response.aread())
         return response

@@ -60,6 +60,7 @@ class StatsFeed:
         self.units: dict[str, RateWindow] = {}
         self.subscriptions: set[Subscription] = set()
         self.latest: Stats | None = None
+        self.closed = False  # the daemon is stopping: streams end, new ones end at once
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
@@ -88,6 +89,9 @@ class StatsFeed:
 
     def subscribe(self, interval_s: float) -> Subscription:
         sub = Subscription(interval_s)
+        if self.closed:
+            sub.put(None)
+            return sub
         self.subscriptions.add(sub)
         self.daemon.events.sinks.add(sub)
         if self.latest is not None:
@@ -102,6 +106,7 @@ class StatsFeed:
 
     def close(self) -> None:
         """End every stream (the daemon is stopping)."""
+        self.closed = True
         for sub in list(self.subscriptions):
             sub.put(None)
 
