@@ -1,4 +1,4 @@
-"""A fake runner and helpers: the scheduler is tested without torch or a clock."""
+"""The engine loop on a simulated executor: the scheduler is tested without torch or a clock."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from collections import Counter
 
 import pytest
 
+from muxd.clock import ManualClock
 from muxd.core.job import Job, JobResult
-from muxd.core.kv_manager import KVManager
-from muxd.core.pages import PagePool
 from muxd.core.sequence import SamplingParams, Sequence
-from muxd.sched import POLICIES, SchedulerConfig
+from muxd.sched import SchedulerConfig
+from muxd.sched.engine_core import EngineCore, build_scheduler
+from muxd.sched.sim_executor import SimulatedExecutor, SimulatedRunner
 from tests.pool_checks import assert_pool_whole
 
 EOS = 0
@@ -21,15 +22,18 @@ def fake_token(seq: Sequence) -> int:
     return (sum(seq.token_ids) * 31 + seq.num_tokens) % 97 + 1
 
 
+RUNNER = SimulatedRunner(fake_token)
+
+
 def run_job(job: Job) -> JobResult:
-    result = JobResult(job)
-    for c in job.chunks:
-        if c.samples:
-            result.tokens[c.seq.seq_id] = fake_token(c.seq)
-    return result
+    return RUNNER.run(job)
 
 
 class Harness:
+    """``EngineCore`` on a ``SimulatedExecutor`` whose jobs take no time, with
+    the time (``now``) moved by the tests; ``launch`` and ``finish`` split a
+    step so that a test may hold jobs in flight and end them in any order."""
+
     def __init__(
         self,
         pages: int,
@@ -39,15 +43,24 @@ class Harness:
         prefix_caching: bool = True,
         **cfg,
     ):
-        self.pool = PagePool(pages)
-        self.kv = KVManager(self.pool, page_tokens, prefix_caching=prefix_caching)
-        self.sched = POLICIES[policy](self.kv, SchedulerConfig(**cfg))
-        for name, pages_per_block in (models or {"a": 2, "b": 3}).items():
-            self.kv.add_model(name, pages_per_block)
-            self.sched.add_model(name)
-        self.now = 0.0
+        models = models or {"a": 2, "b": 3}
+        self.sched = build_scheduler(
+            policy, pages, page_tokens, models, SchedulerConfig(**cfg), prefix_caching=prefix_caching
+        )
+        self.kv, self.pool = self.sched.kv, self.sched.kv.pool
+        self.clock = ManualClock()
+        self.executor = SimulatedExecutor(self.clock)
+        self.core = EngineCore(self.sched, self.executor, dict.fromkeys(models, RUNNER), self.clock)
         self.jobs: list[Job] = []
         self.seqs: list[Sequence] = []
+
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    @now.setter
+    def now(self, t: float) -> None:
+        self.clock.now = t
 
     def add(
         self, seq_id: str, model: str, prompt_len: int, max_tokens: int = 4, prompt: list[int] | None = None, **params
@@ -58,13 +71,13 @@ class Harness:
             seq_id, model, prompt or list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens, **params),
             arrival=self.now, eos_token_ids=(EOS,),
         )
-        self.sched.add(seq)
+        self.core.add_sequence(seq)
         self.seqs.append(seq)
         return seq
 
     def launch(self) -> list[Job]:
         """Jobs the policy starts now; they stay in flight until ``finish``."""
-        jobs = self.sched.schedule(self.now)
+        jobs = self.core.launch()
         P = self.kv.page_tokens
         for c in (c for job in jobs for c in job.chunks):
             # The runner writes (and first zeroes) blocks from ceil(start / P) on:
@@ -88,13 +101,13 @@ class Harness:
             assert self.pool.cached(model) == idle
 
     def finish(self, job: Job) -> None:
-        self.sched.complete(run_job(job))
+        self.core.complete(self.executor.take(job))
         self.pool.check_integrity()
 
     def step(self) -> list[Job]:
+        """One engine step (the jobs it launched, all of them finished by its end)."""
         jobs = self.launch()
-        for job in jobs:
-            self.finish(job)
+        self.core.collect()
         self.pool.check_integrity()
         return jobs
 
