@@ -16,10 +16,11 @@ def test_percentiles_interpolate_between_ranks() -> None:
 
 
 def test_the_daemon_and_both_benches_use_this_one() -> None:
-    from muxd.bench import mux, serve
+    from muxd import replay
+    from muxd.bench import serve
     from muxd.server import telemetry
 
-    assert mux.percentile is serve.percentile is percentile
+    assert replay.percentile is serve.percentile is percentile
     assert telemetry.percentile_sorted is percentile_sorted  # the daemon keeps its values sorted
 
 

@@ -1,0 +1,105 @@
+"""A discrete-event simulator of LLM units, driving the scheduler that serves.
+
+A simulated unit is the serving ``EngineCore`` with the real policy, pool
+and KV manager (``sched.engine_core.build_scheduler``) on a
+``SimulatedExecutor``: each job ends after the cost model's latency for its
+kind, model, compute share, batch and length, on a ``ManualClock``. The
+workload is replayed by ``muxd.replay`` (the code that measures ``muxd
+bench mux``), so a simulated run and a measured one give the same figures.
+Units share nothing, so each is simulated on its own clock and the records
+are pooled.
+
+Job costs: a prefill job of ``b`` chunks of ``t`` tokens in all costs
+``prefill_s(share, b, t / b)``; a decode job of ``b`` sequences costs
+``decode_s(share, b, mean context)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from muxd.clock import ManualClock
+from muxd.core.job import Job, JobKind
+from muxd.placement.cost_model import CostModel
+from muxd.replay import Record, prompt_ids, replay, summarize
+from muxd.sched.base import SchedulerConfig
+from muxd.sched.engine_core import EngineCore, build_scheduler
+from muxd.sched.sim_executor import SimulatedExecutor, SimulatedRunner
+from muxd.workload import RequestSpec
+
+VOCAB = 32_000  # prompt token ids are drawn below this; only their count matters to a simulated job
+
+
+@dataclass(frozen=True)
+class SimModel:
+    """A model as the simulator needs it: its cost model entry and its KV footprint."""
+
+    name: str
+    pages_per_block: int  # pages one block of ``page_tokens`` tokens takes (layers × KV heads)
+    cost_name: str | None = None  # its name in the cost model (default: ``name``)
+    tp: int = 1  # tensor-parallel degree: which of the cost model's grids
+    max_position: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class SimUnit:
+    name: str
+    models: tuple[SimModel, ...]
+    num_pages: int
+    policy: str = "adbs"
+    page_tokens: int = 16
+    compute_slots: int = 10  # share granularity: CPU cores, or a GPU's compute in tenths
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    rates: dict[str, float] = field(default_factory=dict)
+
+
+def job_cost(cost: CostModel, models: dict[str, SimModel]) -> Callable[[Job], float]:
+    """Seconds a job takes by the cost model."""
+
+    def duration(job: Job) -> float:
+        m = models[job.model]
+        name, batch = m.cost_name or m.name, len(job.chunks)
+        if job.kind is JobKind.PREFILL:
+            return cost.prefill_s(name, m.tp, job.share, batch, max(1, round(job.num_tokens / batch)))
+        context = sum(c.end for c in job.chunks) / batch
+        return cost.decode_s(name, m.tp, job.share, batch, context)
+
+    return duration
+
+
+def build_unit(unit: SimUnit, cost: CostModel, clock: ManualClock, seed: int = 0) -> EngineCore:
+    """The serving engine core of ``unit`` on a simulated executor."""
+    models = {m.name: m for m in unit.models}
+    config = SchedulerConfig(unit.scheduler.max_batch_seqs, unit.scheduler.max_prefill_tokens,
+                             compute_slots=unit.compute_slots, rates=dict(unit.rates))  # fmt: skip
+    # Random prompts share no prefix, so prefix caching would only cost time here.
+    scheduler = build_scheduler(unit.policy, unit.num_pages, unit.page_tokens,
+                                {m.name: m.pages_per_block for m in unit.models}, config, prefix_caching=False)  # fmt: skip
+    executor = SimulatedExecutor(clock, job_cost(cost, models))
+    runners = {name: SimulatedRunner() for name in models}
+    return EngineCore(scheduler, executor, runners, clock)
+
+
+def simulate_unit(unit: SimUnit, cost: CostModel, requests: Iterable[RequestSpec], seed: int = 0,
+                  deadline_s: float | None = None) -> tuple[list[Record], float]:  # fmt: skip
+    """Replay ``requests`` (of this unit's models) on a simulated ``unit``; records and makespan."""
+    clock = ManualClock()
+    core = build_unit(unit, cost, clock, seed)
+    mine = [r for r in requests if any(m.name == r.model for m in unit.models)]
+    prompts = {r.id: prompt_ids(r, VOCAB, seed) for r in mine}
+    return replay(core, mine, prompts, deadline_s=deadline_s, clock=clock,
+                  sleep=lambda s: clock.advance_to(clock() + s))  # fmt: skip
+
+
+def simulate(units: Iterable[SimUnit], cost: CostModel, requests: list[RequestSpec], seed: int = 0,
+             deadline_s: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every unit on its own clock (units share nothing); the pooled figures of ``muxd.replay.summarize``."""
+    records: list[Record] = []
+    makespan = 0.0
+    for unit in units:
+        unit_records, unit_makespan = simulate_unit(unit, cost, requests, seed, deadline_s)
+        records += unit_records
+        makespan = max(makespan, unit_makespan)
+    return summarize(records, makespan)
