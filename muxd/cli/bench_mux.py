@@ -126,14 +126,16 @@ def results_table(report: dict[str, Any]):
         for key in ("ratio_throughput_vs_spatial", "ratio_throughput_vs_temporal", "ratio_max_rate_vs_best_baseline")
         if report.get(key) is not None
     )
+    alpha = "" if w.get("alpha") is None else f"alpha {w['alpha']}, "
     table = Table(
         box=box.SIMPLE_HEAD,
         title=(
             f"{len(report['models'])} models, {w['requests']} requests at {w['rate_req_s']:.2f} req/s, "
-            f"alpha {w['alpha']}, {w['mean_prompt_tokens']:.0f} + {w['mean_output_tokens']:.0f} tokens on average"
+            f"{alpha}{w['mean_prompt_tokens']:.0f} + {w['mean_output_tokens']:.0f} tokens on average"
         ),
         caption=(
-            f"SLO = {report['slo_scale']}x the latency served alone; TTFT in s, TPOT in ms"
+            (f"SLO = {report['slo_scale']}x the latency served alone" if isinstance(report.get("slo_scale"), float)
+             else "SLO: each request's own, from the workload") + "; TTFT in s, TPOT in ms"
             + (f"; adbs {ratios}" if ratios else "")
         ),
     )

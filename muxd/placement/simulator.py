@@ -22,7 +22,7 @@ from typing import Any
 
 from muxd.clock import ManualClock
 from muxd.core.job import Job, JobKind
-from muxd.placement.cost_model import CostModel
+from muxd.placement.cost_model import CostModel, Profile
 from muxd.replay import Record, prompt_ids, replay, summarize
 from muxd.sched.base import SchedulerConfig
 from muxd.sched.engine_core import EngineCore, build_scheduler
@@ -103,3 +103,45 @@ def simulate(units: Iterable[SimUnit], cost: CostModel, requests: list[RequestSp
         records += unit_records
         makespan = max(makespan, unit_makespan)
     return summarize(records, makespan)
+
+
+def unit_from_profiles(profiles: dict[str, Profile], policy: str, kv_cache_bytes: int, compute_slots: int,
+                       page_tokens: int = 16, rates: dict[str, float] | None = None) -> SimUnit:  # fmt: skip
+    """One unit of the profiled models (name -> profile): pages of the pool by the largest page's bytes."""
+    page_bytes = max(p.memory.bytes_per_kv_page for p in profiles.values())
+    models = tuple(
+        SimModel(name, pages_per_block=max(1, round(p.memory.pages_per_token * page_tokens)), tp=p.tensor_parallel)
+        for name, p in profiles.items()
+    )
+    return SimUnit("sim0", models, kv_cache_bytes // page_bytes, policy, page_tokens, compute_slots,
+                   rates=dict(rates or {}))  # fmt: skip
+
+
+def simulate_policies(profiles: dict[str, Profile], requests: list[RequestSpec], policies: Iterable[str],
+                      kv_cache_bytes: int, compute_slots: int, deadline_s: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """``muxd bench mux``'s report, simulated: the same workload on one unit of the profiled models under each policy."""
+    cost = CostModel.union(CostModel.from_profile(p, name) for name, p in profiles.items())
+    span = max((r.arrival_s for r in requests), default=0.0)
+    rates = {m: sum(r.model == m for r in requests) / span if span else 0.0 for m in profiles}
+    results = {
+        policy: simulate([unit_from_profiles(profiles, policy, kv_cache_bytes, compute_slots, rates=rates)], cost,
+                         requests, deadline_s=deadline_s)
+        for policy in policies
+    }  # fmt: skip
+    report: dict[str, Any] = {
+        "simulated": True,
+        "models": {name: {"device_kind": p.device_kind, "signature": p.model_signature, "rate_req_s": rates[name]}
+                   for name, p in profiles.items()},
+        "workload": {
+            "requests": len(requests), "rate_req_s": sum(rates.values()), "duration_s": span,
+            "alpha": None, "mean_prompt_tokens": sum(r.prompt_tokens for r in requests) / max(len(requests), 1),
+            "mean_output_tokens": sum(r.output_tokens for r in requests) / max(len(requests), 1),
+        },
+        "compute_slots": compute_slots, "kv_cache_bytes": kv_cache_bytes, "policies": results,
+    }  # fmt: skip
+    adbs = results.get("adbs", {})
+    for base in ("spatial", "temporal"):
+        other = results.get(base, {})
+        if adbs.get("throughput_req_s") and other.get("throughput_req_s"):
+            report[f"ratio_throughput_vs_{base}"] = adbs["throughput_req_s"] / other["throughput_req_s"]
+    return report
