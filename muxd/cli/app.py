@@ -21,6 +21,7 @@ from muxd.cli.bench_serve import serve as bench_serve
 from muxd.cli.bench_stats import stats as bench_stats
 from muxd.cli.common import FAILURE, exit_with
 from muxd.cli.generate import generate
+from muxd.cli.plan import plan
 from muxd.cli.serve import serve
 from muxd.cli.top import top
 from muxd.errors import MuxdError
@@ -36,6 +37,7 @@ app.command("ps")(client_verbs.ps)
 app.command("stats")(client_verbs.stats)
 app.command("stop")(client_verbs.stop)
 app.command("top")(top)
+app.command("plan")(plan)
 bench_app.command("api")(bench_api)
 bench_app.command("serve")(bench_serve)
 bench_app.command("stats")(bench_stats)
