@@ -23,6 +23,7 @@ from muxd.cli.common import FAILURE, exit_with
 from muxd.cli.generate import generate
 from muxd.cli.plan import plan
 from muxd.cli.serve import serve
+from muxd.cli.simulate import simulate
 from muxd.cli.top import top
 from muxd.errors import MuxdError
 
@@ -38,6 +39,7 @@ app.command("stats")(client_verbs.stats)
 app.command("stop")(client_verbs.stop)
 app.command("top")(top)
 app.command("plan")(plan)
+app.command("simulate")(simulate)
 bench_app.command("api")(bench_api)
 bench_app.command("serve")(bench_serve)
 bench_app.command("stats")(bench_stats)
