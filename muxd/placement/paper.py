@@ -31,6 +31,7 @@ from muxd.placement.plan import Plan
 from muxd.placement.planner import plan as make_plan
 from muxd.placement.simulator import SimModel, SimUnit, simulate_unit
 from muxd.replay import Record
+from muxd.sched.base import SchedulerConfig
 from muxd.workload import RequestSpec, WorkloadSpec, generate
 
 ALPHAS = (0.7, 0.9, 1.3, 1.7, 2.1)
@@ -40,6 +41,8 @@ PAGE_SCALE = 16  # divides layers × KV heads of 7B (1024), 13B (1600), 30B (312
 PAGE_TOKENS = 16
 SPATIAL_GPUS = {"llama-7b": 1, "llama-13b": 1, "llama-30b": 4, "llama-65b": 8}
 SHARE_LEVELS = 10  # a GPU's compute in tenths, as the unit's executor splits it
+# vLLM's and MuxServe's batch limits on a GPU (muxd's defaults are a CPU's): 256 sequences, 2,048 prefill tokens
+GPU_SCHEDULER = SchedulerConfig(max_batch_seqs=256, max_prefill_tokens=2048)
 
 
 def solo_latency(costs: CostModel, spec: ModelSpec, tp: int, r: RequestSpec) -> float:
@@ -63,7 +66,7 @@ def muxd_units(plan: Plan, specs: dict[str, ModelSpec], policy: str) -> list[Sim
         tp = len(u.devices) if isinstance(u.devices, tuple) else 1
         models = tuple(sim_model(specs[m.name], tp) for m in u.models)
         pages = u.kv_bytes // u.page_bytes // PAGE_SCALE
-        units.append(SimUnit(u.name, models, pages, policy, PAGE_TOKENS, SHARE_LEVELS,
+        units.append(SimUnit(u.name, models, pages, policy, PAGE_TOKENS, SHARE_LEVELS, GPU_SCHEDULER,
                              rates={m.name: m.rate for m in u.models}))  # fmt: skip
     return units
 
@@ -76,7 +79,7 @@ def spatial_units(specs: list[ModelSpec], device_bytes: int) -> list[SimUnit]:
         kv_bytes = gpus * device_bytes - s.weight_bytes - gpus * (2 << 30)
         page_bytes = 2 * PAGE_TOKENS * s.head_dim * s.dtype_bytes
         units.append(SimUnit(f"spatial-{s.name}", (sim_model(s, gpus),), max(1, kv_bytes // page_bytes // PAGE_SCALE),
-                             "temporal", PAGE_TOKENS, SHARE_LEVELS, rates={s.name: s.rate}))  # fmt: skip
+                             "temporal", PAGE_TOKENS, SHARE_LEVELS, GPU_SCHEDULER, rates={s.name: s.rate}))  # fmt: skip
     return units
 
 
