@@ -22,6 +22,7 @@ from muxd.cli.bench_stats import stats as bench_stats
 from muxd.cli.common import FAILURE, exit_with
 from muxd.cli.generate import generate
 from muxd.cli.plan import plan
+from muxd.cli.profile import profile
 from muxd.cli.serve import serve
 from muxd.cli.simulate import simulate
 from muxd.cli.top import top
@@ -39,6 +40,7 @@ app.command("stats")(client_verbs.stats)
 app.command("stop")(client_verbs.stop)
 app.command("top")(top)
 app.command("plan")(plan)
+app.command("profile")(profile)
 app.command("simulate")(simulate)
 bench_app.command("api")(bench_api)
 bench_app.command("serve")(bench_serve)

@@ -28,11 +28,20 @@ Two sources feed it:
                   "lengths": [128, 512],          # prompt tokens of each sequence, ascending
                   "seconds": [[[0.02, 0.07], [0.12, null]],   # [share][batch][length] latency of one job;
                               [[0.01, 0.04], [0.07, 0.27]]]}, # null: not measured (e.g. out of memory)
-      "decode": {...the same, lengths = context tokens of each sequence, seconds = one decode step}
+      "decode": {...the same, lengths = context tokens of each sequence, seconds = one decode step},
+      "colocated": [{"prefill_share": 0.5, "prefill_batch": 1, "prefill_length": 512,   # optional (default []):
+                     "decode_share": 0.5, "decode_batch": 16, "decode_context": 256,    # a prefill and a decode
+                     "prefill_s": 1.3, "decode_s": 0.09,                                # run at once on split
+                     "prefill_alone_s": 1.1, "decode_alone_s": 0.07}]                   # compute, and each alone
     }
 
   Latencies are seconds of wall time of one job; a share is the fraction of
   SMs (GPU) or cores (CPU) the executor gave the job, as ``Job.share``.
+  ``colocated`` (``ColocatedLatency``, added to version 1: files without it
+  read as before) holds what the grids cannot: jobs on split compute still
+  share the memory bandwidth, so a prefill beside a decode is slower than
+  either grid says; each point gives both latencies beside each other and
+  alone, measured back to back, so that their ratio is the slowdown.
 - **the MuxServe reference cost file** (``CostModel.from_muxserve_file``),
   read by path and never copied: model -> GPUs -> SM % -> batch ->
   sequence length -> {"prefill", "decoding"} in ms, keys strings in no
@@ -111,6 +120,34 @@ class LatencyTable(BaseModel):
         return LatencyGrid(self.shares, self.batches, self.lengths, values)
 
 
+class ColocatedLatency(BaseModel):
+    """A prefill job and a decode job of one model running at the same time on split compute.
+
+    Both latencies are medians of jobs that ran wholly beside the other kind;
+    the ``_alone_s`` figures are the same jobs at the same shares with the
+    rest of the device idle, measured in the same run, so ``slowdown`` is
+    what sharing the device's memory bandwidth and caches costs each.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefill_share: float = Field(gt=0, le=1)
+    prefill_batch: int = Field(ge=1)
+    prefill_length: int = Field(ge=1)
+    decode_share: float = Field(gt=0, le=1)
+    decode_batch: int = Field(ge=1)
+    decode_context: int = Field(ge=1)
+    prefill_s: float = Field(gt=0)
+    decode_s: float = Field(gt=0)
+    prefill_alone_s: float = Field(gt=0)
+    decode_alone_s: float = Field(gt=0)
+
+    @property
+    def slowdown(self) -> tuple[float, float]:
+        """(prefill, decode): latency beside the other kind over latency alone."""
+        return self.prefill_s / self.prefill_alone_s, self.decode_s / self.decode_alone_s
+
+
 class Profile(BaseModel):
     """One model shape's measured costs on one device kind (``profiles/<device_kind>/<model_signature>.json``)."""
 
@@ -125,6 +162,7 @@ class Profile(BaseModel):
     memory: MemoryFigures
     prefill: LatencyTable
     decode: LatencyTable
+    colocated: list[ColocatedLatency] = []
 
 
 def profile_path(root: Path, device_kind: str, model_signature: str) -> Path:
