@@ -107,3 +107,16 @@ def test_grid_leaves_out_lengths_past_the_models_context():
     assert fitted.decode_contexts == (16, 128, 512) and fitted.prefill_lengths == DEFAULT.prefill_lengths
     assert DEFAULT.fit(8).decode_contexts == (8,)
     assert all(n <= 100 and c <= 100 for _, n, _, c in DEFAULT.fit(100).colocated)
+
+
+def test_every_shipped_profile_loads_where_its_kind_and_signature_say():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "profiles"
+    paths = sorted(root.glob("*/*.json"))
+    assert paths, "profiles/ ships the demo models' profiles"
+    for path in paths:
+        profile = load_profile(path)
+        assert path == profile_path(root, profile.device_kind, profile.model_signature)
+        cost = CostModel.from_profile(profile)
+        assert cost.decode_s(profile.model_signature, 1, 1.0, 1, 64) > 0
