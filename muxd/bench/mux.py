@@ -262,6 +262,7 @@ def run_mux_bench(
     slo_scale: float = DEFAULT_SLO_SCALE,
     seed: int = 0,
     dtype: str = DEFAULT_DTYPE,
+    quantization: str = "none",
     requests: list[RequestSpec] | None = None,
     save_workload: Path | None = None,
     find_max_rate: bool = False,
@@ -296,7 +297,7 @@ def run_mux_bench(
     models = {}
     for name, path in model_paths.items():
         say(f"loading {name}")
-        models[name] = load_model(path, dtype, device)
+        models[name] = load_model(path, dtype, device, quantization=quantization)
     solo = {}
     for name, loaded in models.items():
         say(f"measuring {name} served alone")

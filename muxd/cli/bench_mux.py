@@ -63,6 +63,7 @@ def mux(
         bool, typer.Option("--find-max-rate", help="Also search the highest rate each policy holds at 99% SLO.")
     ] = False,
     dtype: Annotated[str, typer.Option(help="Weight dtype: bfloat16, float32 or float16.")] = bench.DEFAULT_DTYPE,
+    quantization: Annotated[str, typer.Option(help="none, auto, q8 (CPU), int8, nf4 or fp4, as a model's config.")] = "none",
     kv_cache_mb: Annotated[int, typer.Option(min=1, help="KV pool size of the unit, MiB.")] = bench.DEFAULT_KV_CACHE_BYTES >> 20,
     device: Annotated[str, typer.Option(help="The unit's device: cpu or cuda (compute shares as green contexts).")] = "cpu",
     green_contexts: Annotated[
@@ -100,6 +101,7 @@ def mux(
                 slo_scale=slo_scale,
                 seed=seed,
                 dtype=dtype,
+                quantization=quantization,
                 requests=requests,
                 save_workload=save_workload,
                 find_max_rate=find_max_rate,
