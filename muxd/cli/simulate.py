@@ -33,7 +33,7 @@ def simulate(
     rate_scale: Annotated[float, typer.Option(min=0.01, help="With --paper: × the most popular model's 40 req/s.")] = 1.0,
     policies: Annotated[str, typer.Option(help="Comma list of scheduling policies.")] = "adbs,spatial,temporal",
     kv_cache_mb: Annotated[int, typer.Option(min=1, help="KV pool of the unit, MiB.")] = 512,
-    slots: Annotated[int, typer.Option(min=1, help="The unit's compute slots (CPU: cores; default: this machine's).")] = 0,
+    slots: Annotated[int, typer.Option(min=0, help="The unit's compute slots (CPU: cores; 0: this machine's).")] = 0,
     drain: Annotated[float | None, typer.Option(help="Seconds after the last arrival before unfinished requests count as misses (default: the workload's span, as bench mux).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Also print the report as one JSON line, last.")] = False,
 ) -> None:
