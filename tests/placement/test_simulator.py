@@ -72,3 +72,30 @@ def test_units_are_simulated_apart_and_their_records_pooled() -> None:
 def test_the_simulator_loads_no_torch() -> None:
     code = "import sys, muxd.placement.simulator; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_muxd_simulate_replays_a_saved_workload_on_the_shipped_profiles(tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    from muxd.workload import save
+
+    profiles = Path(__file__).resolve().parents[2] / "profiles"
+    tiny = next(profiles.glob("cpu-*/llama-l2-*.json"))
+    requests = generate(WorkloadSpec(models=("tiny",), rate=4.0, alpha=1.0, duration_s=5.0, seed=3, length_scale=0.1))
+    save(tmp_path / "w.jsonl", [r.__class__(**{**r.__dict__, "slo_s": 1.0}) for r in requests])
+    out = subprocess.run([sys.executable, "-m", "muxd", "simulate", "--workload", str(tmp_path / "w.jsonl"),
+                          "--model", f"tiny={tiny}", "--slots", "2", "--json"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(report["policies"]) == {"adbs", "spatial", "temporal"}
+    assert all(p["finished"] == len(requests) for p in report["policies"].values())
+
+
+def test_muxd_simulate_names_a_model_without_a_profile(tmp_path) -> None:
+    from muxd.workload import save
+
+    save(tmp_path / "w.jsonl", [RequestSpec("r0", "nobody", 0.0, 4, 4, 1.0)])
+    out = subprocess.run([sys.executable, "-m", "muxd", "simulate", "--workload", str(tmp_path / "w.jsonl"),
+                          "--model", "x=/nonexistent.json"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode != 0 and "nonexistent.json" in out.stderr
