@@ -15,7 +15,8 @@ so the pool holds the same number of blocks with 16× fewer page ids. A
 request's SLO is ``scale × its latency served alone`` (its prefill and
 decode steps at a full share, batch 1, by the cost model); attainment at
 every scale comes from the same run, whose deadlines ADBS sees at
-``RUN_SLO_SCALE``.
+``RUN_SLO_SCALE``. A unit's compute is split in ``share_levels`` slots, so
+that no job runs at a share the cost data never measured.
 """
 
 from __future__ import annotations
@@ -40,9 +41,17 @@ RUN_SLO_SCALE = 5.0
 PAGE_SCALE = 16  # divides layers × KV heads of 7B (1024), 13B (1600), 30B (3120), 65B (5120)
 PAGE_TOKENS = 16
 SPATIAL_GPUS = {"llama-7b": 1, "llama-13b": 1, "llama-30b": 4, "llama-65b": 8}
-SHARE_LEVELS = 10  # a GPU's compute in tenths, as the unit's executor splits it
 # vLLM's and MuxServe's batch limits on a GPU (muxd's defaults are a CPU's): 256 sequences, 2,048 prefill tokens
 GPU_SCHEDULER = SchedulerConfig(max_batch_seqs=256, max_prefill_tokens=2048)
+
+
+def share_levels(costs: CostModel) -> int:
+    """How many compute slots a GPU unit has: as many as keep the smallest share a job
+    can get (one slot) within what the cost data measured (MuxServe's file: 30 % of the
+    SMs, so 3 slots). Below it the cost model only extrapolates: with tenths, a decode
+    beside others got 10 % at a cost extrapolated in 1/share, and ADBS fell below temporal."""
+    smallest = max(costs.grids(m, tp)[1].shares[0] for m in costs.models() for tp in costs.tp_degrees(m))
+    return max(1, int(1 / smallest + 1e-9))
 
 
 def solo_latency(costs: CostModel, spec: ModelSpec, tp: int, r: RequestSpec) -> float:
@@ -60,18 +69,18 @@ def sim_model(spec: ModelSpec, tp: int) -> SimModel:
     return SimModel(spec.name, per_block // PAGE_SCALE, spec.cost_name, tp)
 
 
-def muxd_units(plan: Plan, specs: dict[str, ModelSpec], policy: str) -> list[SimUnit]:
+def muxd_units(plan: Plan, specs: dict[str, ModelSpec], policy: str, levels: int) -> list[SimUnit]:
     units = []
     for u in plan.units:
         tp = len(u.devices) if isinstance(u.devices, tuple) else 1
         models = tuple(sim_model(specs[m.name], tp) for m in u.models)
         pages = u.kv_bytes // u.page_bytes // PAGE_SCALE
-        units.append(SimUnit(u.name, models, pages, policy, PAGE_TOKENS, SHARE_LEVELS, GPU_SCHEDULER,
+        units.append(SimUnit(u.name, models, pages, policy, PAGE_TOKENS, levels, GPU_SCHEDULER,
                              rates={m.name: m.rate for m in u.models}))  # fmt: skip
     return units
 
 
-def spatial_units(specs: list[ModelSpec], device_bytes: int) -> list[SimUnit]:
+def spatial_units(specs: list[ModelSpec], device_bytes: int, levels: int) -> list[SimUnit]:
     """Each model alone on its dedicated GPUs, its KV the memory its weights and a reserve leave."""
     units = []
     for s in specs:
@@ -79,7 +88,7 @@ def spatial_units(specs: list[ModelSpec], device_bytes: int) -> list[SimUnit]:
         kv_bytes = gpus * device_bytes - s.weight_bytes - gpus * (2 << 30)
         page_bytes = 2 * PAGE_TOKENS * s.head_dim * s.dtype_bytes
         units.append(SimUnit(f"spatial-{s.name}", (sim_model(s, gpus),), max(1, kv_bytes // page_bytes // PAGE_SCALE),
-                             "temporal", PAGE_TOKENS, SHARE_LEVELS, GPU_SCHEDULER, rates={s.name: s.rate}))  # fmt: skip
+                             "temporal", PAGE_TOKENS, levels, GPU_SCHEDULER, rates={s.name: s.rate}))  # fmt: skip
     return units
 
 
@@ -103,12 +112,14 @@ def run_alpha(costs: CostModel, alpha: float, duration_s: float, seed: int = 0, 
     requests = generate(spec)
     plan = make_plan(specs, costs, cluster)
     tp_of = {m.name: (len(u.devices) if isinstance(u.devices, tuple) else 1) for u in plan.units for m in u.models}
+    levels = share_levels(costs)
     systems = {
-        "muxd": muxd_units(plan, by_name, "adbs"),
-        "temporal": muxd_units(plan, by_name, "temporal"),
-        "spatial": spatial_units(specs, cluster.device.memory_bytes),
+        "muxd": muxd_units(plan, by_name, "adbs", levels),
+        "temporal": muxd_units(plan, by_name, "temporal", levels),
+        "spatial": spatial_units(specs, cluster.device.memory_bytes, levels),
     }
-    out: dict[str, Any] = {"alpha": alpha, "requests": len(requests), "rate_req_s": spec.rate, "unplaced": list(plan.unplaced)}
+    out: dict[str, Any] = {"alpha": alpha, "requests": len(requests), "rate_req_s": spec.rate, "share_levels": levels,
+                           "unplaced": list(plan.unplaced)}  # fmt: skip
     for system, units in systems.items():
         tp = tp_of if system != "spatial" else {s.name: SPATIAL_GPUS[s.cost_name or s.name] for s in specs}
         placed = [r for r in requests if r.model in tp]

@@ -17,7 +17,7 @@ A100_BYTES = 80 << 30
 
 def test_spatial_gives_every_model_its_dedicated_gpus_and_uses_all_32() -> None:
     specs = paper_models(0.9)
-    units = spatial_units(specs, A100_BYTES)
+    units = spatial_units(specs, A100_BYTES, levels=3)
     assert len(units) == 19 and sum(SPATIAL_GPUS[s.cost_name] for s in specs) == 32
     assert all(len(u.models) == 1 and u.num_pages > 0 for u in units)
 
@@ -38,9 +38,11 @@ def test_attainment_counts_finished_requests_within_scale_times_solo() -> None:
 @pytest.mark.skipif(not COST_FILE.exists(), reason="the MuxServe cost file is not in ../shared/data")
 def test_a_short_paper_run_simulates_all_three_systems() -> None:
     from muxd.placement.cost_model import CostModel
-    from muxd.placement.paper import run_alpha
+    from muxd.placement.paper import run_alpha, share_levels
 
-    out = run_alpha(CostModel.from_muxserve_file(COST_FILE), 1.3, duration_s=2.0)
+    costs = CostModel.from_muxserve_file(COST_FILE)
+    assert share_levels(costs) == 3  # the file's smallest share is 30 % of the SMs
+    out = run_alpha(costs, 1.3, duration_s=2.0)
     for system in ("muxd", "spatial", "temporal"):
         assert out[system]["finished"] > 0 and 0 <= out[system]["slo_attainment"][20] <= 1
     assert out["ratio_throughput_vs_spatial"] > 0
