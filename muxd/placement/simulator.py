@@ -11,11 +11,15 @@ are pooled.
 
 Job costs: a prefill job of ``b`` chunks of ``t`` tokens in all costs
 ``prefill_s(share, b, t / b)``; a decode job of ``b`` sequences costs
-``decode_s(share, b, mean context)``.
+``decode_s(share, b, mean context)``. A job that starts while a job of the
+other kind runs costs its model's colocation slowdown more (``SimModel.slowdown``,
+from a profile's ``colocated`` measurements: on a CPU, prefill and decode
+share the memory bandwidth), whether or not the other ends first.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +45,7 @@ class SimModel:
     cost_name: str | None = None  # its name in the cost model (default: ``name``)
     tp: int = 1  # tensor-parallel degree: which of the cost model's grids
     max_position: int = 1 << 20
+    slowdown: tuple[float, float] = (1.0, 1.0)  # (prefill, decode) latency beside the other kind / alone
 
 
 @dataclass(frozen=True)
@@ -55,16 +60,19 @@ class SimUnit:
     rates: dict[str, float] = field(default_factory=dict)
 
 
-def job_cost(cost: CostModel, models: dict[str, SimModel]) -> Callable[[Job], float]:
-    """Seconds a job takes by the cost model."""
+def job_cost(cost: CostModel, models: dict[str, SimModel],
+             running: Callable[[], list[Job]] = list) -> Callable[[Job], float]:  # fmt: skip
+    """Seconds a job takes by the cost model, beside the ``running`` jobs."""
 
     def duration(job: Job) -> float:
         m = models[job.model]
         name, batch = m.cost_name or m.name, len(job.chunks)
+        beside = any(other.kind is not job.kind for other in running())
         if job.kind is JobKind.PREFILL:
-            return cost.prefill_s(name, m.tp, job.share, batch, max(1, round(job.num_tokens / batch)))
+            alone = cost.prefill_s(name, m.tp, job.share, batch, max(1, round(job.num_tokens / batch)))
+            return alone * (m.slowdown[0] if beside else 1.0)
         context = sum(c.end for c in job.chunks) / batch
-        return cost.decode_s(name, m.tp, job.share, batch, context)
+        return cost.decode_s(name, m.tp, job.share, batch, context) * (m.slowdown[1] if beside else 1.0)
 
     return duration
 
@@ -77,7 +85,8 @@ def build_unit(unit: SimUnit, cost: CostModel, clock: ManualClock, seed: int = 0
     # Random prompts share no prefix, so prefix caching would only cost time here.
     scheduler = build_scheduler(unit.policy, unit.num_pages, unit.page_tokens,
                                 {m.name: m.pages_per_block for m in unit.models}, config, prefix_caching=False)  # fmt: skip
-    executor = SimulatedExecutor(clock, job_cost(cost, models))
+    executor = SimulatedExecutor(clock)
+    executor.duration = job_cost(cost, models, executor.running)
     runners = {name: SimulatedRunner() for name in models}
     return EngineCore(scheduler, executor, runners, clock)
 
@@ -105,12 +114,21 @@ def simulate(units: Iterable[SimUnit], cost: CostModel, requests: list[RequestSp
     return summarize(records, makespan)
 
 
+def colocation_slowdown(profile: Profile) -> tuple[float, float]:
+    """The median (prefill, decode) slowdown of the profile's colocated runs, never below 1."""
+    runs = [c.slowdown for c in profile.colocated]
+    if not runs:
+        return (1.0, 1.0)
+    return tuple(max(1.0, statistics.median(r[i] for r in runs)) for i in (0, 1))  # type: ignore[return-value]
+
+
 def unit_from_profiles(profiles: dict[str, Profile], policy: str, kv_cache_bytes: int, compute_slots: int,
                        page_tokens: int = 16, rates: dict[str, float] | None = None) -> SimUnit:  # fmt: skip
     """One unit of the profiled models (name -> profile): pages of the pool by the largest page's bytes."""
     page_bytes = max(p.memory.bytes_per_kv_page for p in profiles.values())
     models = tuple(
-        SimModel(name, pages_per_block=max(1, round(p.memory.pages_per_token * page_tokens)), tp=p.tensor_parallel)
+        SimModel(name, pages_per_block=max(1, round(p.memory.pages_per_token * page_tokens)), tp=p.tensor_parallel,
+                 slowdown=colocation_slowdown(p))
         for name, p in profiles.items()
     )
     return SimUnit("sim0", models, kv_cache_bytes // page_bytes, policy, page_tokens, compute_slots,

@@ -73,6 +73,10 @@ class SimulatedExecutor:
                 results.append(self._collect(booked))
         return results
 
+    def running(self) -> list[Job]:
+        """The jobs submitted and not yet collected (those that run beside a new one)."""
+        return [b.result.job for b in self._booked.values()]
+
     def take(self, job: Job) -> JobResult:
         """Collect ``job`` now, ended or not, as if it had run its duration
         (tests that complete jobs in an order of their own)."""
