@@ -112,6 +112,12 @@ def popularity_rates(models: Sequence[str], rate: float, alpha: float) -> dict[s
     return {m: rate * w / total for m, w in zip(models, weights, strict=True)}
 
 
+def observed_rates(requests: Sequence[RequestSpec], models: Sequence[str]) -> dict[str, float]:
+    """Per-model request rates of a given workload (at least one request's worth each)."""
+    span = max((r.arrival_s for r in requests), default=0.0) or 1.0
+    return {m: max(sum(r.model == m for r in requests), 1) / span for m in models}
+
+
 def generate(spec: WorkloadSpec) -> list[RequestSpec]:
     """The workload of ``spec``, in arrival order; equal specs give equal lists."""
     rng = random.Random(spec.seed)

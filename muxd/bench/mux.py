@@ -308,7 +308,7 @@ def run_mux_bench(
         requests = workload.generate(spec)
         rates = workload.popularity_rates(spec.models, rate, alpha)
     else:
-        rates = observed_rates(requests, tuple(model_paths))
+        rates = workload.observed_rates(requests, tuple(model_paths))
     requests = workload.with_slos(fit_to_models(requests, models), solo, slo_scale)
     if save_workload is not None:
         workload.save(save_workload, requests)
@@ -329,12 +329,6 @@ def run_mux_bench(
             results[policy]["max_rate_req_s"] = search_max_rate(probe, rate / 2)
 
     return {**_report(bench, results, model_paths, rates, requests, spec, dtype, find_max_rate), "device": device}
-
-
-def observed_rates(requests: list[RequestSpec], models: tuple[str, ...]) -> dict[str, float]:
-    """Per-model request rates of a given workload (at least one request's worth each)."""
-    span = max((r.arrival_s for r in requests), default=0.0) or 1.0
-    return {m: max(sum(r.model == m for r in requests), 1) / span for m in models}
 
 
 def _report(bench, results, model_paths, rates, requests, spec, dtype, find_max_rate) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import psutil
 from muxd.client import AsyncClient
 from muxd.errors import MuxdError
 from muxd.core.percentile import percentile
+from muxd.engine import cpu_isa
 from muxd.core.slo import Outcome, SloTarget, attainment, meets
 from muxd.protocol import Stats
 
@@ -170,7 +171,7 @@ async def run_stats_bench(socket: str, duration_s: float = 60.0, max_tokens: int
     progress(f"stream cost: {subscribers} subscribers at {interval_ms} ms")
     cost = await stream_cost(socket, status.pid, subscribers, interval_ms, cost_seconds)
     return {
-        "cpu": _cpu_model(), "duration_s": duration_s, "requests": len(timings),
+        "cpu": cpu_isa.cpu_model(), "duration_s": duration_s, "requests": len(timings),
         "failed": sum(not t.outcome.ok for t in timings),
         "slo_attainment": compare_attainment(final, timings),
         "share_sum_over_busy": share_ratios(docs, min_busy=0.2),
@@ -180,11 +181,3 @@ async def run_stats_bench(socket: str, duration_s: float = 60.0, max_tokens: int
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1e3, 3)
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        return None

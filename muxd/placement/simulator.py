@@ -31,7 +31,7 @@ from muxd.replay import Record, prompt_ids, replay, summarize
 from muxd.sched.base import SchedulerConfig
 from muxd.sched.engine_core import EngineCore, build_scheduler
 from muxd.sched.sim_executor import SimulatedExecutor, SimulatedRunner
-from muxd.workload import RequestSpec
+from muxd.workload import RequestSpec, observed_rates
 
 VOCAB = 32_000  # prompt token ids are drawn below this; only their count matters to a simulated job
 
@@ -140,7 +140,7 @@ def simulate_policies(profiles: dict[str, Profile], requests: list[RequestSpec],
     """``muxd bench mux``'s report, simulated: the same workload on one unit of the profiled models under each policy."""
     cost = CostModel.union(CostModel.from_profile(p, name) for name, p in profiles.items())
     span = max((r.arrival_s for r in requests), default=0.0)
-    rates = {m: sum(r.model == m for r in requests) / span if span else 0.0 for m in profiles}
+    rates = observed_rates(requests, list(profiles))  # as bench mux gives them: the same quotas
     results = {
         policy: simulate([unit_from_profiles(profiles, policy, kv_cache_bytes, compute_slots, rates=rates)], cost,
                          requests, deadline_s=deadline_s)

@@ -159,10 +159,7 @@ class MuxdRoutes:
                         continue
                     if item is None:
                         return
-                    name, data, event_id = item
-                    if name == "event" and last_id is not None and event_id is not None and event_id <= last_id:
-                        continue  # replayed above already
-                    yield sse(name, data, event_id)
+                    yield sse(*item)  # events queued after the replay's snapshot: none repeats
             finally:
                 feed.unsubscribe(sub)
 
