@@ -45,6 +45,7 @@ from typing import Any
 
 from muxd import paths
 from muxd.errors import ConfigError
+from muxd.library import LibraryEntry, default_models_dir, is_gguf, scan
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "auto", "q8", "int8", "nf4", "fp4")
@@ -71,6 +72,10 @@ class ModelConfig:
     slo_tpot_ms: float | None = None
     slo_e2e_ms: float | None = None
     slo_goal: float = 0.99  # the attainment it should reach; `muxd top` colours against it
+    preload: bool = True  # loaded when its unit starts; false: on its first request (library models)
+    keep_alive: float = -1.0  # seconds it stays loaded after its last request; -1 never unloads, 0 at once
+    pinned: bool = False  # never unloaded, by keep-alive nor to make room
+    priority: int = 0  # made room for last: lower priorities are evicted first
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -89,6 +94,11 @@ class ModelConfig:
             value = getattr(self, slo)
             if value is not None and value <= 0:
                 raise ValueError(f"model {self.name!r}: {slo} must be > 0, got {value}")
+        if self.keep_alive < 0 and self.keep_alive != -1:
+            raise ValueError(f"model {self.name!r}: keep_alive must be seconds >= 0 or -1 (never), got {self.keep_alive}")
+        for flag in ("preload", "pinned"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"model {self.name!r}: {flag} must be true or false, got {getattr(self, flag)!r}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,9 @@ class UnitConfig:
     threads: int | None = None  # intra-op threads of the unit process (None: torch's default)
     prefix_caching: bool = True  # reuse computed KV blocks of shared prompt prefixes (core/kv_manager.py)
     seed: int = 0
+    # What its weights and KV pool may take: bytes (int), or a fraction (float <= 1) of the
+    # device's memory, resolved by the daemon at start; None: a safe share of what is free then.
+    memory_budget: int | float | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -117,6 +130,8 @@ class UnitConfig:
             raise ValueError(f"unit {self.name!r}: policy {self.policy!r} is not one of {', '.join(POLICIES)}")
         if self.page_tokens < 1 or self.kv_cache_bytes < 1:
             raise ValueError(f"unit {self.name!r}: page_tokens and kv_cache_bytes must be positive")
+        if self.memory_budget is not None:
+            object.__setattr__(self, "memory_budget", parse_bytes(self.memory_budget, f"unit {self.name!r}: memory_budget"))
         if not isinstance(self.prefix_caching, bool):
             raise ValueError(f"unit {self.name!r}: prefix_caching must be true or false, got {self.prefix_caching!r}")
 
@@ -125,12 +140,15 @@ class UnitConfig:
 class Limits:
     queue_per_model: int = 256  # requests of one model admitted and not finished; beyond: 429
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may run on
+    load_wait_s: float = 60.0  # how long a request waits for memory to load its model; then 503
 
     def __post_init__(self) -> None:
         if self.queue_per_model < 1:
             raise ValueError(f"limits.queue_per_model must be >= 1, got {self.queue_per_model}")
         if self.drain_timeout_s < 0:
             raise ValueError(f"limits.drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        if self.load_wait_s < 0:
+            raise ValueError(f"limits.load_wait_s must be >= 0, got {self.load_wait_s}")
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,7 @@ class DaemonConfig:
     placement: str = "manual"  # "manual" ([[units]]), "per-device" (grouped by device) or "demo"
     warm_spare: bool = True  # keep a standby process per unit (torch imported) to replace a dead unit fast
     stats_interval_ms: int = 500  # the stats tick: /stats, /metrics and the stats stream read its figures
+    models_dir: Path | None = None  # the model library (library.py); its models load on demand
 
     def __post_init__(self) -> None:
         if not 50 <= self.stats_interval_ms <= 60_000:
@@ -174,15 +193,17 @@ class Flags:
     kv_cache_mb: int | None = None
     policy: str | None = None
     threads: int | None = None
+    models_dir: Path | None = None
 
 
 # Keys of the TOML file: top level, unit defaults (also allowed in [[units]]), models, limits.
 _TOP_KEYS = {
     "socket", "tcp", "allow_uids", "log_level", "placement", "warm_spare", "stats_interval_ms", "limits", "models",
-    "units",
+    "units", "models_dir", "keep_alive",
 }  # fmt: skip
 _UNIT_KEYS = {
     "policy", "device", "kv_cache_mb", "page_tokens", "max_batch_seqs", "max_prefill_tokens", "threads", "prefix_caching",
+    "memory_budget",
 }
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)}
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
@@ -194,6 +215,7 @@ _ENV = {
     "MUXD_QUEUE_PER_MODEL": ("queue_per_model", int),
     "MUXD_DRAIN_TIMEOUT_S": ("drain_timeout_s", float),
     "MUXD_DEVICE": ("device", str),
+    "MUXD_MODELS_DIR": ("models_dir", str),
     "MUXD_STATS_INTERVAL_MS": ("stats_interval_ms", int),
     "MUXD_WARM_SPARE": ("warm_spare", lambda v: v.lower() not in ("0", "false", "no", "off")),
 }
@@ -221,7 +243,7 @@ def resolve(
     for f in fields(Flags):
         value = getattr(flags, f.name)
         if f.name not in ("config", "models") and value is not None:
-            settings[f.name] = value
+            settings[f.name] = str(value) if f.name == "models_dir" else value
     if flags.models:
         settings["models"] = [parse_model_flag(spec) for spec in flags.models]
         settings.pop("units", None)  # units named in a file refer to the file's models
@@ -311,7 +333,7 @@ def _build(
         raise ValueError(f"placement = {s['placement']!r} is not available yet; list [[units]] or leave it out")
     placement = "manual" if s.get("units") else "per-device"
     model_tables = s.get("models") or []
-    if not model_tables:
+    if not model_tables and not _library(s, env):
         if demo is None:
             raise ConfigError("no models configured: add [[models]] to the config file or pass --model NAME=PATH")
         device = s.get("device") or DEVICE_AUTO
@@ -319,12 +341,14 @@ def _build(
         model_tables = [{"name": n, "path": p, **precision} for n, p in demo().items()]
         placement = "demo"
     default_device = s.get("device") or DEVICE_AUTO
-    models = [_model(t, base_dir, default_device) for t in model_tables]
+    library, keep = _library(s, env), parse_duration(s.get("keep_alive", 300), "keep_alive")
+    models = [_model(t, base_dir, default_device, library, keep) for t in model_tables]
+    extra = _library_models(library, {m.name for m in models}, default_device, keep)
     unit_defaults = {k: s[k] for k in _UNIT_KEYS if k in s and k != "device"}
     if placement == "manual":
-        units = _units(s["units"], models, unit_defaults, default_device)
+        units = _with_library(_units(s["units"], models, unit_defaults, default_device), extra)
     else:
-        units = _group(models, unit_defaults)
+        units = _group(models + extra, unit_defaults)
     socket = Path(str(s["socket"])).expanduser() if s.get("socket") else paths.socket_path(env)
     if not socket.is_absolute():
         socket = base_dir / socket
@@ -339,24 +363,99 @@ def _build(
     if not isinstance(interval, int) or isinstance(interval, bool):
         raise ValueError(f"stats_interval_ms must be an integer of milliseconds, got {interval!r}")
     return DaemonConfig(tuple(units), socket, _tcp(s.get("tcp")), uids, limits, level, placement, spare,
-                        stats_interval_ms=interval)  # fmt: skip
+                        stats_interval_ms=interval, models_dir=_models_dir(s, env))  # fmt: skip
 
 
-def _model(table: dict[str, Any], base_dir: Path, default_device: str) -> ModelConfig:
+def _model(
+    table: dict[str, Any], base_dir: Path, default_device: str, library: list[LibraryEntry], keep_alive: float
+) -> ModelConfig:
+    """A ``[[models]]`` entry or ``--model``; one without a path names a library model and sets its options."""
     unknown = set(table) - _MODEL_KEYS
     if unknown:
         raise ValueError(f"model {table.get('name', '?')!r}: unknown key(s) {', '.join(sorted(unknown))}")
+    in_library = {e.name: e for e in library}
+    if "name" in table and "path" not in table and table["name"] in in_library:
+        table = {"preload": False, **table, "path": str(in_library[table["name"]].path)}
     if "name" not in table or "path" not in table:
-        raise ValueError(f"every model needs a name and a path, got {table}")
+        raise ValueError(f"every model needs a name and a path (or the name of a library model), got {table}")
     path = Path(str(table["path"])).expanduser()
     path = path if path.is_absolute() else base_dir / path
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not is_gguf(path):
         raise ValueError(
-            f"model {table['name']!r}: {path} is not a Hugging Face model directory (no config.json); "
-            "give the local directory that holds config.json, the weights and tokenizer.json"
+            f"model {table['name']!r}: {path} is neither a Hugging Face model directory (no config.json) "
+            "nor a GGUF file; give the local directory that holds config.json, the weights and tokenizer.json, "
+            "or a .gguf file"
         )
     device = str(table.get("device", default_device))
+    keep = table.get("keep_alive", -1 if table.get("preload", True) else keep_alive)
+    table = {**table, "keep_alive": parse_duration(keep, f"model {table['name']!r}: keep_alive")}
     return ModelConfig(**{**table, "path": str(path), "device": device})
+
+
+def _models_dir(s: dict[str, Any], env: Mapping[str, str]) -> Path:
+    value = s.get("models_dir")
+    return Path(str(value)).expanduser() if value else default_models_dir(dict(env))
+
+
+def _library(s: dict[str, Any], env: Mapping[str, str]) -> list[LibraryEntry]:
+    return scan(_models_dir(s, env))
+
+
+def _library_models(
+    library: list[LibraryEntry], configured: set[str], device: str, keep_alive: float
+) -> list[ModelConfig]:
+    """The library's models not configured by name: loaded on their first request, kept ``keep_alive``."""
+    return [
+        ModelConfig(e.name, str(e.path), device=device, preload=False, keep_alive=keep_alive)
+        for e in library
+        if e.name not in configured
+    ]
+
+
+def _with_library(units: list[UnitConfig], extra: list[ModelConfig]) -> list[UnitConfig]:
+    """``[[units]]`` name their models; the library's others join the first unit."""
+    if not extra:
+        return units
+    first = units[0]
+    joined = tuple(replace(m, device=first.device) for m in extra)
+    return [replace(first, models=first.models + joined), *units[1:]]
+
+
+def parse_duration(value: Any, what: str) -> float:
+    """Seconds from ``300``, ``"90s"``, ``"5m"``, ``"1h"``, ``-1`` (never) or ``"0"`` (at once), as Ollama's keep_alive."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be seconds or a duration such as \"5m\", got {value!r}")
+    text = str(value).strip()
+    scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    unit = next((u for u in ("ms", "s", "m", "h") if text.endswith(u)), "")
+    try:
+        seconds = float(text[: len(text) - len(unit)]) * scale.get(unit, 1.0)
+    except ValueError:
+        raise ValueError(f"{what} must be seconds or a duration such as \"5m\", got {value!r}") from None
+    if seconds < 0:
+        return -1.0
+    return seconds
+
+
+def parse_bytes(value: Any, what: str) -> int | float:
+    """Bytes from ``1073741824``, ``"512MiB"``, ``"8GB"``; a fraction from ``0.5`` or ``"50%"`` (kept as a float <= 1)."""
+    text = str(value).strip().replace(" ", "")
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+             "tb": 10**12, "k": 2**10, "m": 2**20, "g": 2**30, "b": 1}  # fmt: skip
+    try:
+        if text.endswith("%"):
+            fraction = float(text[:-1]) / 100
+        else:
+            unit = next((u for u in units if text.lower().endswith(u)), "")
+            number = float(text[: len(text) - len(unit)])
+            if unit or number > 1:
+                return int(number * units.get(unit, 1))
+            fraction = number
+    except ValueError:
+        raise ValueError(f"{what} must be bytes (\"8GiB\", 512000000) or a fraction (0.5, \"50%\"), got {value!r}") from None
+    if not 0 < fraction <= 1:
+        raise ValueError(f"{what}: a fraction of the device's memory must be in (0, 1], got {value!r}")
+    return fraction
 
 
 def _unit(name: str, models: tuple[ModelConfig, ...], device: str, settings: dict[str, Any]) -> UnitConfig:

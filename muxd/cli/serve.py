@@ -24,7 +24,7 @@ def serve(
         Path | None, typer.Option("--config", "-c", help="TOML config (default: $XDG_CONFIG_HOME/muxd/muxd.toml).")
     ] = None,
     model: Annotated[
-        list[str] | None, typer.Option("--model", "-m", help="NAME=PATH of a model directory; repeatable.")
+        list[str] | None, typer.Option("--model", "-m", help="NAME=PATH of a model directory or GGUF file; repeatable.")
     ] = None,
     socket: Annotated[Path | None, typer.Option(help="Unix socket (default: $XDG_RUNTIME_DIR/muxd/muxd.sock).")] = None,
     tcp: Annotated[str | None, typer.Option(help="Also listen on HOST:PORT (no authentication).")] = None,
@@ -33,6 +33,9 @@ def serve(
     queue_per_model: Annotated[int | None, typer.Option(min=1, help="Requests in flight per model before 429.")] = None,
     drain_timeout: Annotated[float | None, typer.Option(min=0, help="Seconds in-flight requests get on SIGTERM.")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Compute threads of each unit process.")] = None,
+    models_dir: Annotated[
+        Path | None, typer.Option(help="The model library: its HF directories and GGUF files load on demand.")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
 ) -> None:
     """Start the daemon: an OpenAI-compatible API on a Unix socket, one process per unit."""
@@ -43,7 +46,7 @@ def serve(
     flags = Flags(
         config=config, models=tuple(model or ()), socket=socket, tcp=tcp, log_level=log_level,
         queue_per_model=queue_per_model, drain_timeout_s=drain_timeout, device=device, kv_cache_mb=kv_cache_mb,
-        threads=threads,
+        threads=threads, models_dir=models_dir,
     )  # fmt: skip
     try:
         daemon_config = resolve(flags, demo=prepare_demo)

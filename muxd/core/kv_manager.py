@@ -84,6 +84,21 @@ class KVManager:
         self.hit_tokens[model] = 0
         self.query_tokens[model] = 0
 
+    def remove_model(self, model: str) -> int:
+        """Forget ``model`` (unloaded): evict its idle cached blocks, only its own, and
+        unregister it; return the pages freed. No live sequence of it may hold pages."""
+        if self.pool.held(model):
+            raise ValueError(f"model {model!r} still holds {self.pool.held(model)} pages; drain it first")
+        freed = 0
+        for key in [k for k in self._idle if k[0] == model]:
+            block = self._idle.pop(key)
+            self.pool.evict(model, block.pages)
+            freed += len(block.pages)
+        self.pool.unregister(model)
+        for table in (self.pages_per_block, self._blocks, self.hit_tokens, self.query_tokens):
+            del table[model]
+        return freed
+
     def pages_for_tokens(self, model: str, num_tokens: int) -> int:
         blocks = -(-num_tokens // self.page_tokens)
         return blocks * self.pages_per_block[model]

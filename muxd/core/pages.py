@@ -56,6 +56,13 @@ class PagePool:
             raise ValueError(f"model {model!r} is already registered in the pool")
         self._models[model] = ModelPages(quota=self.total if quota is None else quota)
 
+    def unregister(self, model: str) -> None:
+        """Forget ``model``, which must hold and cache no page (unload it from the KV manager first)."""
+        account = self._models[model]
+        if account.held or account.cached:
+            raise ValueError(f"model {model!r} still holds {account.held} and caches {account.cached} pages")
+        del self._models[model]
+
     @property
     def models(self) -> list[str]:
         return list(self._models)

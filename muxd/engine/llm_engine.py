@@ -62,14 +62,21 @@ class LLMEngine(EngineCore):
         seed: int = 0,
         prefix_caching: bool = True,
         green_contexts: bool = True,
+        device: str | None = None,
+        kv_heads: list[tuple[int, torch.dtype]] | None = None,
     ) -> None:
-        if not models:
-            raise ValueError("an engine needs at least one model")
         devices = {m.device for m in models.values()}
-        if len(devices) != 1:
+        if len(devices) > 1:
             raise ValueError(f"all models of one engine share a device, got {sorted(map(str, devices))}")
-        layout = KVLayout.for_models(page_tokens, [(m.spec.head_dim, m.dtype) for m in models.values()])
-        device = devices.pop()
+        if not devices and device is None:
+            raise ValueError("an engine needs at least one model, or its device and kv_heads")
+        # Pages are as wide as the widest head among these models and ``kv_heads``
+        # (models that may be loaded later, with ``add_model``): the width is fixed.
+        heads = [(m.spec.head_dim, m.dtype) for m in models.values()] + list(kv_heads or [])
+        if not heads:
+            raise ValueError("an engine with no model needs kv_heads to size its pool's pages")
+        layout = KVLayout.for_models(page_tokens, heads)
+        device = devices.pop() if devices else torch.device(device)
         slots = cores or (torch.get_num_threads() if device.type == "cpu" else CUDA_SHARE_LEVELS)
         # The driving thread only schedules: parallel work belongs to the
         # executor's threads, so even zeroing the pool runs off it (see
@@ -87,10 +94,30 @@ class LLMEngine(EngineCore):
             prefix_caching=prefix_caching,
         )
         executor = Executor(slots, device, green_contexts=green_contexts, clock=clock)
-        self.models = models
+        self.models = dict(models)
         runners = {name: ModelRunner(name, m, self.kv_cache, seed=seed) for name, m in models.items()}
         limits = {name: ModelLimits(m.spec.eos_token_ids, m.spec.max_position) for name, m in models.items()}
         super().__init__(scheduler, executor, runners, clock, limits=limits, decoders=decoders)
+        self._seed = seed
+
+    def add_model(self, name: str, loaded: LoadedModel, decoder: Decode | None = None) -> None:  # type: ignore[override]
+        """Serve ``loaded`` as ``name`` from the next step on; call between steps.
+
+        Raises ValueError when its heads do not fit the pool's pages (a model
+        wider than the widest the pool was sized for) or its device differs.
+        """
+        if loaded.device.type != self.kv_cache.storage.device.type:
+            raise ValueError(f"model {name!r} is on {loaded.device}, the engine's pool on {self.kv_cache.storage.device}")
+        runner = ModelRunner(name, loaded, self.kv_cache, seed=self._seed)
+        limits = ModelLimits(loaded.spec.eos_token_ids, loaded.spec.max_position)
+        super().add_model(name, runner, loaded.spec.pages_per_block, limits, decoder)
+        self.models[name] = loaded
+
+    def remove_model(self, name: str) -> LoadedModel:
+        """Stop serving ``name`` (drained first: ``has_requests(name)`` false); return its model,
+        whose memory goes once the caller drops it."""
+        super().remove_model(name)
+        return self.models.pop(name)
 
     def close(self) -> None:
         """Stop the executor's worker threads; the engine takes no more steps (idempotent).

@@ -47,6 +47,13 @@ class ADBSScheduler(Scheduler):
         self._decode_s: dict[str, float] = {}  # model -> recent decode step seconds (EWMA)
         self._decode_ready: dict[str, float] = {}  # model -> when its next decode became ready
 
+    def models_changed(self) -> None:
+        """Quotas are split afresh over the models now served, at the next tick."""
+        self._next_adapt = None
+        for table in (self._decode_s, self._decode_ready):
+            for model in [m for m in table if m not in self.waiting]:
+                del table[model]
+
     def schedule(self, now: float) -> list[Job]:
         self._adapt(now)
         running = {(job.model, job.kind) for job in self.in_flight.values()}

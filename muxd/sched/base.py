@@ -60,8 +60,25 @@ class Scheduler(ABC):
 
     # -- requests ----------------------------------------------------------
     def add_model(self, model: str) -> None:
+        """Serve ``model`` too (its pages registered in ``kv`` first); a policy re-plans its shares."""
         self.waiting.setdefault(model, deque())
         self.running.setdefault(model, [])
+        self.models_changed()
+
+    def remove_model(self, model: str) -> None:
+        """Stop serving ``model``: it must have no request left nor a job in flight (drained)."""
+        if self.waiting[model] or self.running[model] or any(j.model == model for j in self.in_flight.values()):
+            raise ValueError(f"model {model!r} still has requests or a job in flight; drain it first")
+        del self.waiting[model], self.running[model]
+        self.models_changed()
+
+    def has_requests(self, model: str) -> bool:
+        """Whether ``model`` has a request queued or running, or a job in flight."""
+        busy = any(j.model == model for j in self.in_flight.values())
+        return busy or bool(self.waiting[model]) or bool(self.running[model])
+
+    def models_changed(self) -> None:
+        """Hook: the set of models changed (quotas, partitions are recomputed)."""
 
     @property
     def models(self) -> list[str]:

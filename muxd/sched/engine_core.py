@@ -145,13 +145,40 @@ class EngineCore:
         self.kv = scheduler.kv
         self.pool = scheduler.kv.pool
         self.executor = executor
-        self.runners = runners
+        self.runners = dict(runners)
         self.clock = clock
         self.limits = dict(limits or {})
         self.decoders = dict(decoders or {})
         self.stats = EngineStats()
         self._requests: dict[str, _Request] = {}
         self._ids = itertools.count()
+
+    # -- the model set -----------------------------------------------------
+    def add_model(
+        self, name: str, runner: JobRunner, pages_per_block: int, limits: ModelLimits, decoder: Decode | None = None
+    ) -> None:
+        """Serve ``name`` from the next step on (call between steps: a step boundary)."""
+        if name in self.runners:
+            raise ValueError(f"model {name!r} is already served")
+        self.kv.add_model(name, pages_per_block)
+        self.scheduler.add_model(name)
+        self.runners[name] = runner
+        self.limits[name] = limits
+        if decoder is not None:
+            self.decoders[name] = decoder
+
+    def has_requests(self, name: str) -> bool:
+        """Whether ``name`` has a request not yet reported finished, or a job in flight."""
+        return self.scheduler.has_requests(name) or any(r.seq.model == name for r in self._requests.values())
+
+    def remove_model(self, name: str) -> None:
+        """Stop serving ``name``, drained (``has_requests`` false): its cached prefix blocks are evicted."""
+        if self.has_requests(name):
+            raise ValueError(f"model {name!r} still has requests; drain it first")
+        self.scheduler.remove_model(name)
+        self.kv.remove_model(name)
+        for table in (self.runners, self.limits, self.decoders):
+            table.pop(name, None)
 
     # -- requests ----------------------------------------------------------
     def add_request(

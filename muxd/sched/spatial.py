@@ -22,6 +22,10 @@ class SpatialScheduler(TemporalScheduler):
         super().__init__(*args, **kwargs)
         self.partitions: list[tuple[int, list[str]]] | None = None
 
+    def models_changed(self) -> None:
+        """Partitions and fixed quotas are made afresh for the models now served."""
+        self.partitions = None
+
     def _partition(self) -> list[tuple[int, list[str]]]:
         rates = {m: self.config.rates.get(m, 1.0) for m in self.models}
         n = min(self.config.compute_slots, len(rates))
