@@ -38,6 +38,20 @@ class Shutdown:
     pass
 
 
+@dataclass
+class LoadModel:
+    """Load one of the unit's on-demand models (its ``ModelConfig`` is in the unit's config)."""
+
+    model: str
+
+
+@dataclass
+class UnloadModel:
+    """Unload a model once its requests have drained (the front end sends it no new ones)."""
+
+    model: str
+
+
 # -- unit -> front end -------------------------------------------------------
 @dataclass
 class ModelInfo:
@@ -49,6 +63,8 @@ class ModelInfo:
     device: str
     plan: str = ""  # engine.kernel_plan.KernelPlan.label, e.g. "q8/avx2"
     plan_notes: tuple[str, ...] = ()  # its reasons
+    source_dir: str = ""  # the Hugging Face directory it was loaded from (a GGUF file's converted copy)
+    load_s: float = 0.0  # seconds its load took
 
 
 @dataclass
@@ -65,6 +81,26 @@ class StartFailed:
 
     unit: str
     error: str
+
+
+@dataclass
+class ModelLoaded:
+    """A ``LoadModel`` finished: the model serves from the unit's next step."""
+
+    info: ModelInfo
+
+
+@dataclass
+class ModelLoadFailed:
+    model: str
+    error: str
+
+
+@dataclass
+class ModelUnloaded:
+    """An ``UnloadModel`` finished: its requests drained, its weights and pages freed."""
+
+    model: str
 
 
 @dataclass

@@ -65,13 +65,13 @@ def ensure_smollm2(cache_dir: Path | None = None, *, progress: Callable[[str], N
         )
 
     def build(staging: Path) -> None:
-        _convert(gguf, staging, say)
+        convert_gguf(gguf, staging, say)
         say(f"moving the converted model into {target}")
 
     return build_once(target, build)
 
 
-def _convert(gguf: Path, out_dir: Path, say: Callable[[str], None]) -> None:
+def convert_gguf(gguf: Path, out_dir: Path, say: Callable[[str], None]) -> None:
     """Dequantize ``gguf`` to float32 and save it as a Hugging Face directory in ``out_dir``.
 
     transformers refuses to ``save_pretrained`` a model loaded from GGUF (its

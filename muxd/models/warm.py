@@ -15,5 +15,7 @@ def warm_up(config: UnitConfig) -> None:
     from muxd.models.loader import eos_token_ids, load_hf_config, resolve_model_path
 
     for model in config.models:
+        if not model.preload or model.path.endswith(".gguf"):
+            continue  # loaded on demand, or converted first: nothing to warm
         path = resolve_model_path(model.path)
         eos_token_ids(path, load_hf_config(path))
