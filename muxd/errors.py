@@ -78,6 +78,12 @@ class UnitUnavailableError(MuxdError):
         self.retry_after_s = retry_after_s
 
 
+class MemoryBudgetError(UnitUnavailableError):
+    """A model does not fit its unit's memory budget and nothing idle can be unloaded for it."""
+
+    code = "memory_budget"
+
+
 class ConfigError(MuxdError):
     """The daemon's configuration (TOML, environment or flags) is invalid."""
 

@@ -75,11 +75,18 @@ def scan(models_dir: Path) -> list[LibraryEntry]:
 def _entry(item: os.DirEntry[str]) -> LibraryEntry | None:
     path = Path(item.path)
     if item.is_dir() and (path / "config.json").is_file():
-        size = sum(f.stat().st_size for f in os.scandir(path) if f.is_file())
-        return LibraryEntry(item.name, path, "hf", size)
+        return LibraryEntry(item.name, path, "hf", file_bytes(path))
     if item.is_file() and item.name.endswith(GGUF_SUFFIX) and len(item.name) > len(GGUF_SUFFIX):
         return LibraryEntry(item.name[: -len(GGUF_SUFFIX)], path, "gguf", item.stat().st_size)
     return None
+
+
+def file_bytes(path: str | Path) -> int:
+    """Bytes a model's files take on disk: a GGUF file, or a directory's files (not recursive)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in os.scandir(p) if f.is_file())
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -95,6 +102,7 @@ class ModelShape:
     head_dim: int
     params: int  # parameters stored in its weight files
     embed_params: int  # of which the token embedding (a q8 model keeps it in its dtype)
+    vector_params: int = 0  # of which 1-D tensors: norms and biases (never quantized)
 
 
 def model_shape(path: str | Path) -> ModelShape:
@@ -115,8 +123,9 @@ def estimate_weight_bytes(shape: ModelShape, dtype: str, quantization: str) -> i
     full = shape.params * DTYPE_BYTES[dtype]
     if quantization in ("none", "int8", "nf4", "fp4"):
         return full  # bitsandbytes keeps embedding and head full: at most this
-    linears = shape.params - shape.embed_params
-    q8 = int(linears * Q8_BYTES + shape.embed_params * (DTYPE_BYTES[dtype] + Q8_BYTES))
+    linears = shape.params - shape.embed_params - shape.vector_params
+    kept = shape.embed_params + shape.vector_params  # in the model's dtype
+    q8 = int(linears * Q8_BYTES + kept * DTYPE_BYTES[dtype] + shape.embed_params * Q8_BYTES)
     return q8 if quantization == "q8" else max(full, q8)
 
 
@@ -128,7 +137,7 @@ def _hf_shape(path: Path) -> ModelShape:
     config = config.get("text_config", config)
     heads = int(config.get("num_attention_heads") or 1)
     head_dim = int(config.get("head_dim") or int(config.get("hidden_size", 0)) // heads)
-    params = embed = 0
+    params = embed = vectors = 0
     for f in sorted(path.glob("*.safetensors")):
         for name, info in _safetensors_header(f).items():
             if name == "__metadata__":
@@ -136,9 +145,10 @@ def _hf_shape(path: Path) -> ModelShape:
             n = _prod(info["shape"])
             params += n
             embed += n if name.endswith("embed_tokens.weight") else 0
+            vectors += n if len(info["shape"]) == 1 else 0
     if head_dim <= 0 or params == 0:
         raise ValueError(f"{path}: no head width in config.json or no weights in *.safetensors")
-    return ModelShape(head_dim, params, embed)
+    return ModelShape(head_dim, params, embed, vectors)
 
 
 def _safetensors_header(path: Path) -> dict[str, Any]:
@@ -167,9 +177,10 @@ def _gguf_shape(path: Path) -> ModelShape:
     head_dim = meta.get(f"{arch}.attention.key_length") or (width // heads if heads and width else 0)
     params = sum(_prod(dims) for dims in tensors.values())
     embed = _prod(tensors.get("token_embd.weight", [0]))
+    vectors = sum(_prod(dims) for dims in tensors.values() if len(dims) == 1)
     if not head_dim or not params:
         raise ValueError(f"{path}: the GGUF header names no attention head width or no tensors")
-    return ModelShape(int(head_dim), params, embed)
+    return ModelShape(int(head_dim), params, embed, vectors)
 
 
 def read_gguf_header(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:

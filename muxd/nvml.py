@@ -57,6 +57,14 @@ class Nvml:
             readings.append(GpuReading(GpuStats(index=index)) if handle is None else self._read(index, handle, wanted))
         return readings
 
+    def memory(self, index: int) -> tuple[int | None, int | None]:
+        """(total, free) bytes of GPU ``index``'s memory; (None, None) where NVML cannot say."""
+        if not self._init():
+            return None, None
+        handle = self._call(self._module.nvmlDeviceGetHandleByIndex, index)
+        info = None if handle is None else self._call(self._module.nvmlDeviceGetMemoryInfo, handle)
+        return (None, None) if info is None else (int(info.total), int(info.free))
+
     def close(self) -> None:
         with self._lock:
             if self._ready:

@@ -57,6 +57,11 @@ class _SamplingFields(_Request):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    keep_alive: float | str | None = Field(
+        default=None,
+        description="muxd extension, as Ollama's: how long the model stays loaded after this request "
+        '(seconds or "5m"; -1 forever, 0 unload when idle)',
+    )
 
     @field_validator("stop")
     @classmethod
@@ -180,7 +185,16 @@ class Model(_Response):
     created: int = 0
     owned_by: str = "muxd"
     unit: str | None = None
-    max_model_len: int | None = None
+    max_model_len: int | None = None  # known once it has been loaded
+    state: str | None = None  # unloaded, loading, loaded or unloading
+    size_bytes: int | None = None  # its files on disk
+    pinned: bool = False
+
+
+class ModelLoadRequest(_Request):
+    """Body of ``POST /muxd/v1/models/{name}/load`` (optional)."""
+
+    keep_alive: float | str | None = None
 
 
 class ModelList(_Response):
@@ -316,6 +330,8 @@ class UnitStatus(_Response):
     models: list[str]
     pool: PoolStatus | None = None
     last_error: str | None = None
+    memory_budget_bytes: int | None = None  # what its weights and KV pool may take (None: no limit)
+    memory_used_bytes: int | None = None  # KV pool plus the weights it holds or is loading
 
 
 class ModelStatus(_Response):
@@ -331,6 +347,14 @@ class ModelStatus(_Response):
     rate: float = 0.0
     plan: str | None = None  # how its forward runs here, e.g. "q8/avx2" (weights / CPU kernels' instruction set)
     plan_notes: list[str] = []  # where the plan differs from the config, why
+    load_state: str = "loaded"  # unloaded, loading, loaded or unloading (state is its unit's)
+    size_bytes: int | None = None  # its files on disk
+    weight_bytes_estimated: bool = False  # weight_bytes is the estimate from its files (never loaded)
+    keep_alive_s: float = -1.0  # -1: never unloaded when idle
+    expires_in_s: float | None = None  # until keep-alive unloads it (None: not counting down)
+    pinned: bool = False
+    priority: int = 0
+    last_error: str | None = None  # why its last load failed
 
 
 class Status(_Response):
@@ -478,6 +502,7 @@ class DeviceStats(_Response):
 EventKind = Literal[
     "unit_starting", "unit_ready", "unit_restarting", "unit_crashed", "unit_failed", "unit_stopped",
     "model_loaded", "preemption", "quota_move",
+    "model_loading", "model_load_failed", "model_unloading", "model_unloaded",
 ]
 
 

@@ -23,9 +23,9 @@ from starlette.routing import Route
 
 from muxd import __version__
 from muxd.errors import MuxdError
-from muxd.errors import InvalidRequestError, UnitUnavailableError
-from muxd.protocol import Health, ModelStatus, PoolStatus, Status, UnitStatus
-from muxd.server.openai_api import ClientGone, OpenAIRoutes
+from muxd.errors import InvalidRequestError, ModelNotFoundError, UnitUnavailableError
+from muxd.protocol import Health, ModelLoadRequest, ModelStatus, PoolStatus, Status, UnitStatus
+from muxd.server.openai_api import ClientGone, OpenAIRoutes, keep_alive_seconds, parse_body
 from muxd.server.openapi import openapi_document
 from muxd.server.prometheus import prometheus
 from muxd.server.stats_feed import StatsFeed
@@ -37,7 +37,7 @@ log = logging.getLogger("muxd.server")
 
 
 def build_app(daemon: Daemon) -> Starlette:
-    api = OpenAIRoutes(daemon.served, daemon.router, daemon.telemetry)
+    api = OpenAIRoutes(daemon.served, daemon.router, daemon.telemetry, daemon.residency)
     own = MuxdRoutes(daemon)
     routes = [
         Route("/v1/models", api.list_models, methods=["GET"]),
@@ -48,6 +48,8 @@ def build_app(daemon: Daemon) -> Starlette:
         Route("/muxd/v1/stats", own.stats, methods=["GET"]),
         Route("/muxd/v1/stats/stream", own.stats_stream, methods=["GET"]),
         Route("/muxd/v1/shutdown", own.shutdown, methods=["POST"]),
+        Route("/muxd/v1/models/{name}/load", own.load_model, methods=["POST"]),
+        Route("/muxd/v1/models/{name}/unload", own.unload_model, methods=["POST"]),
         Route("/metrics", own.metrics, methods=["GET"]),
         Route("/openapi.json", own.openapi, methods=["GET"]),
     ]
@@ -118,7 +120,8 @@ class MuxdRoutes:
                 policy=u.config.policy, restarts=u.restarts, models=[m.name for m in u.config.models],
                 pool=None if u.ready is None else PoolStatus(pages_total=u.ready.kv_pages, page_tokens=u.config.page_tokens,
                                                              bytes=u.ready.kv_bytes),
-                last_error=u.last_error,
+                last_error=u.last_error, memory_budget_bytes=d.residency.budgets[name],
+                memory_used_bytes=d.residency.used(name),
             )
             for name, u in d.units.items()
         ]  # fmt: skip
@@ -174,6 +177,25 @@ class MuxdRoutes:
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document(__version__))
 
+    async def load_model(self, request: Request) -> Response:
+        """Load a model now (if it is not), with an optional ``keep_alive``; answer its status."""
+        name = self._known(request.path_params["name"])
+        body = await request.body()
+        keep = parse_body(ModelLoadRequest, body).keep_alive if body.strip() else None
+        await self.daemon.residency.ensure(name, keep_alive_seconds(keep))
+        return JSONResponse(_model_status(self.daemon, name).model_dump())
+
+    async def unload_model(self, request: Request) -> Response:
+        """Unload a model once its requests have finished; answer its status."""
+        name = self._known(request.path_params["name"])
+        await self.daemon.residency.unload(name)
+        return JSONResponse(_model_status(self.daemon, name).model_dump())
+
+    def _known(self, name: str) -> str:
+        if name not in self.daemon.served:
+            raise ModelNotFoundError(name, self.daemon.served)
+        return name
+
     async def shutdown(self, request: Request) -> Response:
         asyncio.get_running_loop().call_soon(self.daemon.request_shutdown)
         return JSONResponse({"status": "stopping", "drain_timeout_s": self.daemon.config.limits.drain_timeout_s})
@@ -200,12 +222,16 @@ def _int_param(text: str, name: str, low: int, high: int | None) -> int:
 
 
 def _model_status(d: Daemon, name: str) -> ModelStatus:
-    s = d.served[name]
+    s, r = d.served[name], d.residency.models[name]
     info = s.info
+    expires = r.expires_in(time.monotonic(), d.router.in_flight[name] > 0 if d.router else False)
     return ModelStatus(
         name=name, unit=s.unit, state=d.units[s.unit].state.value, path=s.config.path,
         dtype=info.dtype if info else s.config.dtype, quantization=s.config.quantization,
         device=info.device if info else s.config.device, max_model_len=s.max_position,
-        weight_bytes=info.weight_bytes if info else None, rate=s.config.rate,
+        weight_bytes=d.residency.weight_bytes(r), weight_bytes_estimated=r.weight_bytes is None, rate=s.config.rate,
         plan=info.plan if info else None, plan_notes=list(info.plan_notes) if info else [],
+        load_state=r.state.value, size_bytes=r.size_bytes, keep_alive_s=r.keep_alive,
+        expires_in_s=None if expires is None else round(expires, 3), pinned=s.config.pinned,
+        priority=s.config.priority, last_error=r.error,
     )  # fmt: skip

@@ -30,6 +30,7 @@ from muxd.errors import ConfigError
 from muxd.server import uds
 from muxd.server.app import build_app
 from muxd.server.generation import ServedModel
+from muxd.server.residency import Residency
 from muxd.server.router import Router
 from muxd.server.events import EventLog
 from muxd.server.stats_feed import StatsFeed
@@ -67,29 +68,42 @@ class Daemon:
             raise ConfigError(f"cannot read a model's tokenizer or config: {e}") from e
         self.units: dict[str, UnitProcess] = {}
         self.router: Router | None = None
+        self.residency = Residency(config, self.served, self.events, self._in_flight)
         self.server: _Server | None = None
         self.fatal: str | None = None
         self.feed: StatsFeed | None = None
         self.stopping = False
+
+    def _in_flight(self, model: str) -> int:
+        return self.router.in_flight[model] if self.router is not None else 0
 
     # -- the unit listener ---------------------------------------------------------
     def unit_ready(self, unit: UnitProcess, ready: ipc.Ready) -> None:
         for info in ready.models:
             served = self.served.get(info.name)
             if served is not None:
+                if not served.prepared:  # a GGUF file: its tokenizer is in the directory converted at start
+                    served.prepare(info.source_dir)
                 served.info = info
                 served.max_position = info.max_position
             plan = f", plan {info.plan}" if info.plan else ""
             self.events.add("model_loaded", f"{info.weight_bytes / 2**20:.0f} MiB of weights on {info.device}{plan}",
                             unit=unit.name, model=info.name)  # fmt: skip
+        self.residency.unit_ready(unit.name, ready)
         if all(u.state.value == "ready" for u in self.units.values()) and unit.restarts == 0:
-            names = ", ".join(self.served)
+            names = ", ".join(n for n, s in self.served.items() if s.config.preload)
             log.info("muxd serving %s on %s", names, self.config.socket)
 
     def unit_events(self, unit: UnitProcess, events: list[ipc.TokenEvent]) -> None:
         self.router.deliver(events)
 
+    def unit_model(self, unit: UnitProcess, msg: object) -> None:
+        self.residency.unit_model(unit.name, msg)
+        if self.feed is not None:
+            self.feed.poke()
+
     def unit_down(self, unit: UnitProcess, reason: str) -> None:
+        self.residency.unit_down(unit.name, reason)
         n = self.router.fail_unit(unit, reason)
         if n:
             log.warning("failed %d in-flight request(s) of unit %s with 503", n, unit.name)
@@ -133,10 +147,12 @@ class Daemon:
             if self.config.tcp:
                 sockets.append(uds.bind_tcp(*self.config.tcp))
                 log.warning("also listening on tcp %s:%d, with no authentication", *self.config.tcp)
+            self.residency.units = self.units
             for unit in self.units.values():
                 unit.start()
             self.feed = StatsFeed(self)
             ticker = asyncio.create_task(self.feed.run(), name="muxd-stats")
+            keep_alive = asyncio.create_task(self.residency.run(), name="muxd-keep-alive")
             self.server = _Server(self._uvicorn_config())
             if self.stopping:
                 self.server.should_exit = True
@@ -144,6 +160,7 @@ class Daemon:
         finally:
             if self.feed is not None:
                 ticker.cancel()
+                keep_alive.cancel()
             for s in sockets:
                 s.close()
             await asyncio.gather(*(u.stop() for u in self.units.values()))

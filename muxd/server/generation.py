@@ -36,32 +36,52 @@ FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "length"}  # the 
 
 @dataclass
 class ServedModel:
-    """A model as the front end knows it: config, tokenizer, limits, sampling defaults."""
+    """A model as the front end knows it: config, tokenizer, limits, sampling defaults.
+
+    A model loaded on demand is known from the start by its config alone
+    (``pending``); its tokenizer and limits are read (``prepare``) once its
+    files are known to load: a GGUF file's come from its converted directory.
+    """
 
     config: ModelConfig
     unit: str
-    tokenizer: Tokenizer
-    max_position: int
+    tokenizer: Tokenizer | None
+    max_position: int | None
     vocab_size: int
     defaults: dict[str, Any]  # temperature / top_p / top_k from generation_config.json
     created: int = field(default_factory=lambda: int(time.time()))
-    info: ipc.ModelInfo | None = None  # from the unit's Ready
+    info: ipc.ModelInfo | None = None  # from the unit's Ready or ModelLoaded
 
     @property
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def prepared(self) -> bool:
+        return self.tokenizer is not None
+
     @classmethod
     def load(cls, config: ModelConfig, unit: str) -> ServedModel:
-        path = Path(config.path)
+        """Read the tokenizer now where it is at hand (a preloaded Hugging Face directory)."""
+        served = cls.pending(config, unit)
+        if config.preload and (Path(config.path) / "config.json").is_file():
+            served.prepare(config.path)
+        return served
+
+    @classmethod
+    def pending(cls, config: ModelConfig, unit: str) -> ServedModel:
+        return cls(config, unit, None, None, 0, {})
+
+    def prepare(self, directory: str) -> None:
+        """Read tokenizer, context length, vocabulary and sampling defaults from a Hugging Face ``directory``."""
+        path = Path(directory)
         hf = json.loads((path / "config.json").read_text())
         hf = hf.get("text_config", hf)
         gen = _read_json(path / "generation_config.json")
-        defaults = {k: gen[k] for k in ("temperature", "top_p", "top_k") if isinstance(gen.get(k), (int, float))}
-        return cls(
-            config, unit, Tokenizer.from_dir(path), int(hf.get("max_position_embeddings", 2048)),
-            int(hf["vocab_size"]), defaults,
-        )  # fmt: skip
+        self.defaults = {k: gen[k] for k in ("temperature", "top_p", "top_k") if isinstance(gen.get(k), (int, float))}
+        self.max_position = int(hf.get("max_position_embeddings", 2048))
+        self.vocab_size = int(hf["vocab_size"])
+        self.tokenizer = Tokenizer.from_dir(path)
 
 
 def sampling_params(

@@ -27,6 +27,8 @@ from starlette.responses import JSONResponse, Response
 from muxd.errors import InvalidRequestError, ModelNotFoundError, MuxdError
 from muxd.protocol import ChatCompletionRequest, CompletionRequest
 from muxd.server.generation import Delta, Generation, ServedModel, check_token_ids, sampling_params
+from muxd.config import parse_duration
+from muxd.server.residency import Residency
 from muxd.server.router import Router
 from muxd.server.telemetry import Telemetry
 from muxd.server.tokenizer import ChatTemplateError
@@ -37,10 +39,11 @@ R = TypeVar("R")
 
 
 class OpenAIRoutes:
-    def __init__(self, served: dict[str, ServedModel], router: Router, telemetry: Telemetry) -> None:
+    def __init__(self, served: dict[str, ServedModel], router: Router, telemetry: Telemetry, residency: Residency) -> None:
         self.served = served
         self.router = router
         self.telemetry = telemetry
+        self.residency = residency
 
     def model(self, name: str) -> ServedModel:
         served = self.served.get(name)
@@ -48,10 +51,19 @@ class OpenAIRoutes:
             raise ModelNotFoundError(name, self.served)
         return served
 
+    async def loaded(self, req: CompletionRequest | ChatCompletionRequest) -> ServedModel:
+        """The request's model, once loaded (a model not in memory is loaded now; the request waits)."""
+        served = self.model(req.model)
+        await self.residency.ensure(req.model, keep_alive_seconds(req.keep_alive))
+        return served
+
     async def list_models(self, request: Request) -> Response:
+        """Every model, loaded or not, with its state and size on disk."""
+        models = self.residency.models
         data = [
             {"id": m.name, "object": "model", "created": m.created, "owned_by": "muxd", "unit": m.unit,
-             "max_model_len": m.max_position}  # fmt: skip
+             "max_model_len": m.max_position, "state": models[m.name].state.value,
+             "size_bytes": models[m.name].size_bytes, "pinned": m.config.pinned}  # fmt: skip
             for m in self.served.values()
         ]
         return JSONResponse({"object": "list", "data": data})
@@ -59,7 +71,7 @@ class OpenAIRoutes:
     async def completions(self, request: Request) -> Response:
         arrival = time.monotonic()  # latencies count from here, as the client's do: parsing and tokenizing included
         req = parse_body(CompletionRequest, await request.body())
-        served = self.model(req.model)
+        served = await self.loaded(req)
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
             ids = list(prompt)
@@ -79,7 +91,7 @@ class OpenAIRoutes:
     async def chat_completions(self, request: Request) -> Response:
         arrival = time.monotonic()
         req = parse_body(ChatCompletionRequest, await request.body())
-        served = self.model(req.model)
+        served = await self.loaded(req)
         messages = [{"role": m.role, "content": m.text, **({"name": m.name} if m.name else {})} for m in req.messages]
         try:
             ids = served.tokenizer.apply_chat_template(messages)
@@ -93,6 +105,16 @@ class OpenAIRoutes:
 
 
 # -- request plumbing ----------------------------------------------------------
+def keep_alive_seconds(value: float | str | None) -> float | None:
+    """A request's ``keep_alive`` in seconds (-1: forever), or None when it has none."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value, "keep_alive")
+    except ValueError as e:
+        raise InvalidRequestError(str(e), param="keep_alive") from None
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 

@@ -142,6 +142,7 @@ class UnitListener(Protocol):
     def unit_down(self, unit: UnitProcess, reason: str) -> None: ...
     def unit_start_failed(self, unit: UnitProcess, error: str) -> None: ...
     def unit_changed(self, unit: UnitProcess, kind: str, message: str) -> None: ...  # for the event log
+    def unit_model(self, unit: UnitProcess, msg: object) -> None: ...  # a model loaded, failed to, or unloaded
 
 
 class UnitProcess:
@@ -346,6 +347,8 @@ class UnitProcess:
             for f in waiters:
                 if not f.done():
                     f.set_result(msg)
+        elif isinstance(msg, (ipc.ModelLoaded, ipc.ModelLoadFailed, ipc.ModelUnloaded)):
+            self.listener.unit_model(self, msg)
         elif isinstance(msg, ipc.Ready):
             self._on_ready(msg)
         elif isinstance(msg, ipc.StartFailed):
