@@ -1,4 +1,4 @@
-"""The client verbs: ``muxd run``, ``muxd ps``, ``muxd stats``, ``muxd stop``.
+"""The client verbs: ``muxd run``, ``ps``, ``ls``, ``load``, ``unload``, ``stats``, ``stop``.
 
 They talk to a running daemon through ``muxd.client`` only, imported in the
 command bodies: no torch, and ``muxd ps`` answers in a fraction of a second.
@@ -79,7 +79,7 @@ def _answer(client: Client, model: str, messages: list[dict[str, str]], max_toke
 
 
 def ps(socket: SocketOption = None) -> None:
-    """The served models: unit, state, memory, expected rate and tokens/s."""
+    """The models in memory: unit, state, memory, expected rate, tokens/s and when keep-alive unloads them."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -96,16 +96,17 @@ def ps(socket: SocketOption = None) -> None:
     table = Table(title=f"muxd {status.version} (pid {status.pid}) on {status.socket}, up {_duration(status.uptime_s)}",
                   box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
     rows = []
-    for m in status.models:
+    for m in (m for m in status.models if m.load_state != "unloaded"):
         s = stats.models.get(m.name)
         kv = (s.pages_held or 0) * page_bytes.get(m.unit, 0) if s else 0
         memory = _bytes((m.weight_bytes or 0) + kv) if m.weight_bytes is not None else "-"
+        state = m.load_state if m.state == "ready" else m.state  # a unit restarting says so
         rows.append((
-            m.name, m.unit, m.state, memory, f"{m.rate:g} r/s",
+            m.name, m.unit, state, memory, f"{m.rate:g} r/s",
             f"{s.tokens_out_per_s:.1f}" if s else "-", str(s.running) if s else "-", str(s.queued) if s else "-",
-            m.plan or "-",
+            _until(m), m.plan or "-",
         ))  # fmt: skip
-    headers = ("MODEL", "UNIT", "STATE", "MEMORY", "RATE", "TOKENS/S", "RUNNING", "QUEUED")
+    headers = ("MODEL", "UNIT", "STATE", "MEMORY", "RATE", "TOKENS/S", "RUNNING", "QUEUED", "UNTIL")
     for i, header in enumerate(headers):  # whole; on a narrow terminal only PLAN, last, is cut short
         width = max([len(header), *(len(row[i]) for row in rows)])
         table.add_column(header, justify="left" if i < 3 else "right", no_wrap=True, min_width=width)
@@ -113,6 +114,73 @@ def ps(socket: SocketOption = None) -> None:
     for row in rows:
         table.add_row(*row)
     Console().print(table)
+
+
+def _until(m: Any) -> str:
+    """When keep-alive unloads a model, as ``ollama ps``'s UNTIL says it."""
+    if m.pinned:
+        return "pinned"
+    if m.keep_alive_s < 0:
+        return "forever"
+    if m.load_state != "loaded":
+        return "-"
+    return "busy" if m.expires_in_s is None else f"in {_duration(m.expires_in_s)}"
+
+
+def ls(socket: SocketOption = None) -> None:
+    """The model library: every model the daemon can serve, loaded or not, with its state and size."""
+    from muxd.client import Client
+    from muxd.errors import MuxdError
+
+    try:
+        with Client(socket) as client:
+            status = client.status()
+    except MuxdError as e:
+        exit_with(e.message, code=FAILURE)
+    table = _table(f"{len(status.models)} models", "MODEL", "STATE", "SIZE", "WEIGHTS", "UNIT", "KEEP-ALIVE", "PATH")
+    for m in status.models:
+        weights = "-" if m.weight_bytes is None else ("~" if m.weight_bytes_estimated else "") + _bytes(m.weight_bytes)
+        keep = "pinned" if m.pinned else "forever" if m.keep_alive_s < 0 else f"{m.keep_alive_s:g} s"
+        table.add_row(m.name, m.load_state, "-" if m.size_bytes is None else _bytes(m.size_bytes), weights, m.unit,
+                      keep, m.path)  # fmt: skip
+    from rich.console import Console
+
+    Console().print(table)
+
+
+def load(
+    model: Annotated[str, typer.Argument(help="A model of the library (see `muxd ls`).")],
+    keep_alive: Annotated[str | None, typer.Option(help='How long it stays loaded when idle: "5m", seconds, -1 forever.')] = None,
+    socket: SocketOption = None,
+) -> None:
+    """Load MODEL now (unloading idle models if its unit's memory budget needs room)."""
+    from muxd.client import Client
+    from muxd.errors import MuxdError
+
+    t0 = time.monotonic()
+    try:
+        with Client(socket) as client:
+            m = client.load_model(model, keep_alive)
+    except MuxdError as e:
+        exit_with(e.message, code=FAILURE)
+    weights = "" if m.weight_bytes is None else f", {_bytes(m.weight_bytes)} of weights"
+    typer.echo(f"{model} loaded on {m.unit} in {time.monotonic() - t0:.2f} s{weights}; until: {_until(m)}")
+
+
+def unload(
+    model: Annotated[str, typer.Argument(help="A loaded model (see `muxd ps`).")],
+    socket: SocketOption = None,
+) -> None:
+    """Unload MODEL once its requests have finished."""
+    from muxd.client import Client
+    from muxd.errors import MuxdError
+
+    try:
+        with Client(socket) as client:
+            client.unload_model(model)
+    except MuxdError as e:
+        exit_with(e.message, code=FAILURE)
+    typer.echo(f"{model} unloaded")
 
 
 def stats(
@@ -184,7 +252,8 @@ def _table(title: str, *headers: str):
 
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for h in headers:
-        table.add_column(h, justify="left" if h in ("MODEL", "UNIT", "STATE", "DEVICE") else "right", no_wrap=True)
+        left = ("MODEL", "UNIT", "STATE", "DEVICE", "KEEP-ALIVE", "PATH")
+        table.add_column(h, justify="left" if h in left else "right", no_wrap=True)
     return table
 
 

@@ -14,7 +14,7 @@ from muxd.client._base import (
     raise_for_status, resolve_socket, stats_stream_request,
 )  # fmt: skip
 from muxd.protocol import (
-    ChatCompletion, ChatCompletionChunk, Completion, Event, Health, Model, ModelList, Stats, Status,
+    ChatCompletion, ChatCompletionChunk, Completion, Event, Health, Model, ModelList, ModelStatus, Stats, Status,
 )  # fmt: skip
 
 T = TypeVar("T", bound=BaseModel)
@@ -138,6 +138,15 @@ class AsyncClient:
 
     async def openapi(self) -> dict[str, Any]:
         return await self._get("/openapi.json")
+
+    async def load_model(self, name: str, keep_alive: float | str | None = None) -> ModelStatus:
+        """Load ``name`` now (returns once it is loaded); ``keep_alive`` as a request's (seconds, "5m", -1)."""
+        body = {"keep_alive": keep_alive} if keep_alive is not None else None
+        return ModelStatus.model_validate(await self._post(f"/muxd/v1/models/{name}/load", body))
+
+    async def unload_model(self, name: str) -> ModelStatus:
+        """Unload ``name`` once its requests have finished (returns when it is unloaded)."""
+        return ModelStatus.model_validate(await self._post(f"/muxd/v1/models/{name}/unload", None))
 
     async def shutdown(self) -> None:
         await self._post("/muxd/v1/shutdown", None)

@@ -14,7 +14,7 @@ from muxd.client._base import (
     raise_for_status, resolve_socket, stats_stream_request,
 )  # fmt: skip
 from muxd.protocol import (
-    ChatCompletion, ChatCompletionChunk, Completion, Event, Health, Model, ModelList, Stats, Status,
+    ChatCompletion, ChatCompletionChunk, Completion, Event, Health, Model, ModelList, ModelStatus, Stats, Status,
 )  # fmt: skip
 
 T = TypeVar("T", bound=BaseModel)
@@ -146,6 +146,15 @@ class Client:
 
     def openapi(self) -> dict[str, Any]:
         return self._get("/openapi.json")
+
+    def load_model(self, name: str, keep_alive: float | str | None = None) -> ModelStatus:
+        """Load ``name`` now (returns once it is loaded); ``keep_alive`` as a request's (seconds, "5m", -1)."""
+        body = {"keep_alive": keep_alive} if keep_alive is not None else None
+        return ModelStatus.model_validate(self._post(f"/muxd/v1/models/{name}/load", body))
+
+    def unload_model(self, name: str) -> ModelStatus:
+        """Unload ``name`` once its requests have finished (returns when it is unloaded)."""
+        return ModelStatus.model_validate(self._post(f"/muxd/v1/models/{name}/unload", None))
 
     def shutdown(self) -> None:
         """Ask the daemon to drain its requests and exit."""

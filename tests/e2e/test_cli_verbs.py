@@ -17,11 +17,11 @@ def muxd(daemon, *args: str, stdin: str | None = None, columns: int = 80):
     return result.stdout
 
 
-def test_ps_shows_every_model_with_its_unit_and_state(tiny_daemon):
-    out = muxd(tiny_daemon, "ps")
+def test_ps_shows_every_loaded_model_with_its_unit_state_and_until(tiny_daemon):
+    out = muxd(tiny_daemon, "ps", columns=120)
     for name in ("tiny-llama", "tiny-qwen3"):
         row = next(line for line in out.splitlines() if f" {name} " in line)
-        assert " cpu0 " in row and " ready " in row and "MiB" in row
+        assert " cpu0 " in row and " loaded " in row and "MiB" in row and " forever " in row
 
 
 def test_ps_shows_each_models_kernel_plan_on_a_wide_terminal(tiny_daemon):

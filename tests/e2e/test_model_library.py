@@ -233,3 +233,30 @@ def test_unloading_drains_a_running_stream_first(library, tmp):
         assert loaded["load_state"] == "loaded" and 590 < loaded["expires_in_s"] <= 600
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+def test_the_cli_lists_loads_and_unloads_library_models(library, tmp):
+    from typer.testing import CliRunner
+
+    from muxd.cli.app import app
+
+    def muxd(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(app, [*args, "--socket", str(daemon.socket)], env={"COLUMNS": "200"})
+        assert result.exit_code == code, result.output
+        return result.output
+
+    daemon = serve(tmp, library)
+    try:
+        listing = muxd("ls")
+        assert all(f"{name} " in listing for name in (p.name for p in library.iterdir()))
+        assert listing.count(" unloaded ") == 6 and " ~" in listing  # weights estimated before a load
+        loaded = muxd("load", "m5-llama", "--keep-alive", "10m")
+        assert loaded.startswith("m5-llama loaded on cpu0 in ") and ("until: in 9m59s" in loaded or "until: in 10m00s" in loaded)
+        rows = [line for line in muxd("ps").splitlines() if "m5-llama" in line]
+        assert len(rows) == 1 and " loaded " in rows[0] and (" in 9m5" in rows[0] or " in 10m00s" in rows[0])
+        assert "m0-llama" not in muxd("ps")  # ps shows the models in memory only
+        assert muxd("unload", "m5-llama").strip() == "m5-llama unloaded"
+        assert "m5-llama" not in muxd("ps")
+        assert "model 'nope' not found" in muxd("load", "nope", code=1)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
