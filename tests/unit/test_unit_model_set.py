@@ -102,3 +102,28 @@ def test_unload_waits_for_the_models_requests_then_frees_its_pages(unit):
 def test_an_unknown_model_cannot_be_loaded(unit):
     unit.send(ipc.LoadModel("nope"))
     assert "not one of unit u0's models" in recv_kind(unit, ipc.ModelLoadFailed).error
+
+
+def test_a_hundred_load_and_unload_cycles_leave_no_page_thread_or_memory_behind(unit):
+    import psutil
+
+    process = psutil.Process()
+
+    def cycle(i: int) -> None:
+        unit.send(ipc.LoadModel("b"))
+        assert recv_kind(unit, ipc.ModelLoaded).info.name == "b"
+        unit.send(ipc.AddRequest(f"r{i}", "b", [8, 9, 10], {"max_tokens": 3, "ignore_eos": True}))
+        collect(unit, [f"r{i}"])
+        unit.send(ipc.UnloadModel("b"))
+        assert recv_kind(unit, ipc.ModelUnloaded).model == "b"
+
+    for i in range(5):  # warm: allocator pools, kernel builds, the first load's one-off imports
+        cycle(i)
+    threads, rss = threading.active_count(), process.memory_info().rss
+    for i in range(5, 105):
+        cycle(i)
+    unit.send(ipc.StatsRequest())
+    snap = recv_kind(unit, ipc.StatsSnapshot)
+    assert "b" not in snap.models and snap.kv_pages_free == snap.kv_pages_total  # the pool is whole
+    assert threading.active_count() == threads
+    assert process.memory_info().rss <= rss * 1.10, (rss, process.memory_info().rss)
