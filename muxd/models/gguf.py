@@ -26,7 +26,7 @@ def converted_dir(gguf: Path, cache_dir: Path | None = None) -> Path:
     """Where ``gguf``'s conversion lives: ``<cache>/models/gguf/<stem>-<key>``."""
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return (cache_dir or default_cache_dir()) / "models" / "gguf" / f"{gguf.stem}-{key}"
+    return (cache_dir or default_cache_dir()) / "models" / "gguf" / f"{gguf.resolve().stem}-{key}"
 
 
 def ensure_converted(
