@@ -19,7 +19,7 @@ STATS_EVENTS: Events = {"stats": p.Stats, "event": p.Event}
 
 # (method, path, summary, request model, response model (None: SSE only), its SSE events)
 ROUTES: list[tuple[str, str, str, type | None, type | None, Events | None]] = [
-    ("get", "/v1/models", "The served models", None, p.ModelList, None),
+    ("get", "/v1/models", "Every model, loaded or not, with its state and size", None, p.ModelList, None),
     ("post", "/v1/completions", "Complete a prompt (OpenAI-compatible)", p.CompletionRequest, p.Completion,
      COMPLETION_EVENTS),
     ("post", "/v1/chat/completions", "Answer a conversation (OpenAI-compatible)", p.ChatCompletionRequest,
@@ -30,12 +30,18 @@ ROUTES: list[tuple[str, str, str, type | None, type | None, Events | None]] = [
     ("get", "/muxd/v1/stats/stream", "Live stats: a `stats` event each tick (`?interval_ms=`, default 500), an `event` "
      "event with its id as each happens; `Last-Event-ID` replays the events after it", None, None, STATS_EVENTS),
     ("post", "/muxd/v1/shutdown", "Stop gracefully (drain in-flight requests)", None, p.Health, None),
+    ("post", "/muxd/v1/models/{name}/load", "Load a model now (optional keep_alive); its status once loaded",
+     p.ModelLoadRequest, p.ModelStatus, None),
+    ("post", "/muxd/v1/models/{name}/unload", "Unload a model once its requests have drained; its status then",
+     None, p.ModelStatus, None),
 ]  # fmt: skip
 ERRORS = {
     "400": "Invalid parameter (the message names it) or a prompt too long for the context",
     "404": "Unknown model (the message lists the served ones)",
     "429": "The model's queue is full; see Retry-After",
-    "503": "The model's unit is starting or restarting; see Retry-After",
+    "500": "The model could not be loaded (the message says why; the next request tries again)",
+    "503": "The model's unit is starting or restarting, or the model does not fit its unit's memory budget "
+           "(the message says what holds it); see Retry-After",
 }
 
 
