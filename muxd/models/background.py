@@ -11,6 +11,7 @@ the engine there: a step boundary, where no job reads the model set.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -23,6 +24,10 @@ from muxd.models.loader import LoadedModel, load_model
 
 log = logging.getLogger("muxd.unit")
 LOAD_THREADS = 1  # intra-op threads of a background load: the serving threads keep the cores
+# A load thread's nice value (Linux sets it per thread). Measured with scripts/switch_cost.py
+# (SmolLM2 fp32 loading beside a SmolLM2 stream, 2 vCPUs shared with other work): nice 0 doubled
+# the stream's TPOT (x2.08, load 1.5 s), 19 left it whole but took 11 s, 5 gave x1.33 and 3.1 s.
+LOAD_NICE = 5
 
 
 @dataclass
@@ -48,6 +53,15 @@ def load_configured(config: ModelConfig, device: str, threads: int | None = None
 
     loaded = on_own_thread(lambda: load_model(path, config.dtype, device, quantization=config.quantization), count)
     return loaded, path
+
+
+def lower_priority() -> None:
+    """Give this thread (and the threads it starts, which inherit it) a lower CPU priority:
+    where cores are short, the serving threads' decode steps go first and the load takes longer."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOAD_NICE)
+    except (OSError, AttributeError):  # not Linux, or not allowed: the load runs at normal priority
+        pass
 
 
 class BackgroundLoads:
@@ -86,6 +100,7 @@ class BackgroundLoads:
 
     def _load(self, config: ModelConfig) -> None:
         t0 = time.perf_counter()
+        lower_priority()
         try:
             loaded, path = load_configured(config, self.device, LOAD_THREADS)
         except Exception as e:  # noqa: BLE001 - reported to the front end, which fails the waiting requests
