@@ -46,6 +46,7 @@ from typing import Any
 from muxd import paths
 from muxd.errors import ConfigError
 from muxd.library import LibraryEntry, default_models_dir, is_gguf, scan
+from muxd.quantities import parse_bytes, parse_duration
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "auto", "q8", "int8", "nf4", "fp4")
@@ -419,43 +420,6 @@ def _with_library(units: list[UnitConfig], extra: list[ModelConfig]) -> list[Uni
     first = units[0]
     joined = tuple(replace(m, device=first.device) for m in extra)
     return [replace(first, models=first.models + joined), *units[1:]]
-
-
-def parse_duration(value: Any, what: str) -> float:
-    """Seconds from ``300``, ``"90s"``, ``"5m"``, ``"1h"``, ``-1`` (never) or ``"0"`` (at once), as Ollama's keep_alive."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be seconds or a duration such as \"5m\", got {value!r}")
-    text = str(value).strip()
-    scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    unit = next((u for u in ("ms", "s", "m", "h") if text.endswith(u)), "")
-    try:
-        seconds = float(text[: len(text) - len(unit)]) * scale.get(unit, 1.0)
-    except ValueError:
-        raise ValueError(f"{what} must be seconds or a duration such as \"5m\", got {value!r}") from None
-    if seconds < 0:
-        return -1.0
-    return seconds
-
-
-def parse_bytes(value: Any, what: str) -> int | float:
-    """Bytes from ``1073741824``, ``"512MiB"``, ``"8GB"``; a fraction from ``0.5`` or ``"50%"`` (kept as a float <= 1)."""
-    text = str(value).strip().replace(" ", "")
-    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
-             "tb": 10**12, "k": 2**10, "m": 2**20, "g": 2**30, "b": 1}  # fmt: skip
-    try:
-        if text.endswith("%"):
-            fraction = float(text[:-1]) / 100
-        else:
-            unit = next((u for u in units if text.lower().endswith(u)), "")
-            number = float(text[: len(text) - len(unit)])
-            if unit or number > 1:
-                return int(number * units.get(unit, 1))
-            fraction = number
-    except ValueError:
-        raise ValueError(f"{what} must be bytes (\"8GiB\", 512000000) or a fraction (0.5, \"50%\"), got {value!r}") from None
-    if not 0 < fraction <= 1:
-        raise ValueError(f"{what}: a fraction of the device's memory must be in (0, 1], got {value!r}")
-    return fraction
 
 
 def _unit(name: str, models: tuple[ModelConfig, ...], device: str, settings: dict[str, Any]) -> UnitConfig:

@@ -26,8 +26,8 @@ from starlette.responses import JSONResponse, Response
 
 from muxd.errors import InvalidRequestError, ModelNotFoundError, MuxdError
 from muxd.protocol import ChatCompletionRequest, CompletionRequest
+from muxd.quantities import parse_duration
 from muxd.server.generation import Delta, Generation, ServedModel, check_token_ids, sampling_params
-from muxd.config import parse_duration
 from muxd.server.residency import Residency
 from muxd.server.router import Router
 from muxd.server.telemetry import Telemetry

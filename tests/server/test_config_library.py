@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from muxd.config import Flags, parse_bytes, parse_duration, resolve
+from muxd.config import Flags, resolve
+from muxd.quantities import parse_bytes, parse_duration
 from muxd.errors import ConfigError
 from muxd.library import default_models_dir, model_shape, scan
 
