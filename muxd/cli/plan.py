@@ -20,15 +20,25 @@ def plan(
                                         "rates ∝ k^-alpha, on 32 A100-80GB in 4 nodes.")] = False,
     cost_file: Annotated[Path | None, typer.Option(help="MuxServe's cost file (model -> GPUs -> SM % -> ...).")] = None,
     model: Annotated[list[str] | None, typer.Option(
-        help="NAME=CONFIG_DIR[,rate=R][,cost=COSTNAME]: a model from its config.json (repeatable).")] = None,
+        "--model", "-m", help="NAME=DIR[,rate=R]: a model (repeatable); with --cost-file also [,cost=COSTNAME], "
+        "on this machine also [,quantization=Q][,dtype=D].")] = None,
     devices: Annotated[str | None, typer.Option(help="COUNTxKIND-MEMGB, e.g. 32xA100-80GB (--paper: that).")] = None,
     nodes: Annotated[int, typer.Option(min=1, help="Nodes the devices are spread over, equally.")] = 1,
     alpha: Annotated[float, typer.Option(min=0, help="--paper: popularity exponent of the rates.")] = 0.9,
     max_rate: Annotated[float, typer.Option(min=0, help="--paper: the most popular model's req/s.")] = 40.0,
     slo_scale: Annotated[float, typer.Option(min=0.1, help="SLO = this x the latency served alone.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="This machine: the models of this "
+                                                "muxd.toml (default: muxd serve's config, else the demo).")] = None,
+    profiles: Annotated[Path | None, typer.Option(help="This machine: look for profiles here first.")] = None,
 ) -> None:
-    """Plan which models share which devices (MuxServe's greedy placement) and print the plan and its reasons."""
+    """Plan which models share which devices (MuxServe's greedy placement) and print the plan and its reasons.
+
+    Without --cost-file, --paper or --devices: the models `muxd serve` would serve, on this machine,
+    costed by muxd's profiles (what `placement = "auto"` serves)."""
+    if cost_file is None and not paper and devices is None:
+        _plan_local(config, model or [], profiles, as_json)
+        return
     from muxd.errors import MuxdError
     from muxd.placement.cluster import Cluster
     from muxd.placement.cost_model import CostModel
@@ -59,6 +69,29 @@ def plan(
         typer.echo(result.model_dump_json(indent=1))
     else:
         _print(result)
+
+
+def _plan_local(config: Path | None, models: list[str], profiles: Path | None, as_json: bool) -> None:
+    from muxd.cli.serve import prepare_demo
+    from muxd.config import Flags, resolve
+    from muxd.engine import cpu_isa
+    from muxd.errors import MuxdError
+    from muxd.placement.local import local_machine, plan_local
+
+    try:
+        daemon = resolve(Flags(config=config, models=tuple(models)), demo=prepare_demo)
+        machine = local_machine(daemon, cpu_isa.selected().name)
+        result, notes = plan_local(daemon.models, machine, daemon.units[0], [profiles] if profiles else [])
+    except ValueError as e:
+        exit_with(str(e))
+    except MuxdError as e:
+        exit_with(e.message)
+    if as_json:
+        typer.echo(result.model_dump_json(indent=1))
+        return
+    _print(result)
+    for note in notes:
+        typer.echo(f"note: {note}")
 
 
 def _models(flags: list[str], slo_scale: float) -> list[ModelSpec]:
@@ -93,9 +126,9 @@ def _print(result: Plan) -> None:
     if not console.is_terminal:  # piped: wide enough for the table, not wrapped at 80 columns
         console = Console(width=150)
     table = Table(title=f"muxd plan: {result.cluster}, best of {result.groupings_tried} groupings", title_justify="left")
-    for column in ("unit (GPUs)", "model", "TP", "rate", "prefill/decode", "KV quota", "batch", "req/s", "tok/s",
+    for column in ("unit", "model", "TP", "rate", "prefill/decode", "KV quota", "batch", "req/s", "tok/s",
                    "SLO"):
-        table.add_column(column, justify="left" if column in ("unit (GPUs)", "model") else "right")
+        table.add_column(column, justify="left" if column in ("unit", "model") else "right")
     for unit in result.units:
         for i, m in enumerate(unit.models):
             slo = f"{m.slo_attainment:.0%}"

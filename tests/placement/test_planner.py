@@ -92,12 +92,17 @@ def plan_score(plan) -> tuple:
 
 @pytest.mark.parametrize("rates", [(1.0, 1.0, 1.0), (40.0, 2.0, 1.0), (20.0, 20.0, 0.5), (60.0, 60.0, 60.0)])
 def test_the_greedy_finds_the_brute_force_optimum_on_2_gpus_and_3_models(rates):
+    """The optimum over plans that give each placed model its candidate share (or none)."""
     costs = synthetic_costs({"s": 1.0, "m": 2.0})
     models = [small_model("a", 500, rates[0], "m"), small_model("b", 300, rates[1]), small_model("c", 300, rates[2])]
     planner = small_planner(costs)
     plan = planner.plan(models)
     best = brute_force_best(planner, models)
-    assert plan_score(plan)[:3] == pytest.approx(best[:3], abs=1e-6)
+    if plan_score(plan)[0] == best[0]:
+        assert plan_score(plan)[:3] == pytest.approx(best[:3], abs=1e-6)
+    else:  # where candidate shares leave a model out, the greedy squeezes it in at a smaller share
+        assert plan_score(plan)[0] > best[0]
+        assert all(sum(m.decode_share for m in u.models) <= 1 + 1e-9 for u in plan.units)
 
 
 def test_a_model_too_big_for_one_device_gets_a_two_device_mesh():
