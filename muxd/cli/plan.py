@@ -28,6 +28,8 @@ def plan(
     max_rate: Annotated[float, typer.Option(min=0, help="--paper: the most popular model's req/s.")] = 40.0,
     slo_scale: Annotated[float, typer.Option(min=0.1, help="SLO = this x the latency served alone.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    objective: Annotated[str | None, typer.Option(help="goodput (requests/s within SLO) or throughput first "
+                                                   "(default: goodput; --paper: throughput, as MuxServe).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="This machine: the models of this "
                                                 "muxd.toml (default: muxd serve's config, else the demo).")] = None,
     profiles: Annotated[Path | None, typer.Option(help="This machine: look for profiles here first.")] = None,
@@ -37,7 +39,7 @@ def plan(
     Without --cost-file, --paper or --devices: the models `muxd serve` would serve, on this machine,
     costed by muxd's profiles (what `placement = "auto"` serves)."""
     if cost_file is None and not paper and devices is None:
-        _plan_local(config, model or [], profiles, as_json)
+        _plan_local(config, model or [], profiles, as_json, objective or "goodput")
         return
     from muxd.errors import MuxdError
     from muxd.placement.cluster import Cluster
@@ -60,7 +62,7 @@ def plan(
         cluster = Cluster.parse(devices, nodes)
         specs = paper_models(alpha, max_rate, slo_scale) if paper else _models(model or [], slo_scale)
         costs = CostModel.from_muxserve_file(cost_file)
-        result = Planner(costs, cluster).plan(specs)
+        result = Planner(costs, cluster, objective=objective or ("throughput" if paper else "goodput")).plan(specs)
     except ValueError as e:
         exit_with(str(e))
     except MuxdError as e:
@@ -71,7 +73,8 @@ def plan(
         _print(result)
 
 
-def _plan_local(config: Path | None, models: list[str], profiles: Path | None, as_json: bool) -> None:
+def _plan_local(config: Path | None, models: list[str], profiles: Path | None, as_json: bool,
+                objective: str) -> None:
     from muxd.cli.serve import prepare_demo
     from muxd.config import Flags, resolve
     from muxd.engine import cpu_isa
@@ -81,7 +84,8 @@ def _plan_local(config: Path | None, models: list[str], profiles: Path | None, a
     try:
         daemon = resolve(Flags(config=config, models=tuple(models)), demo=prepare_demo)
         machine = local_machine(daemon, cpu_isa.selected().name)
-        result, notes = plan_local(daemon.models, machine, daemon.units[0], [profiles] if profiles else [])
+        result, notes = plan_local(daemon.models, machine, daemon.units[0], [profiles] if profiles else [],
+                                   objective=objective)
     except ValueError as e:
         exit_with(str(e))
     except MuxdError as e:

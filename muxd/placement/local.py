@@ -148,7 +148,7 @@ def model_specs(models: Sequence[ModelConfig], machine: LocalMachine,
 
 
 def plan_local(models: Sequence[ModelConfig], machine: LocalMachine, unit: UnitConfig,
-               roots: Sequence[Path] = ()) -> tuple[Plan, list[str]]:
+               roots: Sequence[Path] = (), objective: str = "goodput") -> tuple[Plan, list[str]]:
     """The plan of ``models`` on ``machine`` (``unit``: the pool and batch settings every unit gets).
 
     A CPU's memory for the plan is the models' weights and reserves plus the
@@ -167,7 +167,7 @@ def plan_local(models: Sequence[ModelConfig], machine: LocalMachine, unit: UnitC
             notes.append(f"{machine.memory_bytes / GiB:.1f} GiB of RAM free, {need / GiB:.1f} GiB wanted: "
                          "the pool gets what the weights leave")
         machine = replace(machine, memory_bytes=min(need, machine.memory_bytes))
-    planner = Planner(costs, machine.cluster(), Lengths.sharegpt(), mesh_sizes=(1,), **options)
+    planner = Planner(costs, machine.cluster(), Lengths.sharegpt(), mesh_sizes=(1,), objective=objective, **options)
     return planner.plan(specs), notes
 
 

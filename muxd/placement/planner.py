@@ -21,7 +21,10 @@ multiset of node splits):
 
 The grouping whose plan places the most models, then has the most goodput,
 then throughput, then the least rate-weighted latency, wins; ties keep the
-first in enumeration order. The same inputs give the same plan.
+first in enumeration order. The same inputs give the same plan. With
+``objective="throughput"`` (MuxServe's own: its placement estimates
+throughput) throughput comes before goodput: under overload, where no plan
+holds every SLO, it serves more requests, later.
 
 Where muxd departs from the reference: sizes and KV bytes from configs
 (GQA-aware, ``model_spec.py``), the workload's length distribution rather
@@ -43,6 +46,7 @@ from muxd.placement.model_spec import ModelSpec
 from muxd.placement.plan import ModelPlacement, Plan, Unit
 
 EPS = 1e-9
+OBJECTIVES = ("goodput", "throughput")  # what picks the grouping: requests/s within SLO, or requests/s served
 
 
 @dataclass(frozen=True)
@@ -98,19 +102,24 @@ class _Result:
     decisions: list[_Decision]
     unplaced: list[ModelSpec]
 
-    def score(self) -> tuple[float, ...]:
+    def score(self, objective: str = "goodput") -> tuple[float, ...]:
+        """Models placed, then goodput and throughput (the objective's first), then less latency."""
         units = [m.estimate for m in self.meshes if m.estimate is not None]
         latency = sum(e.spec.rate * e.mean_latency_s for u in units for e in u.models)
-        return (-len(self.unplaced), round(sum(u.goodput for u in units), 9), round(sum(u.served for u in units), 9),
-                -round(latency, 9))
+        goodput, served = round(sum(u.goodput for u in units), 9), round(sum(u.served for u in units), 9)
+        first, second = (goodput, served) if objective == "goodput" else (served, goodput)
+        return (-len(self.unplaced), first, second, -round(latency, 9))
 
 
 class Planner:
     """Plans ``models`` onto ``cluster`` with ``costs`` (see the module's docstring)."""
 
     def __init__(self, costs: CostModel, cluster: Cluster, lengths: Lengths | None = None, *,
-                 mesh_sizes: Sequence[int] = MESH_SIZES, **estimator_options: float) -> None:
-        self.costs, self.cluster = costs, cluster
+                 mesh_sizes: Sequence[int] = MESH_SIZES, objective: str = "goodput",
+                 **estimator_options: float) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+        self.costs, self.cluster, self.objective = costs, cluster, objective
         self.mesh_sizes = tuple(s for s in sorted(mesh_sizes) if s <= cluster.per_node)
         self.estimator = Estimator(costs, cluster.device, lengths, **estimator_options)
         self._cpu = cluster.device.kind.lower().startswith("cpu")
@@ -285,7 +294,7 @@ class Planner:
         best: _Result | None = None
         for grouping in groupings:
             result = self._greedy(grouping, order, cands)
-            if best is None or result.score() > best.score():
+            if best is None or result.score(self.objective) > best.score(self.objective):
                 best = result
         assert best is not None  # there is always at least one grouping
         return self._to_plan(best, cands, len(groupings))
