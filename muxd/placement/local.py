@@ -190,24 +190,25 @@ def units_from_plan(plan: Plan, config: DaemonConfig, machine: LocalMachine) -> 
     return tuple(units)
 
 
-def local_machine(config: DaemonConfig, isa: str | None = None) -> LocalMachine:
-    """The machine the configured units run on: their CPU (``isa``: the kernels' build) or the GPUs NVML lists."""
+def local_machine(config: DaemonConfig, isa: str | None = None, nvml: Any = None) -> LocalMachine:
+    """The machine the configured units run on: their CPU (``isa``: the kernels' build) or the GPUs NVML lists
+    (``nvml``: a ``muxd.nvml.Nvml``, made here by default)."""
     unit = config.units[0]
     if unit.device == "cpu":
         cores = unit.threads or len(os.sched_getaffinity(0))
         return LocalMachine.cpu(isa or "torch", cores)
     from muxd.nvml import Nvml
 
-    gpus = [g.stats for g in Nvml().snapshot()]
+    gpus = [g.stats for g in (nvml or Nvml()).snapshot()]
     if not gpus or gpus[0].memory_total_bytes is None:
         raise ConfigError('placement = "auto" on a GPU needs NVML to read the GPUs (nvidia-ml-py); list [[units]]')
     kind = "-".join("".join(c if c.isalnum() else " " for c in (gpus[0].name or "gpu").lower()).split())
     return LocalMachine("cuda", kind, gpus[0].memory_total_bytes, count=len(gpus))
 
 
-def auto_place(config: DaemonConfig, isa: str | None = None,
-               roots: Sequence[Path] = ()) -> tuple[DaemonConfig, Plan, list[str]]:
+def auto_place(config: DaemonConfig, isa: str | None = None, roots: Sequence[Path] = (),
+               nvml: Any = None) -> tuple[DaemonConfig, Plan, list[str]]:
     """``config`` with its units replaced by a plan's (``placement = "auto"``), the plan and its notes."""
-    machine = local_machine(config, isa)
+    machine = local_machine(config, isa, nvml)
     plan, notes = plan_local(config.models, machine, config.units[0], roots)
     return replace(config, units=units_from_plan(plan, config, machine)), plan, notes

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,26 @@ def test_muxd_plan_plans_this_machine_by_default_and_says_why(models):
     assert plan["units"][0]["devices"] == "cpu" and len(plan["decisions"]) == 2
     table = CliRunner().invoke(app, ["plan", *flags])
     assert table.exit_code == 0 and "shares the CPU with" in table.output
+
+
+def test_on_gpus_each_unit_is_one_gpu_with_the_plans_pool(models, tmp_path):
+    """Two GPUs NVML lists (a fake pynvml), costs from a GPU kind's profiles: units cuda:0 and cuda:1 as planned."""
+    from muxd.nvml import Nvml
+    from tests.test_nvml import FakeNvml
+
+    kind = "nvidia-h100-80gb-hbm3"
+    (tmp_path / kind).mkdir()
+    for src in (SHIPPED / KIND).glob("*-l2-*.json"):  # the tiny models' shapes, filed as if measured on the GPU
+        data = json.loads(src.read_text())
+        data["device_kind"] = kind
+        data["model_shape"]["weights"] = "float32"  # as if measured unquantized
+        (tmp_path / kind / src.name).write_text(json.dumps(data))
+    gpu_models = tuple(replace(m, rate=50.0, device="cuda:0", quantization="none") for m in models)
+    config = DaemonConfig((UnitConfig("cuda0", gpu_models, device="cuda:0"),), tmp_path / "s", placement="auto")
+    placed, plan, notes = auto_place(config, roots=[tmp_path], nvml=Nvml(FakeNvml()))
+    assert notes == [] and plan.cluster.startswith("2x" + kind)
+    devices = sorted(u.device for u in placed.units)
+    assert devices == ["cuda:0", "cuda:1"]  # two busy models: a GPU each
+    for unit, planned in zip(placed.units, plan.units):
+        assert unit.kv_cache_bytes == planned.kv_bytes <= 80 << 30
+        assert {m.device for m in unit.models} == {unit.device}
