@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -41,15 +42,14 @@ def plan(
     if cost_file is None and not paper and devices is None:
         _plan_local(config, model or [], profiles, as_json, objective or "goodput")
         return
-    from muxd.errors import MuxdError
     from muxd.placement.cluster import Cluster
     from muxd.placement.cost_model import CostModel
     from muxd.placement.model_spec import paper_models
     from muxd.placement.planner import Planner
 
     if cost_file is None:
-        exit_with("give --cost-file PATH (e.g. ../shared/data/muxserve-llama-a100-cost.json); "
-                  "profiles of this machine are not read yet")
+        exit_with("--paper and --devices plan hardware described here: give --cost-file PATH (e.g. "
+                  "../shared/data/muxserve-llama-a100-cost.json); without them muxd plan plans this machine")
     if paper and model:
         exit_with("give --paper or --model, not both")
     if not paper and not model:
@@ -57,20 +57,15 @@ def plan(
     if paper and devices is None:
         devices, nodes = "32xA100-80GB", 4
     if devices is None:
-        exit_with("give --devices COUNTxKIND-MEMGB (e.g. --devices 8xA100-80GB); the local machine is not probed yet")
-    try:
+        exit_with("with --cost-file, give --devices COUNTxKIND-MEMGB (e.g. --devices 8xA100-80GB)")
+
+    def make() -> tuple[Plan, list[str]]:
         cluster = Cluster.parse(devices, nodes)
         specs = paper_models(alpha, max_rate, slo_scale) if paper else _models(model or [], slo_scale)
         costs = CostModel.from_muxserve_file(cost_file)
-        result = Planner(costs, cluster, objective=objective or ("throughput" if paper else "goodput")).plan(specs)
-    except ValueError as e:
-        exit_with(str(e))
-    except MuxdError as e:
-        exit_with(e.message)
-    if as_json:
-        typer.echo(result.model_dump_json(indent=1))
-    else:
-        _print(result)
+        return Planner(costs, cluster, objective=objective or ("throughput" if paper else "goodput")).plan(specs), []
+
+    _show(make, as_json)
 
 
 def _plan_local(config: Path | None, models: list[str], profiles: Path | None, as_json: bool,
@@ -78,14 +73,22 @@ def _plan_local(config: Path | None, models: list[str], profiles: Path | None, a
     from muxd.cli.serve import prepare_demo
     from muxd.config import Flags, resolve
     from muxd.engine import cpu_isa
-    from muxd.errors import MuxdError
     from muxd.placement.local import local_machine, plan_local
 
-    try:
+    def make() -> tuple[Plan, list[str]]:
         daemon = resolve(Flags(config=config, models=tuple(models)), demo=prepare_demo)
         machine = local_machine(daemon, cpu_isa.selected().name)
-        result, notes = plan_local(daemon.models, machine, daemon.units[0], [profiles] if profiles else [],
-                                   objective=objective)
+        return plan_local(daemon.models, machine, daemon.units[0], [profiles] if profiles else [], objective=objective)
+
+    _show(make, as_json)
+
+
+def _show(make: Callable[[], tuple[Plan, list[str]]], as_json: bool) -> None:
+    """Print the plan ``make()`` returns (a table and its notes, or JSON); its errors as one line."""
+    from muxd.errors import MuxdError
+
+    try:
+        result, notes = make()
     except ValueError as e:
         exit_with(str(e))
     except MuxdError as e:

@@ -13,13 +13,14 @@ multiset of node splits):
    SLO, ``estimate.py``) gains most, if the mesh has compute (decode shares
    add up to at most 1) and memory (weights + reserves + one longest
    request per model ≤ the mesh's memory) for it; ties go to the less
-   loaded mesh, then the smaller, then the first. Where no mesh has its
-   share left, it takes the largest share a mesh still has (served below
-   its rate rather than not at all; a one-device machine has nowhere else);
+   loaded mesh, then the smaller, then the first;
 4. a repair pass swaps a model left out for a placed one where the mesh
-   gains by it (the greedy gives room to a model that gains nothing).
+   gains by it (the greedy gives room to a model that gains nothing);
+5. a model still left out is squeezed in where goodput gains most: at its
+   smallest share, room made by lowering one member's share (served below
+   its rate rather than not at all; a one-device machine has nowhere else).
 
-The grouping whose plan places the most models, then has the most goodput,
+The grouping whose plan places the most models, then squeezes the fewest, then has the most goodput,
 then throughput, then the least rate-weighted latency, wins; ties keep the
 first in enumeration order. The same inputs give the same plan. With
 ``objective="throughput"`` (MuxServe's own: its placement estimates
@@ -103,12 +104,14 @@ class _Result:
     unplaced: list[ModelSpec]
 
     def score(self, objective: str = "goodput") -> tuple[float, ...]:
-        """Models placed, then goodput and throughput (the objective's first), then less latency."""
+        """Models placed, then fewest squeezed in, then goodput and throughput (the objective's first), then
+        less latency. A squeeze is the last resort: a plan that places every model at its candidate share wins."""
         units = [m.estimate for m in self.meshes if m.estimate is not None]
         latency = sum(e.spec.rate * e.mean_latency_s for u in units for e in u.models)
         goodput, served = round(sum(u.goodput for u in units), 9), round(sum(u.served for u in units), 9)
         first, second = (goodput, served) if objective == "goodput" else (served, goodput)
-        return (-len(self.unplaced), first, second, -round(latency, 9))
+        squeezed = sum(d.squeezed is not None or bool(d.lowered) for d in self.decisions)
+        return (-len(self.unplaced), -squeezed, first, second, -round(latency, 9))
 
 
 class Planner:
@@ -181,26 +184,35 @@ class Planner:
     def _greedy(self, grouping: tuple[tuple[int, ...], ...], order: list[ModelSpec],
                 cands: dict[str, dict[int, Candidate]]) -> _Result:
         result = _Result(self._meshes(grouping), [], [])
-        meshes = result.meshes
         for spec in order:
-            options = self._options(spec, meshes, cands, squeeze=False) or \
-                self._options(spec, meshes, cands, squeeze=True)
-            if not options:
+            if not self._place(result, spec, cands, squeeze=False):
                 result.unplaced.append(spec)
-                continue
-            options.sort(key=lambda o: o[:5])
-            *_, i, members, est = options[0]
-            mesh = meshes[i]
-            runner = (meshes[options[1][4]].label, -options[1][0]) if len(options) > 1 else None
-            share = members[-1][1]
-            squeezed = [(m.name, s) for (m, s), (_, was) in zip(members, mesh.members) if s < was - EPS]
-            result.decisions.append(_Decision(spec, i, tuple(m.name for m, _ in mesh.members), -options[0][0],
-                                              len(options), runner, lowered=tuple(squeezed),
-                                              squeezed=share if share < cands[spec.name][mesh.size].share - EPS
-                                              else None))
-            mesh.members = members
-            mesh.estimate = est
-        return self._repair(result, cands)
+        result = self._repair(result, cands)
+        left, result.unplaced = result.unplaced, []
+        for spec in left:  # what neither the greedy nor the repair placed: squeezed in where it gains most
+            if not self._place(result, spec, cands, squeeze=True):
+                result.unplaced.append(spec)
+        return result
+
+    def _place(self, result: _Result, spec: ModelSpec, cands: dict[str, dict[int, Candidate]], squeeze: bool) -> bool:
+        """Put ``spec`` on the mesh of ``result`` where goodput gains most (``_options``); False if none can take it."""
+        meshes = result.meshes
+        options = self._options(spec, meshes, cands, squeeze)
+        if not options:
+            return False
+        options.sort(key=lambda o: o[:5])
+        *_, i, members, est = options[0]
+        mesh = meshes[i]
+        runner = (meshes[options[1][4]].label, -options[1][0]) if len(options) > 1 else None
+        share = members[-1][1]
+        lowered = [(m.name, s) for (m, s), (_, was) in zip(members, mesh.members) if s < was - EPS]
+        result.decisions.append(_Decision(spec, i, tuple(m.name for m, _ in mesh.members), -options[0][0],
+                                          len(options), runner, lowered=tuple(lowered),
+                                          squeezed=share if share < cands[spec.name][mesh.size].share - EPS
+                                          else None))
+        mesh.members = members
+        mesh.estimate = est
+        return True
 
     def _options(self, spec: ModelSpec, meshes: list[_Mesh], cands: dict[str, dict[int, Candidate]],
                  squeeze: bool) -> list[tuple]:
@@ -337,21 +349,21 @@ class Planner:
         c = cands[d.spec.name][mesh.size]
         where = f"shares {mesh.label} with {', '.join(d.beside)}" if d.beside else f"alone on {mesh.label}"
         if d.replaced:
-            return (f"{d.spec.name} {where}, in place of {d.replaced}: +{d.gain:.2f} req/s within SLO more than "
+            return (f"{d.spec.name} {where}, in place of {d.replaced}: {d.gain:+.2f} req/s within SLO more than "
                     f"{d.replaced} gave there; decode share {c.share:.0%}")
         why_share = (f"the smallest that carries its {d.spec.rate:.2f} req/s within SLO alone on {c.tp} device(s)"
                      if c.meets else f"its best alone on {c.tp} device(s), {c.served_rps:.2f} of {d.spec.rate:.2f} req/s")
         if d.squeezed is not None:
             lowered = "".join(f", {n}'s lowered to {s:.0%}" for n, s in d.lowered)
             return (f"{d.spec.name} {where}: no device had the {c.share:.0%} decode share it wants left, so it "
-                    f"gets {d.squeezed:.0%}{lowered} (+{d.gain:.2f} req/s within SLO) rather than no place; "
+                    f"gets {d.squeezed:.0%}{lowered} ({d.gain:+.2f} req/s within SLO) rather than no place; "
                     f"{why_share}")
         lowered = "".join(f", {n}'s lowered to {s:.0%} to make room" for n, s in d.lowered)
         if d.options == 1 and len(meshes) == 1:
-            return (f"{d.spec.name} {where} (the only device): +{d.gain:.2f} req/s within SLO; "
+            return (f"{d.spec.name} {where} (the only device): {d.gain:+.2f} req/s within SLO; "
                     f"decode share {c.share:.0%}{lowered}, {why_share}")
-        vs = f", next best {d.runner_up[0]} +{d.runner_up[1]:.2f}" if d.runner_up else ", the only one"
-        return (f"{d.spec.name} {where}: +{d.gain:.2f} req/s within SLO, the most of {d.options} meshes{vs}; "
+        vs = f", next best {d.runner_up[0]} {d.runner_up[1]:+.2f}" if d.runner_up else ", the only one"
+        return (f"{d.spec.name} {where}: {d.gain:+.2f} req/s within SLO, the most of {d.options} meshes{vs}; "
                 f"decode share {c.share:.0%}{lowered}, {why_share}")
 
 

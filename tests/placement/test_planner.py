@@ -82,7 +82,8 @@ def brute_force_best(planner: Planner, models: list[ModelSpec]) -> tuple:
                 continue
             if best is None or trial.score() > best:
                 best = trial.score()
-    return best
+    unplaced, _squeezed, goodput, served, latency = best
+    return unplaced, goodput, served, latency
 
 
 def plan_score(plan) -> tuple:
