@@ -162,7 +162,9 @@ class DaemonConfig:
     allow_uids: tuple[int, ...] = ()
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
-    placement: str = "manual"  # "manual" ([[units]]), "per-device" (grouped by device) or "demo"
+    # "manual" ([[units]]), "per-device" (grouped by device), "demo", or "auto": units grouped by
+    # device until `muxd serve` replaces them with a plan's (placement/local.py)
+    placement: str = "manual"
     warm_spare: bool = True  # keep a standby process per unit (torch imported) to replace a dead unit fast
     stats_interval_ms: int = 500  # the stats tick: /stats, /metrics and the stats stream read its figures
     models_dir: Path | None = None  # the model library (library.py); its models load on demand
@@ -195,6 +197,7 @@ class Flags:
     policy: str | None = None
     threads: int | None = None
     models_dir: Path | None = None
+    placement: str | None = None  # "auto": units from a plan (muxd/placement/local.py)
 
 
 # Keys of the TOML file: top level, unit defaults (also allowed in [[units]]), models, limits.
@@ -259,7 +262,7 @@ def parse_model_flag(spec: str) -> dict[str, str]:
     """``"smol=/models/smol" -> {"name": "smol", "path": "/models/smol"}``.
 
     Options of the model may follow the path, comma-separated, as in the
-    config file: ``smol8=/models/smol,quantization=int8,dtype=bfloat16``.
+    config file: ``smol8=/models/smol,quantization=int8,dtype=bfloat16,rate=2``.
     """
     name, sep, rest = spec.partition("=")
     path, *options = rest.split(",")
@@ -273,10 +276,15 @@ def parse_model_flag(spec: str) -> dict[str, str]:
                 f"--model {spec!r}: {option!r} is not KEY=VALUE with KEY one of {', '.join(sorted(_FLAG_MODEL_KEYS))}"
             )
         table[key.strip()] = value.strip()
+    if "rate" in table:
+        try:
+            table["rate"] = float(table["rate"])
+        except ValueError:
+            raise ConfigError(f"--model {spec!r}: rate {table['rate']!r} is not a number of requests/s") from None
     return table
 
 
-_FLAG_MODEL_KEYS = {"dtype", "quantization", "device"}
+_FLAG_MODEL_KEYS = {"dtype", "quantization", "device", "rate"}
 
 
 def detect_device() -> str:
@@ -330,8 +338,11 @@ def _build(
     s: dict[str, Any], base_dir: Path, env: Mapping[str, str], demo: Callable[[], dict[str, str]] | None
 ) -> DaemonConfig:
     limits = Limits(**{k: s[k] for k in _LIMIT_KEYS if k in s})  # before the demo: fail fast
-    if s.get("placement", "manual") != "manual":
-        raise ValueError(f"placement = {s['placement']!r} is not available yet; list [[units]] or leave it out")
+    wanted = s.get("placement", "manual")
+    if wanted not in ("manual", "auto"):
+        raise ValueError(f"placement = {wanted!r} is not one of manual, auto")
+    if wanted == "auto" and s.get("units"):
+        raise ValueError('placement = "auto" makes the units from a plan: leave out [[units]], or the placement')
     placement = "manual" if s.get("units") else "per-device"
     model_tables = s.get("models") or []
     if not model_tables and not _library(s, env):
@@ -341,6 +352,7 @@ def _build(
         precision = DEMO_CPU if (detect_device() if device == DEVICE_AUTO else device) == "cpu" else DEMO_GPU
         model_tables = [{"name": n, "path": p, **precision} for n, p in demo().items()]
         placement = "demo"
+    placement = "auto" if wanted == "auto" else placement
     default_device = s.get("device") or DEVICE_AUTO
     library, keep = _library(s, env), parse_duration(s.get("keep_alive", 300), "keep_alive")
     models = [_model(t, base_dir, default_device, library, keep) for t in model_tables]

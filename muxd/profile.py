@@ -61,13 +61,14 @@ import torch
 import muxd
 from muxd.config import ModelConfig
 from muxd.core.job import Chunk, Job, JobKind
-from muxd.core.sequence import Sequence
+from muxd.core.sequence import SamplingParams, Sequence
 from muxd.engine import cpu_isa
 from muxd.engine.kv_cache import KVLayout
 from muxd.engine.llm_engine import LLMEngine
 from muxd.models.loader import LoadedModel, load_model
 from muxd.placement.cost_model import (
     ColocatedLatency,
+    EngineOverhead,
     LatencyTable,
     MemoryFigures,
     Profile,
@@ -79,6 +80,7 @@ from muxd.placement.cost_model import (
 T = TypeVar("T")
 Progress = Callable[[str, int, int], None]  # (what is being measured, cells done, cells in all)
 PAGE_TOKENS = 16  # UnitConfig's default: the page a unit's pool is made of
+OVERHEAD_BATCHES = (1, 8)  # decode batches of the engine-overhead loops
 OTHER_CORES_LIMIT = 0.3  # cores other processes may keep busy while a point is measured
 QUIET_PAUSE_S = 1.0
 NAME = "profiled"  # the model's name inside the profiler's engine; never part of a signature
@@ -102,6 +104,7 @@ class Grid:
     min_point_s: float = 0.25
     point_budget_s: float = 3.0
     quiet_tries: int = 3  # measurements of a point while other processes hold the cores (see Profiler._quietly)
+    overhead_tokens: int = 64  # decode steps of each engine-overhead loop (Profiler.engine_overhead)
 
     def enough(self, runs: int, spent_s: float) -> bool:
         """Whether a point measured ``runs`` times in ``spent_s`` seconds is done (see the fields)."""
@@ -123,7 +126,7 @@ class Grid:
 
 # Tests and CI: seconds on a tiny model.
 QUICK = Grid("quick", (1, 2), (8, 32), (1, 4), (8, 32), ((1, 32, 2, 32),), warmup=1, repeats=3, min_repeats=2,
-             max_repeats=3, min_point_s=0.0, point_budget_s=0.5, quiet_tries=1)  # fmt: skip
+             max_repeats=3, min_point_s=0.0, point_budget_s=0.5, quiet_tries=1, overhead_tokens=8)  # fmt: skip
 # A few minutes per small model on a 2-core CPU: prompts up to a serving
 # chunk (512 tokens), decode batches and contexts as the demo's workload
 # reaches them, and a short and a long prefill beside a small and a large decode.
@@ -244,6 +247,28 @@ class Profiler:
             prefill_s=prefill_s, decode_s=decode_s, prefill_alone_s=prefill_alone, decode_alone_s=decode_alone,
         )  # fmt: skip
 
+    def engine_overhead(self) -> EngineOverhead:
+        """The engine loop's time per job beyond the runner's (``EngineOverhead``): greedy decode loops
+        of ``OVERHEAD_BATCHES`` sequences through ``LLMEngine.generate``, their wall time less their jobs'
+        own, per job; a line through the two batch sizes."""
+        per_job = {}
+        for batch in OVERHEAD_BATCHES:
+            per_job[batch] = self._quietly(lambda batch=batch: self._loop_overhead(batch))
+        small, large = OVERHEAD_BATCHES
+        slope = max(0.0, (per_job[large] - per_job[small]) / (large - small))
+        return EngineOverhead(per_job_s=max(0.0, per_job[small] - slope * small), per_sequence_s=slope)
+
+    def _loop_overhead(self, batch: int) -> float:
+        vocab = self.loaded.spec.vocab_size
+        prompts = [[(97 * i + j + 1) % vocab for j in range(8)] for i in range(batch)]
+        params = SamplingParams(max_tokens=self.grid.overhead_tokens, ignore_eos=True)
+        self.engine.generate(NAME, prompts, params)  # warm-up
+        stats = self.engine.stats
+        busy, steps, start = stats.busy_s, stats.steps, time.perf_counter()
+        self.engine.generate(NAME, prompts, params)
+        wall = time.perf_counter() - start
+        return (wall - (stats.busy_s - busy)) / max(1, stats.steps - steps)
+
     # -- parts -------------------------------------------------------------------
     def _quietly(self, measure: Callable[[], T]) -> T:
         """``measure()``, again (up to ``Grid.quiet_tries`` times, a pause between) while other processes
@@ -339,7 +364,7 @@ class Profiler:
 def grid_cells(grid: Grid, shares: int, colocates: bool) -> int:
     """Grid points a profile measures (for a progress bar)."""
     cells = len(grid.prefill_batches) * len(grid.prefill_lengths) + len(grid.decode_batches) * len(grid.decode_contexts)
-    return shares * cells + (len(grid.colocated) if colocates else 0)
+    return shares * cells + (len(grid.colocated) if colocates else 0) + 1  # + the engine overhead
 
 
 def profile_model(loaded: LoadedModel, grid: Grid = DEFAULT, *, slots: int | None = None,
@@ -358,6 +383,8 @@ def profile_model(loaded: LoadedModel, grid: Grid = DEFAULT, *, slots: int | Non
         for point in grid.colocated if split else ():
             tick(f"prefill {point[0]} x {point[1]} beside decode {point[2]} x {point[3]}")
             colocated.append(profiler.colocated(*split, point))
+        tick("the engine loop's own time")
+        overhead = profiler.engine_overhead()
         tick("done")
     finally:
         profiler.close()
@@ -375,6 +402,7 @@ def profile_model(loaded: LoadedModel, grid: Grid = DEFAULT, *, slots: int | Non
         prefill=prefill,
         decode=decode,
         colocated=colocated,
+        engine_overhead=overhead,
     )
 
 

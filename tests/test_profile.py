@@ -64,6 +64,12 @@ def test_quick_profile_has_memory_provenance_and_colocated_latencies(quick_profi
         assert min(point.prefill_s, point.decode_s, point.prefill_alone_s, point.decode_alone_s) > 0
 
 
+def test_quick_profile_measures_the_engine_loops_own_time_per_job(quick_profile):
+    overhead = load_profile(quick_profile[0]["path"]).engine_overhead
+    assert 0 < overhead.seconds(1) < 0.05  # the loop's Python around a tiny job: well under a millisecond or so
+    assert overhead.per_sequence_s >= 0
+
+
 def test_the_cost_model_reads_what_profile_writes(quick_profile):
     line, _ = quick_profile
     cost = CostModel.from_profile(load_profile(line["path"]), name="tiny")

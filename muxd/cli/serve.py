@@ -11,12 +11,15 @@ models on disk and spawns nothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from muxd.cli.common import FAILURE, exit_with
 from muxd.errors import MuxdError
+
+if TYPE_CHECKING:
+    from muxd.config import DaemonConfig
 
 
 def serve(
@@ -37,19 +40,25 @@ def serve(
         Path | None, typer.Option(help="The model library: its HF directories and GGUF files load on demand.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    placement: Annotated[str | None, typer.Option(
+        help="auto: units from a plan of this machine (muxd plan shows it); manual: [[units]] or one per device.")] = None,
 ) -> None:
     """Start the daemon: an OpenAI-compatible API on a Unix socket, one process per unit."""
     from muxd.config import Flags, resolve
     from muxd.server.daemon import serve as run_daemon
+    from muxd.server.daemon import setup_logging
     from muxd.server.uds import claim
 
     flags = Flags(
         config=config, models=tuple(model or ()), socket=socket, tcp=tcp, log_level=log_level,
         queue_per_model=queue_per_model, drain_timeout_s=drain_timeout, device=device, kv_cache_mb=kv_cache_mb,
-        threads=threads, models_dir=models_dir,
+        threads=threads, models_dir=models_dir, placement=placement,
     )  # fmt: skip
     try:
         daemon_config = resolve(flags, demo=prepare_demo)
+        if daemon_config.placement == "auto":
+            setup_logging(daemon_config.log_level)
+            daemon_config = place_automatically(daemon_config)
         held = claim(daemon_config.socket)
     except MuxdError as e:
         exit_with(e.message, code=FAILURE)
@@ -58,6 +67,23 @@ def serve(
     except MuxdError as e:
         exit_with(e.message, code=FAILURE)
     raise typer.Exit(code=code)
+
+
+def place_automatically(config: DaemonConfig) -> DaemonConfig:
+    """The config with its units from a plan of this machine (``placement = "auto"``), the plan's reasons logged."""
+    import logging
+
+    from muxd.engine import cpu_isa
+    from muxd.placement.local import auto_place
+
+    placed, plan, notes = auto_place(config, cpu_isa.selected().name)
+    log = logging.getLogger("muxd.placement")
+    for line in (*notes, *plan.decisions):
+        log.warning("%s", line) if line in notes else log.info("%s", line)
+    for unit in placed.units:
+        log.info("unit %s on %s: %s, pool %d MiB", unit.name, unit.device,
+                 ", ".join(m.name for m in unit.models), unit.kv_cache_bytes >> 20)
+    return placed
 
 
 def prepare_demo() -> dict[str, str]:

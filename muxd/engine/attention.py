@@ -11,7 +11,9 @@ page_tokens``, masking what lies past a sequence's context.
 from __future__ import annotations
 
 import ctypes
-
+import functools
+import logging
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -49,6 +51,16 @@ class AttentionMetadata:
         """``[L, N, Hkv]`` page of each new token per layer."""
         seqs = torch.tensor(self.token_seqs, device=self.positions.device)
         return self.block_tables[seqs, self.positions // self.page_tokens].permute(1, 0, 2).contiguous()
+
+    @cached_property
+    def slot_mapping(self) -> torch.Tensor:
+        """``[L, N, Hkv]`` flat slot (page × page_tokens + offset) of each new token per layer: the Triton write's."""
+        return self.write_pages * self.page_tokens + self.write_slots.view(1, -1, 1)
+
+    @cached_property
+    def lengths(self) -> torch.Tensor:
+        """``[B]`` context length of each sequence after the job, on the device."""
+        return torch.tensor(self.ends, device=self.block_tables.device)
 
     @cached_property
     def write_slots(self) -> torch.Tensor:
@@ -119,6 +131,49 @@ class AttentionMetadata:
             positions=torch.tensor(flat, device=device),
             token_seqs=seq_of,
         )
+
+
+DECODE_ATTENTION_ENV = "MUXD_DECODE_ATTENTION"  # auto (Triton on CUDA), triton (anywhere: tests), torch
+log = logging.getLogger(__name__)
+
+
+def triton_decode(device: torch.device) -> bool:
+    """Whether a decode job's attention takes the Triton kernels (``triton_attention.py``): on CUDA
+    where Triton imports and its kernels have not failed; anywhere with ``MUXD_DECODE_ATTENTION=triton``
+    (a CPU runs them under ``TRITON_INTERPRET=1``: the tests); never with ``=torch``."""
+    choice = os.environ.get(DECODE_ATTENTION_ENV, "auto")
+    if choice == "triton":
+        return True
+    return choice == "auto" and device.type == "cuda" and _triton_kernels() is not None
+
+
+@functools.cache
+def _triton_kernels():
+    try:
+        from muxd.engine import triton_attention
+    except ImportError as e:  # a CUDA torch without Triton: the torch path
+        log.warning("no Triton (%s): decode attention takes the torch path", e)
+        return None
+    return triton_attention
+
+
+def triton_decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    meta: AttentionMetadata, layer: int, scale: float, window: int | None,
+) -> torch.Tensor | None:  # fmt: skip
+    """A decode step's K/V write and attention in the Triton kernels -> ``[B, Hq * D]``; None where
+    they fail (a kernel that does not compile on this GPU): logged once, the torch path from then on."""
+    kernels = _triton_kernels()
+    if kernels is None:
+        return None
+    try:
+        kernels.write_kv(k, v, k_cache, v_cache, meta.slot_mapping[layer])
+        out = kernels.decode_attention(q, k_cache, v_cache, meta.block_tables, layer, meta.lengths, scale, window)
+    except Exception as e:  # noqa: BLE001 - any compiler or launch error: serve on the torch path
+        log.error("the Triton decode attention failed (%s): the torch path from now on", e)
+        os.environ[DECODE_ATTENTION_ENV] = "torch"
+        return None
+    return out.view(q.shape[0], -1)
 
 
 def write_kv(

@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muxd.engine.attention import AttentionMetadata, fused_decode_attention, paged_attention, write_kv
+from muxd.engine.attention import (
+    AttentionMetadata,
+    fused_decode_attention,
+    paged_attention,
+    triton_decode,
+    triton_decode_attention,
+    write_kv,
+)
 from muxd.engine import cpu_isa
 from muxd.engine.cpu_kernels import DecodeBatch, DecodeLayer, DecodeModel, load_kernels
 from muxd.engine.q8 import GEMM_ROWS, Q8Linear
@@ -131,7 +138,9 @@ class Attention(nn.Module):
         if s.qk_norm:
             q, k = qk.split([s.num_heads, s.num_kv_heads], dim=1)
             qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=1)
-        fused = fused_decode_attention(qk, v, cos, sin, kv[0], kv[1], meta, self.layer, s.num_heads, self.scale, self.window)
+        triton = not prefill and triton_decode(qk.device)
+        fused = None if triton else fused_decode_attention(qk, v, cos, sin, kv[0], kv[1], meta, self.layer,
+                                                           s.num_heads, self.scale, self.window)
         if fused is not None:  # a CPU decode step: the rest of this method in one C call
             return linear(self.o_proj, fused, threads)
         # RoPE on q and k at once. transformers' ``rotate_half(x) * sin`` is
@@ -140,8 +149,11 @@ class Attention(nn.Module):
         # same values, bit for bit, in fewer ops.
         qk = qk * cos + qk.roll(s.head_dim // 2, -1) * sin
         q, k = qk.split([s.num_heads, s.num_kv_heads], dim=1)
-        write_kv(kv[0], kv[1], k, v, meta, self.layer)
-        out = paged_attention(q, kv[0], kv[1], meta, self.layer, self.scale, self.window)
+        out = triton_decode_attention(q, k, v, kv[0], kv[1], meta, self.layer, self.scale, self.window) \
+            if triton else None  # a GPU decode step: pages read where they lie
+        if out is None:
+            write_kv(kv[0], kv[1], k, v, meta, self.layer)
+            out = paged_attention(q, kv[0], kv[1], meta, self.layer, self.scale, self.window)
         return linear(self.o_proj, out, threads, prefill)
 
 

@@ -32,8 +32,9 @@ Two sources feed it:
       "colocated": [{"prefill_share": 0.5, "prefill_batch": 1, "prefill_length": 512,   # optional (default []):
                      "decode_share": 0.5, "decode_batch": 16, "decode_context": 256,    # a prefill and a decode
                      "prefill_s": 1.3, "decode_s": 0.09,                                # run at once on split
-                     "prefill_alone_s": 1.1, "decode_alone_s": 0.07}]                   # compute, and each alone
-    }
+                     "prefill_alone_s": 1.1, "decode_alone_s": 0.07}],                  # compute, and each alone
+      "engine_overhead": {"per_job_s": 0.0002, "per_sequence_s": 0.00005}  # optional (default 0): the engine
+    }                                                                        # loop's time per job, beside the runner's
 
   Latencies are seconds of wall time of one job; a share is the fraction of
   SMs (GPU) or cores (CPU) the executor gave the job, as ``Job.share``.
@@ -148,6 +149,26 @@ class ColocatedLatency(BaseModel):
         return self.prefill_s / self.prefill_alone_s, self.decode_s / self.decode_alone_s
 
 
+class EngineOverhead(BaseModel):
+    """The engine loop's own time per job, beside the runner's: ``per_job_s + per_sequence_s × batch``.
+
+    A unit's step does more than run its job: the scheduler picks it, the
+    executor hands it to a worker thread and back, and each sequence's new
+    token is appended, detokenized and reported. A slot waits for that
+    before its next job, so the simulator adds it to every job's latency
+    (measured by ``muxd profile``: a decode loop's wall time less its jobs'
+    own times, at two batch sizes).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    per_job_s: float = Field(ge=0)
+    per_sequence_s: float = Field(ge=0)
+
+    def seconds(self, batch: int) -> float:
+        return self.per_job_s + self.per_sequence_s * batch
+
+
 class Profile(BaseModel):
     """One model shape's measured costs on one device kind (``profiles/<device_kind>/<model_signature>.json``)."""
 
@@ -163,6 +184,7 @@ class Profile(BaseModel):
     prefill: LatencyTable
     decode: LatencyTable
     colocated: list[ColocatedLatency] = []
+    engine_overhead: EngineOverhead = EngineOverhead(per_job_s=0.0, per_sequence_s=0.0)
 
 
 def profile_path(root: Path, device_kind: str, model_signature: str) -> Path:

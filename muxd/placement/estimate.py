@@ -29,7 +29,16 @@ ShareGPT-like prompt and output lengths, ``Lengths``), per model:
   within SLO, times X / rate (a request not served is not within SLO).
 
 The planner maximises goodput = Σ rate_m × attainment_m (requests/s within
-SLO), then throughput Σ X_m. Estimates are memoised: placement asks for the
+SLO), then throughput Σ X_m.
+
+**Time slices** (``time_slices`` > 1, the local planner's CPU plans): a
+device whose smallest share is a large fraction (one of a CPU's two cores
+is half of it) cannot give each of three models a share of its own, but
+the executor runs more models than it has slots by letting them take
+turns. A share of 1/k of the smallest measured one is then offered too,
+k = 2..time_slices: the model's jobs hold the smallest share 1/k of the
+time, so a step takes k times that share's (no extrapolation of the grid,
+which assumes the share's compute is its own all the time). Estimates are memoised: placement asks for the
 same unit many times across groupings.
 """
 
@@ -135,11 +144,12 @@ class Estimator:
 
     def __init__(self, costs: CostModel, device: Device, lengths: Lengths | None = None, *, page_tokens: int = 16,
                  prefill_share: float = 1.0, max_batch: int = 256, max_prefill_tokens: int = 2048,
-                 runtime_bytes: int = 2 * GiB) -> None:
+                 runtime_bytes: int = 2 * GiB, time_slices: int = 1) -> None:
         self.costs, self.device = costs, device
         self.lengths = lengths or Lengths.sharegpt()
         self.page_tokens, self.prefill_share, self.max_batch = page_tokens, prefill_share, max_batch
         self.max_prefill_tokens, self.runtime_bytes = max_prefill_tokens, runtime_bytes
+        self.time_slices = time_slices
         self._context = self.lengths.decode_context
         self._units: dict[tuple, UnitEstimate | None] = {}
         self._prefill: dict[tuple[str, int], _Prefill] = {}
@@ -160,8 +170,9 @@ class Estimator:
         return [tp for tp in sizes if tp in known and self.evaluate(tp, ((spec, 1.0),)) is not None]
 
     def shares(self, spec: ModelSpec, tp: int) -> list[float]:
-        """The decode shares the cost model measured for ``spec`` at ``tp``, ascending."""
-        return list(self.costs.grids(spec.costs, tp)[1].shares)
+        """The decode shares the cost model measured for ``spec`` at ``tp`` (and their time slices), ascending."""
+        measured = list(self.costs.grids(spec.costs, tp)[1].shares)
+        return [measured[0] / k for k in range(self.time_slices, 1, -1)] + measured
 
     def prefill(self, spec: ModelSpec, tp: int) -> _Prefill:
         key = (spec.costs, tp)
@@ -188,7 +199,12 @@ class Estimator:
     def step_s(self, spec: ModelSpec, tp: int, share: float, batch: int) -> float:
         key = (spec.costs, tp, share, batch)
         if key not in self._steps:
-            self._steps[key] = self.costs.decode_s(spec.costs, tp, share, batch, self._context)
+            smallest = self.costs.grids(spec.costs, tp)[1].shares[0]
+            if share < smallest and self.time_slices > 1:  # a time slice of the smallest share
+                step = self.costs.decode_s(spec.costs, tp, smallest, batch, self._context) * smallest / share
+            else:
+                step = self.costs.decode_s(spec.costs, tp, share, batch, self._context)
+            self._steps[key] = step
         return self._steps[key]
 
     def pages_per_token(self, spec: ModelSpec) -> float:

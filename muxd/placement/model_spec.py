@@ -47,6 +47,7 @@ class ModelSpec:
     slo_scale: float = 5.0
     slo_goal: float = 0.99
     cost_name: str | None = None
+    measured_weight_bytes: int | None = None  # as loaded (a profile's figure: q8 scales, tied heads)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -66,7 +67,7 @@ class ModelSpec:
 
     @property
     def weight_bytes(self) -> int:
-        return self.params * self.dtype_bytes
+        return self.measured_weight_bytes or self.params * self.dtype_bytes
 
     @property
     def kv_bytes_per_token(self) -> int:

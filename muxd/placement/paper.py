@@ -3,7 +3,8 @@
 19 LLaMA models (12×7B, 4×13B, 2×30B, 1×65B) on 32 A100-80GB (4 nodes × 8),
 rates ∝ k^-α with the most popular at 40 req/s, ShareGPT-like lengths.
 
-- **muxd**: the units of ``planner.plan``, each under ADBS;
+- **muxd**: the units of ``planner.plan`` (throughput first, as MuxServe's
+  placement), each under ADBS;
 - **spatial**: every model on dedicated GPUs (7B and 13B on 1, 30B on 4,
   65B on 8), alone in its unit;
 - **temporal**: muxd's units, one job at a time (the temporal policy).
@@ -40,6 +41,7 @@ from muxd.sched.base import SchedulerConfig
 from muxd.workload import RequestSpec, WorkloadSpec, generate
 
 ALPHAS = (0.7, 0.9, 1.3, 1.7, 2.1)
+PAPER_OBJECTIVE = "throughput"  # MuxServe's placement estimates throughput; the experiment compares it
 SLO_SCALES = tuple(range(1, 21))
 RUN_SLO_SCALE = 5.0
 PAGE_SCALE = 16  # divides layers × KV heads of 7B (1024), 13B (1600), 30B (3120), 65B (5120)
@@ -114,7 +116,7 @@ def run_alpha(costs: CostModel, alpha: float, duration_s: float, seed: int = 0, 
     spec = WorkloadSpec(models=tuple(s.name for s in specs), rate=sum(s.rate for s in specs), alpha=alpha,
                         duration_s=duration_s, seed=seed)  # fmt: skip
     requests = generate(spec)
-    plan = make_plan(specs, costs, cluster)
+    plan = make_plan(specs, costs, cluster, objective=PAPER_OBJECTIVE)
     tp_of = {m.name: (len(u.devices) if isinstance(u.devices, tuple) else 1) for u in plan.units for m in u.models}
     levels = share_levels(costs)
     systems = {

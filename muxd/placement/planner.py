@@ -15,11 +15,17 @@ multiset of node splits):
    request per model ≤ the mesh's memory) for it; ties go to the less
    loaded mesh, then the smaller, then the first;
 4. a repair pass swaps a model left out for a placed one where the mesh
-   gains by it (the greedy gives room to a model that gains nothing).
+   gains by it (the greedy gives room to a model that gains nothing);
+5. a model still left out is squeezed in where goodput gains most: at its
+   smallest share, room made by lowering one member's share (served below
+   its rate rather than not at all; a one-device machine has nowhere else).
 
-The grouping whose plan places the most models, then has the most goodput,
+The grouping whose plan places the most models, then squeezes the fewest, then has the most goodput,
 then throughput, then the least rate-weighted latency, wins; ties keep the
-first in enumeration order. The same inputs give the same plan.
+first in enumeration order. The same inputs give the same plan. With
+``objective="throughput"`` (MuxServe's own: its placement estimates
+throughput) throughput comes before goodput: under overload, where no plan
+holds every SLO, it serves more requests, later.
 
 Where muxd departs from the reference: sizes and KV bytes from configs
 (GQA-aware, ``model_spec.py``), the workload's length distribution rather
@@ -41,6 +47,7 @@ from muxd.placement.model_spec import ModelSpec
 from muxd.placement.plan import ModelPlacement, Plan, Unit
 
 EPS = 1e-9
+OBJECTIVES = ("goodput", "throughput")  # what picks the grouping: requests/s within SLO, or requests/s served
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class _Mesh:
     gpus: tuple[int, ...]
     members: tuple[tuple[ModelSpec, float], ...] = ()
     estimate: UnitEstimate | None = None
+    cpu: bool = False
 
     @property
     def size(self) -> int:
@@ -66,6 +74,8 @@ class _Mesh:
 
     @property
     def label(self) -> str:
+        if self.cpu:
+            return "the CPU"
         first, last = self.gpus[0], self.gpus[-1]
         return f"node{self.node}/gpu{first}" + (f"-{last}" if last != first else "")
 
@@ -83,6 +93,8 @@ class _Decision:
     options: int  # meshes that could take it
     runner_up: tuple[str, float] | None  # the next best mesh and its gain
     replaced: str | None = None  # the model it displaced (the repair pass)
+    squeezed: float | None = None  # the share it got, where it is less than its candidate's
+    lowered: tuple[tuple[str, float], ...] = ()  # members whose share was lowered to make room, and to what
 
 
 @dataclass
@@ -91,21 +103,29 @@ class _Result:
     decisions: list[_Decision]
     unplaced: list[ModelSpec]
 
-    def score(self) -> tuple[float, ...]:
+    def score(self, objective: str = "goodput") -> tuple[float, ...]:
+        """Models placed, then fewest squeezed in, then goodput and throughput (the objective's first), then
+        less latency. A squeeze is the last resort: a plan that places every model at its candidate share wins."""
         units = [m.estimate for m in self.meshes if m.estimate is not None]
         latency = sum(e.spec.rate * e.mean_latency_s for u in units for e in u.models)
-        return (-len(self.unplaced), round(sum(u.goodput for u in units), 9), round(sum(u.served for u in units), 9),
-                -round(latency, 9))
+        goodput, served = round(sum(u.goodput for u in units), 9), round(sum(u.served for u in units), 9)
+        first, second = (goodput, served) if objective == "goodput" else (served, goodput)
+        squeezed = sum(d.squeezed is not None or bool(d.lowered) for d in self.decisions)
+        return (-len(self.unplaced), -squeezed, first, second, -round(latency, 9))
 
 
 class Planner:
     """Plans ``models`` onto ``cluster`` with ``costs`` (see the module's docstring)."""
 
     def __init__(self, costs: CostModel, cluster: Cluster, lengths: Lengths | None = None, *,
-                 mesh_sizes: Sequence[int] = MESH_SIZES, **estimator_options: float) -> None:
-        self.costs, self.cluster = costs, cluster
+                 mesh_sizes: Sequence[int] = MESH_SIZES, objective: str = "goodput",
+                 **estimator_options: float) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+        self.costs, self.cluster, self.objective = costs, cluster, objective
         self.mesh_sizes = tuple(s for s in sorted(mesh_sizes) if s <= cluster.per_node)
         self.estimator = Estimator(costs, cluster.device, lengths, **estimator_options)
+        self._cpu = cluster.device.kind.lower().startswith("cpu")
 
     # -- candidates and order -------------------------------------------------
     def candidates(self, spec: ModelSpec) -> dict[int, Candidate]:
@@ -156,7 +176,7 @@ class Planner:
         for node, split in enumerate(grouping):
             first = 0
             for size in split:
-                meshes.append(_Mesh(node, tuple(range(first, first + size))))
+                meshes.append(_Mesh(node, tuple(range(first, first + size)), cpu=self._cpu))
                 first += size
         return meshes
 
@@ -164,32 +184,77 @@ class Planner:
     def _greedy(self, grouping: tuple[tuple[int, ...], ...], order: list[ModelSpec],
                 cands: dict[str, dict[int, Candidate]]) -> _Result:
         result = _Result(self._meshes(grouping), [], [])
-        meshes = result.meshes
         for spec in order:
-            options = []
-            for i, mesh in enumerate(meshes):
-                c = cands[spec.name].get(mesh.size)
-                if c is None or mesh.share_used + c.share > 1 + EPS:
-                    continue
-                est = self.estimator.evaluate(mesh.size, mesh.members + ((spec, c.share),))
+            if not self._place(result, spec, cands, squeeze=False):
+                result.unplaced.append(spec)
+        result = self._repair(result, cands)
+        left, result.unplaced = result.unplaced, []
+        for spec in left:  # what neither the greedy nor the repair placed: squeezed in where it gains most
+            if not self._place(result, spec, cands, squeeze=True):
+                result.unplaced.append(spec)
+        return result
+
+    def _place(self, result: _Result, spec: ModelSpec, cands: dict[str, dict[int, Candidate]], squeeze: bool) -> bool:
+        """Put ``spec`` on the mesh of ``result`` where goodput gains most (``_options``); False if none can take it."""
+        meshes = result.meshes
+        options = self._options(spec, meshes, cands, squeeze)
+        if not options:
+            return False
+        options.sort(key=lambda o: o[:5])
+        *_, i, members, est = options[0]
+        mesh = meshes[i]
+        runner = (meshes[options[1][4]].label, -options[1][0]) if len(options) > 1 else None
+        share = members[-1][1]
+        lowered = [(m.name, s) for (m, s), (_, was) in zip(members, mesh.members) if s < was - EPS]
+        result.decisions.append(_Decision(spec, i, tuple(m.name for m, _ in mesh.members), -options[0][0],
+                                          len(options), runner, lowered=tuple(lowered),
+                                          squeezed=share if share < cands[spec.name][mesh.size].share - EPS
+                                          else None))
+        mesh.members = members
+        mesh.estimate = est
+        return True
+
+    def _options(self, spec: ModelSpec, meshes: list[_Mesh], cands: dict[str, dict[int, Candidate]],
+                 squeeze: bool) -> list[tuple]:
+        """Meshes that can take ``spec``, as (sort key..., mesh, members with it, estimate).
+
+        Without ``squeeze``, at its candidate share beside the members as
+        they are. With it (no mesh had that share left), at its smallest
+        share, room made by lowering one member's share to the largest it
+        has that leaves room: the models are served less than their rates
+        rather than one of them not at all.
+        """
+        options = []
+        for i, mesh in enumerate(meshes):
+            c = cands[spec.name].get(mesh.size)
+            if c is None:
+                continue
+            if not squeeze:
+                tries = [mesh.members + ((spec, c.share),)] if mesh.share_used + c.share <= 1 + EPS else []
+            else:
+                tries = self._squeezed(spec, mesh)
+            for members in tries:
+                est = self.estimator.evaluate(mesh.size, members)
                 if est is None:
                     continue
                 before = mesh.estimate
                 gain = est.goodput - (before.goodput if before else 0.0)
                 served = est.served - (before.served if before else 0.0)
-                options.append((-round(gain, 9), -round(served, 9), mesh.share_used, mesh.size, i, est))
-            if not options:
-                result.unplaced.append(spec)
-                continue
-            options.sort(key=lambda o: o[:5])
-            *_, i, est = options[0]
-            mesh = meshes[i]
-            runner = (meshes[options[1][4]].label, -options[1][0]) if len(options) > 1 else None
-            result.decisions.append(_Decision(spec, i, tuple(m.name for m, _ in mesh.members), -options[0][0],
-                                              len(options), runner))
-            mesh.members += ((spec, cands[spec.name][mesh.size].share),)
-            mesh.estimate = est
-        return self._repair(result, cands)
+                options.append((-round(gain, 9), -round(served, 9), mesh.share_used, mesh.size, i, members, est))
+        return options
+
+    def _squeezed(self, spec: ModelSpec, mesh: _Mesh) -> list[tuple[tuple[ModelSpec, float], ...]]:
+        least = self.estimator.shares(spec, mesh.size)[0]
+        deficit = mesh.share_used + least - 1
+        if deficit <= EPS:
+            return [mesh.members + ((spec, least),)]
+        out = []
+        for k, (member, share) in enumerate(mesh.members):
+            lower = [s for s in self.estimator.shares(member, mesh.size) if s <= share - deficit + EPS]
+            if lower:
+                members = mesh.members[:k] + ((member, lower[-1]),) + mesh.members[k + 1:]
+                out.append(members + ((spec, least),))
+        return out
 
     def _repair(self, result: _Result, cands: dict[str, dict[int, Candidate]]) -> _Result:
         """Swap an unplaced model for a placed one where the mesh gains (goodput, then throughput); repeat until none does.
@@ -241,7 +306,7 @@ class Planner:
         best: _Result | None = None
         for grouping in groupings:
             result = self._greedy(grouping, order, cands)
-            if best is None or result.score() > best.score():
+            if best is None or result.score(self.objective) > best.score(self.objective):
                 best = result
         assert best is not None  # there is always at least one grouping
         return self._to_plan(best, cands, len(groupings))
@@ -264,9 +329,8 @@ class Planner:
                 expected_tokens_s=e.served_rps * self.estimator.lengths.mean_output,
                 slo_attainment=e.attainment, mean_latency_s=e.mean_latency_s, meets_rate=e.meets_rate,
                 meets_slo=e.meets_slo, reason=reasons[e.spec.name]) for e in est.models)
-            cpu = self.cluster.device.kind.lower().startswith("cpu")
             units.append(Unit(
-                name=mesh.label, node=mesh.node, devices="cpu" if cpu else mesh.gpus,
+                name="cpu" if self._cpu else mesh.label, node=mesh.node, devices="cpu" if self._cpu else mesh.gpus,
                 device_kind=self.cluster.device.kind, device_memory_bytes=self.cluster.device.memory_bytes,
                 weight_bytes=est.weight_bytes, reserve_bytes=est.reserve_bytes, kv_bytes=est.kv_bytes,
                 page_tokens=self.estimator.page_tokens, page_bytes=est.page_bytes, models=placed))
@@ -285,13 +349,22 @@ class Planner:
         c = cands[d.spec.name][mesh.size]
         where = f"shares {mesh.label} with {', '.join(d.beside)}" if d.beside else f"alone on {mesh.label}"
         if d.replaced:
-            return (f"{d.spec.name} {where}, in place of {d.replaced}: +{d.gain:.2f} req/s within SLO more than "
+            return (f"{d.spec.name} {where}, in place of {d.replaced}: {d.gain:+.2f} req/s within SLO more than "
                     f"{d.replaced} gave there; decode share {c.share:.0%}")
-        why_share = (f"the smallest that carries its {d.spec.rate:.2f} req/s within SLO alone on {c.tp} GPU(s)"
-                     if c.meets else f"its best alone on {c.tp} GPU(s), {c.served_rps:.2f} of {d.spec.rate:.2f} req/s")
-        vs = f", next best {d.runner_up[0]} +{d.runner_up[1]:.2f}" if d.runner_up else ", the only one"
-        return (f"{d.spec.name} {where}: +{d.gain:.2f} req/s within SLO, the most of {d.options} meshes{vs}; "
-                f"decode share {c.share:.0%}, {why_share}")
+        why_share = (f"the smallest that carries its {d.spec.rate:.2f} req/s within SLO alone on {c.tp} device(s)"
+                     if c.meets else f"its best alone on {c.tp} device(s), {c.served_rps:.2f} of {d.spec.rate:.2f} req/s")
+        if d.squeezed is not None:
+            lowered = "".join(f", {n}'s lowered to {s:.0%}" for n, s in d.lowered)
+            return (f"{d.spec.name} {where}: no device had the {c.share:.0%} decode share it wants left, so it "
+                    f"gets {d.squeezed:.0%}{lowered} ({d.gain:+.2f} req/s within SLO) rather than no place; "
+                    f"{why_share}")
+        lowered = "".join(f", {n}'s lowered to {s:.0%} to make room" for n, s in d.lowered)
+        if d.options == 1 and len(meshes) == 1:
+            return (f"{d.spec.name} {where} (the only device): {d.gain:+.2f} req/s within SLO; "
+                    f"decode share {c.share:.0%}{lowered}, {why_share}")
+        vs = f", next best {d.runner_up[0]} {d.runner_up[1]:+.2f}" if d.runner_up else ", the only one"
+        return (f"{d.spec.name} {where}: {d.gain:+.2f} req/s within SLO, the most of {d.options} meshes{vs}; "
+                f"decode share {c.share:.0%}{lowered}, {why_share}")
 
 
 def _better(new: UnitEstimate, old: UnitEstimate) -> bool:

@@ -14,7 +14,10 @@ Job costs: a prefill job of ``b`` chunks of ``t`` tokens in all costs
 ``decode_s(share, b, mean context)``. A job that starts while a job of the
 other kind runs costs its model's colocation slowdown more (``SimModel.slowdown``,
 from a profile's ``colocated`` measurements: on a CPU, prefill and decode
-share the memory bandwidth), whether or not the other ends first.
+share the memory bandwidth), whether or not the other ends first, and
+the engine loop's own time per job (``SimModel.overhead``, a profile's
+``engine_overhead``: scheduling, the hand-off to a worker thread, each
+sequence's token reported), which its slot waits for before the next job.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class SimModel:
     tp: int = 1  # tensor-parallel degree: which of the cost model's grids
     max_position: int = 1 << 20
     slowdown: tuple[float, float] = (1.0, 1.0)  # (prefill, decode) latency beside the other kind / alone
+    overhead: tuple[float, float] = (0.0, 0.0)  # the engine loop's seconds per job and per sequence of a job
 
 
 @dataclass(frozen=True)
@@ -68,11 +72,12 @@ def job_cost(cost: CostModel, models: dict[str, SimModel],
         m = models[job.model]
         name, batch = m.cost_name or m.name, len(job.chunks)
         beside = any(other.kind is not job.kind for other in running())
+        loop = m.overhead[0] + m.overhead[1] * batch
         if job.kind is JobKind.PREFILL:
             alone = cost.prefill_s(name, m.tp, job.share, batch, max(1, round(job.num_tokens / batch)))
-            return alone * (m.slowdown[0] if beside else 1.0)
+            return alone * (m.slowdown[0] if beside else 1.0) + loop
         context = sum(c.end for c in job.chunks) / batch
-        return cost.decode_s(name, m.tp, job.share, batch, context) * (m.slowdown[1] if beside else 1.0)
+        return cost.decode_s(name, m.tp, job.share, batch, context) * (m.slowdown[1] if beside else 1.0) + loop
 
     return duration
 
@@ -128,7 +133,8 @@ def unit_from_profiles(profiles: dict[str, Profile], policy: str, kv_cache_bytes
     page_bytes = max(p.memory.bytes_per_kv_page for p in profiles.values())
     models = tuple(
         SimModel(name, pages_per_block=max(1, round(p.memory.pages_per_token * page_tokens)), tp=p.tensor_parallel,
-                 slowdown=colocation_slowdown(p))
+                 slowdown=colocation_slowdown(p),
+                 overhead=(p.engine_overhead.per_job_s, p.engine_overhead.per_sequence_s))
         for name, p in profiles.items()
     )
     return SimUnit("sim0", models, kv_cache_bytes // page_bytes, policy, page_tokens, compute_slots,

@@ -104,8 +104,9 @@ class ADBSScheduler(Scheduler):
         """A prefill of ``model`` could start now: an idle waiting request, a
         free seat in its decode batch, and room in its KV quota. Only such a
         prefill holds back decodes."""
-        idle = [s for s in self.waiting[model] if not self.is_busy(s)]
-        if not idle or not (self.open_seats(model) or any(s.num_computed for s in idle)):
+        idle = (s for s in self.waiting[model] if not self.is_busy(s))
+        first = next(idle, None)
+        if first is None or not (self.open_seats(model) or first.num_computed or any(s.num_computed for s in idle)):
             return False
         return not self._blocked_by_quota(model)
 

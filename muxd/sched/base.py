@@ -10,6 +10,8 @@ so the cluster simulator can drive the same objects.
 
 from __future__ import annotations
 
+import bisect
+
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,7 +43,9 @@ class Scheduler(ABC):
 
     Invariants: a sequence is in at most one queue and at most one in-flight
     job; only waiting or running sequences hold pages; finished ones hold
-    none once no job that reads their pages is still running.
+    none once no job that reads their pages is still running. A waiting
+    queue is in age order, oldest first (``_enqueue``), so the policies take
+    its oldest idle sequences without sorting it every tick.
     """
 
     def __init__(self, kv: KVManager, config: SchedulerConfig | None = None) -> None:
@@ -92,7 +96,15 @@ class Scheduler(ABC):
         self._by_id[seq.seq_id] = seq
         self._order[seq.seq_id] = self._next_order
         self._next_order += 1
-        self.waiting[seq.model].append(seq)
+        self._enqueue(seq)
+
+    def _enqueue(self, seq: Sequence) -> None:
+        """Into its model's waiting queue at its age's place (a new one: almost always last)."""
+        queue = self.waiting[seq.model]
+        if not queue or self.age(queue[-1]) <= self.age(seq):
+            queue.append(seq)
+        else:
+            queue.insert(bisect.bisect_right(queue, self.age(seq), key=self.age), seq)
 
     def get(self, seq_id: str) -> Sequence | None:
         return self._by_id.get(seq_id)
@@ -191,7 +203,7 @@ class Scheduler(ABC):
         if seq.status is SequenceStatus.RUNNING:
             self.running[seq.model].remove(seq)
             seq.status = SequenceStatus.WAITING
-            self.waiting[seq.model].appendleft(seq)
+            self._enqueue(seq)
 
     def take_events(self) -> list[SchedEvent]:
         events = list(self.events)
@@ -270,7 +282,7 @@ class Scheduler(ABC):
         chunks: list[Chunk] = []
         budget = self.config.max_prefill_tokens
         seats = self.open_seats(model)  # running plus prefilling stay within one decode batch
-        for seq in sorted((s for s in self.waiting[model] if not self.is_busy(s)), key=self.age):
+        for seq in [s for s in self.waiting[model] if not self.is_busy(s)]:  # oldest first
             if budget <= 0 or len(chunks) >= self.config.max_batch_seqs:
                 break
             reused: int | None = None  # tokens taken from the prefix cache, when looked up
@@ -317,7 +329,5 @@ class Scheduler(ABC):
         return chunks
 
     def oldest_waiting(self, models: list[str] | None = None) -> Sequence | None:
-        heads = [
-            s for m in (models or self.models) for s in self.waiting[m] if not self.is_busy(s)
-        ]
-        return min(heads, key=self.age, default=None)
+        heads = [next((s for s in self.waiting[m] if not self.is_busy(s)), None) for m in (models or self.models)]
+        return min((s for s in heads if s is not None), key=self.age, default=None)

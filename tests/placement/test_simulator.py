@@ -46,6 +46,15 @@ def test_arrivals_wait_for_their_time_on_the_simulated_clock() -> None:
     assert record.first_token_s == pytest.approx(3.0 + 10 * PREFILL_S_PER_TOKEN)
 
 
+def test_the_engine_loops_time_is_added_to_every_job() -> None:
+    request = RequestSpec("r0", "a", 0.0, prompt_tokens=100, output_tokens=5)
+    slow = SimUnit("u0", (SimModel("a", pages_per_block=4, overhead=(0.002, 0.001)),), 4096, "temporal",
+                   compute_slots=4)
+    (record,), _ = simulate_unit(slow, linear_cost(["a"]), [request])
+    assert record.first_token_s == pytest.approx(0.1 + 0.003)
+    assert record.finish_s == pytest.approx(0.1 + 0.003 + 4 * (DECODE_STEP_S + 0.003))
+
+
 @pytest.mark.parametrize("policy", ["adbs", "spatial", "temporal"])
 def test_every_policy_finishes_a_two_model_workload(policy: str) -> None:
     requests = generate(WorkloadSpec(models=("a", "b"), rate=5.0, alpha=1.0, duration_s=10.0, seed=1, length_scale=0.1))

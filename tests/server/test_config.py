@@ -82,6 +82,9 @@ def test_the_demo_runs_the_measured_fastest_plan_on_a_cpu_and_bf16_on_a_gpu(tmp_
         ('[[models]]\nname = "a"\npath = "{a}"\ndtype = "int3"\n', "dtype 'int3'"),
         ('[[models]]\nname = "a"\npath = "{a}"\n[[units]]\nname = "u"\nmodels = ["b"]\n', "unknown model(s) ['b']"),
         ("this is = not toml = \n", "not valid TOML"),
+        ('placement = "magic"\n[[models]]\nname = "a"\npath = "{a}"\n', "placement = 'magic' is not one of manual, auto"),
+        ('placement = "auto"\n[[models]]\nname = "a"\npath = "{a}"\n[[units]]\nname = "u"\nmodels = ["a"]\n',
+         'placement = "auto" makes the units from a plan'),
     ],
 )
 def test_invalid_configs_are_config_errors(tmp_path, model_dirs, text, says):
@@ -93,6 +96,15 @@ def test_invalid_configs_are_config_errors(tmp_path, model_dirs, text, says):
 def test_an_explicit_config_that_is_missing_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         resolve(Flags(config=tmp_path / "nope.toml"), env={})
+
+
+def test_placement_auto_keeps_the_models_and_their_rates_for_the_planner(tmp_path, model_dirs):
+    a, b = model_dirs
+    config = write(tmp_path, f'placement = "auto"\n[[models]]\nname = "a"\npath = "{a}"\nrate = 3.0\n')
+    resolved = resolve(Flags(config=config, device="cpu"), env={})
+    assert resolved.placement == "auto" and resolved.models[0].rate == 3.0
+    flagged = resolve(Flags(config=write(tmp_path, ""), models=(f"b={b},rate=0.5",), placement="auto"), env={})
+    assert flagged.placement == "auto" and flagged.models[0].rate == 0.5
 
 
 def test_a_bad_model_flag_says_the_form(tmp_path):
