@@ -413,6 +413,7 @@ class ComputeShare(_Response):
 class ModelStats(_Response):
     unit: str
     state: str = "ready"  # its unit's state
+    load_state: str | None = None  # unloaded, loading, loaded or unloading
     rate: float = 0.0  # the configured expected requests/s (placement's popularity)
     running: int
     queued: int  # waiting for their prefill, in the unit and before it

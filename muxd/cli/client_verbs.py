@@ -127,14 +127,23 @@ def _until(m: Any) -> str:
     return "busy" if m.expires_in_s is None else f"in {_duration(m.expires_in_s)}"
 
 
-def ls(socket: SocketOption = None) -> None:
-    """The model library: every model the daemon can serve, loaded or not, with its state and size."""
-    from muxd.client import Client
+def ls(
+    models_dir: Annotated[Path | None, typer.Option(help="Without a daemon: the library to list (default: "
+                                                         "$MUXD_MODELS_DIR, else $XDG_DATA_HOME/muxd/models).")] = None,
+    socket: SocketOption = None,
+) -> None:
+    """The model library: every model the daemon can serve, loaded or not, with its state and size.
+
+    Without a running daemon, the models a library directory holds (nothing is loaded then)."""
+    from muxd.client import Client, DaemonNotRunningError
     from muxd.errors import MuxdError
 
     try:
         with Client(socket) as client:
             status = client.status()
+    except DaemonNotRunningError:
+        _ls_directory(models_dir)
+        return
     except MuxdError as e:
         exit_with(e.message, code=FAILURE)
     table = _table(f"{len(status.models)} models", "MODEL", "STATE", "SIZE", "WEIGHTS", "UNIT", "KEEP-ALIVE", "PATH")
@@ -145,6 +154,22 @@ def ls(socket: SocketOption = None) -> None:
                       keep, m.path)  # fmt: skip
     from rich.console import Console
 
+    Console().print(table)
+
+
+def _ls_directory(models_dir: Path | None) -> None:
+    """``muxd ls`` with no daemon: the library's files, read by ``muxd.library`` (no torch)."""
+    import os
+
+    from rich.console import Console
+
+    from muxd.library import default_models_dir, scan
+
+    root = models_dir or (Path(os.environ["MUXD_MODELS_DIR"]) if os.environ.get("MUXD_MODELS_DIR") else default_models_dir())
+    entries = scan(root.expanduser())
+    table = _table(f"{len(entries)} models in {root} (no daemon running)", "MODEL", "KIND", "SIZE", "PATH")
+    for e in entries:
+        table.add_row(e.name, e.kind, _bytes(e.file_bytes), str(e.path))
     Console().print(table)
 
 

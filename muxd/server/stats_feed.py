@@ -175,6 +175,7 @@ class StatsFeed:
                              decode=round(unit_shares.get(f"{name}/decode", 0.0), 4))  # fmt: skip
         return ModelStats(
             unit=s.unit, state=d.units[s.unit].state.value, rate=s.config.rate,
+            load_state=d.residency.models[name].state.value,
             running=ms.running if ms else 0,
             queued=ms.waiting if ms else d.router.waiting[name],
             queue_age_s=None if ms is None or ms.oldest_waiting_s is None else round(ms.oldest_waiting_s, 3),

@@ -135,6 +135,9 @@ def test_keep_alive_unloads_an_idle_model_and_a_request_can_set_it(library, tmp)
         assert states(daemon)["m2-qwen2"] == "loaded"
         ask(client, "m0-llama")  # unloaded models load again
         assert [e["model"] for e in events(daemon, "model_loaded")].count("m0-llama") == 2
+        with pytest.raises(openai.BadRequestError) as e:
+            ask(client, "m0-llama", keep_alive="soon")
+        assert e.value.body["param"] == "keep_alive" and "duration such as" in e.value.message
     finally:
         assert daemon.stop() == 0, daemon.log()
 
@@ -262,3 +265,7 @@ def test_the_cli_lists_loads_and_unloads_library_models(library, tmp):
         assert "model 'nope' not found" in muxd("load", "nope", code=1)
     finally:
         assert daemon.stop() == 0, daemon.log()
+    offline = CliRunner().invoke(app, ["ls", "--models-dir", str(library), "--socket", str(daemon.socket)],
+                                 env={"COLUMNS": "200"})  # fmt: skip
+    assert offline.exit_code == 0 and "no daemon running" in offline.output
+    assert all(f"{p.name} " in offline.output for p in library.iterdir())
