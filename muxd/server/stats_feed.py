@@ -177,7 +177,7 @@ class StatsFeed:
             unit=s.unit, state=d.units[s.unit].state.value, rate=s.config.rate,
             load_state=d.residency.models[name].state.value,
             running=ms.running if ms else 0,
-            queued=ms.waiting if ms else d.router.waiting[name],
+            queued=(ms.waiting if ms else d.router.waiting[name]) + d.residency.models[name].waiters,  # + waiting for a load
             queue_age_s=None if ms is None or ms.oldest_waiting_s is None else round(ms.oldest_waiting_s, 3),
             in_flight=d.router.in_flight[name], done=t.done, errors=t.errors, rejected=t.rejected,
             prompt_tokens=t.prompt_tokens, generated_tokens=t.generated_tokens,
