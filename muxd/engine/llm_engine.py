@@ -41,7 +41,9 @@ class LLMEngine(EngineCore):
     of an earlier request's identical prefix (``core/kv_manager.py``).
     ``green_contexts`` (CUDA only) runs compute shares in green contexts;
     off, every share is a plain stream over all SMs (torch's green contexts
-    of a unit overlap: see docs/gpu-check.md).
+    of a unit overlap: see docs/gpu-check.md). ``decode_graphs`` (``auto``:
+    CUDA with the Triton attention) captures each model's decode step per
+    batch bucket (``engine/decode_graph.py``).
     """
 
     executor: Executor  # the core's JobExecutor, here the thread executor
@@ -62,6 +64,7 @@ class LLMEngine(EngineCore):
         seed: int = 0,
         prefix_caching: bool = True,
         green_contexts: bool = True,
+        decode_graphs: str = "auto",
     ) -> None:
         if not models:
             raise ValueError("an engine needs at least one model")
@@ -88,7 +91,8 @@ class LLMEngine(EngineCore):
         )
         executor = Executor(slots, device, green_contexts=green_contexts, clock=clock)
         self.models = models
-        runners = {name: ModelRunner(name, m, self.kv_cache, seed=seed) for name, m in models.items()}
+        runners = {name: ModelRunner(name, m, self.kv_cache, seed=seed, decode_graphs=decode_graphs,
+                                     max_batch=config.max_batch_seqs) for name, m in models.items()}  # fmt: skip
         limits = {name: ModelLimits(m.spec.eos_token_ids, m.spec.max_position) for name, m in models.items()}
         super().__init__(scheduler, executor, runners, clock, limits=limits, decoders=decoders)
 
