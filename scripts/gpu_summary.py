@@ -43,7 +43,7 @@ def main(out: Path) -> None:
     for name in ("tests", "bnb-tests"):
         if (out / f"{name}.log").is_file():
             print(f"{name}:", pytest_line(out / f"{name}.log"))
-    for name in ("engine", "engine8b", "bnb-int8", "bnb-nf4"):
+    for name in ("engine", "engine-eager", "engine8b", "bnb-int8", "bnb-nf4"):
         rows = last_json(out / f"{name}.log")
         for r in rows or []:
             print(

@@ -97,6 +97,17 @@ class AttentionMetadata:
         return mask
 
     @classmethod
+    def static(cls, block_tables: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor,
+               slot_mapping: torch.Tensor, page_tokens: int) -> AttentionMetadata:  # fmt: skip
+        """A decode job's metadata over fixed device buffers (``decode_graph.py``): block tables
+        ``[B, M, L, Hkv]``, positions ``[B]``, lengths ``[B]`` and slots ``[L, B, Hkv]`` as given, no
+        Python lists. Only the Triton decode path reads it; the torch path's masks cannot be built."""
+        meta = cls(num_seqs=block_tables.shape[0], max_q=1, block_tables=block_tables, page_tokens=page_tokens,
+                   starts=[], ends=[], pad_index=None, positions=positions, token_seqs=[])  # fmt: skip
+        meta.__dict__["lengths"], meta.__dict__["slot_mapping"] = lengths, slot_mapping  # the cached properties
+        return meta
+
+    @classmethod
     def build(
         cls,
         starts: list[int],

@@ -41,7 +41,9 @@ class LLMEngine(EngineCore):
     of an earlier request's identical prefix (``core/kv_manager.py``).
     ``green_contexts`` (CUDA only) runs compute shares in green contexts;
     off, every share is a plain stream over all SMs (torch's green contexts
-    of a unit overlap: see docs/gpu-check.md).
+    of a unit overlap: see docs/gpu-check.md). ``decode_graphs`` (``auto``:
+    CUDA with the Triton attention) captures each model's decode step per
+    batch bucket (``engine/decode_graph.py``).
     """
 
     executor: Executor  # the core's JobExecutor, here the thread executor
@@ -62,6 +64,7 @@ class LLMEngine(EngineCore):
         seed: int = 0,
         prefix_caching: bool = True,
         green_contexts: bool = True,
+        decode_graphs: str = "auto",
         device: str | None = None,
         kv_heads: list[tuple[int, torch.dtype]] | None = None,
     ) -> None:
@@ -95,10 +98,11 @@ class LLMEngine(EngineCore):
         )
         executor = Executor(slots, device, green_contexts=green_contexts, clock=clock)
         self.models = dict(models)
-        runners = {name: ModelRunner(name, m, self.kv_cache, seed=seed) for name, m in models.items()}
+        # What a runner is made with, for these models and those added later (``add_model``).
+        self._runner_args = {"seed": seed, "decode_graphs": decode_graphs, "max_batch": config.max_batch_seqs}
+        runners = {name: ModelRunner(name, m, self.kv_cache, **self._runner_args) for name, m in models.items()}
         limits = {name: ModelLimits(m.spec.eos_token_ids, m.spec.max_position) for name, m in models.items()}
         super().__init__(scheduler, executor, runners, clock, limits=limits, decoders=decoders)
-        self._seed = seed
 
     def add_model(self, name: str, loaded: LoadedModel, decoder: Decode | None = None) -> None:  # type: ignore[override]
         """Serve ``loaded`` as ``name`` from the next step on; call between steps.
@@ -108,7 +112,7 @@ class LLMEngine(EngineCore):
         """
         if loaded.device.type != self.kv_cache.storage.device.type:
             raise ValueError(f"model {name!r} is on {loaded.device}, the engine's pool on {self.kv_cache.storage.device}")
-        runner = ModelRunner(name, loaded, self.kv_cache, seed=self._seed)
+        runner = ModelRunner(name, loaded, self.kv_cache, **self._runner_args)
         limits = ModelLimits(loaded.spec.eos_token_ids, loaded.spec.max_position)
         super().add_model(name, runner, loaded.spec.pages_per_block, limits, decoder)
         self.models[name] = loaded

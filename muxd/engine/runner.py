@@ -7,6 +7,7 @@ weights are loaded once and shared by both kinds of work.
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from array import array
@@ -15,16 +16,21 @@ import torch
 
 from muxd.core.job import Job, JobKind, JobResult
 from muxd.core.sequence import Sequence
-from muxd.engine.attention import AttentionMetadata
+from muxd.engine.attention import AttentionMetadata, triton_decode
+from muxd.engine.decode_graph import DecodeGraphs
 from muxd.engine.kv_cache import KVCache
 from muxd.engine.sampler import sample
+from muxd.engine.model import Logits
 from muxd.models.loader import LoadedModel
+
+log = logging.getLogger(__name__)
 
 
 class ModelRunner:
     """Runs one job at a time for one model (callers serialise per runner)."""
 
-    def __init__(self, name: str, loaded: LoadedModel, kv_cache: KVCache, seed: int = 0) -> None:
+    def __init__(self, name: str, loaded: LoadedModel, kv_cache: KVCache, seed: int = 0, *,
+                 decode_graphs: str = "auto", max_batch: int = 64) -> None:
         self.name = name
         self.loaded = loaded
         self.spec = loaded.spec
@@ -35,6 +41,29 @@ class ModelRunner:
         self._seeder = torch.Generator().manual_seed(seed)
         # A sampling generator per live sequence; dropped with the sequence.
         self._generators: weakref.WeakKeyDictionary[Sequence, torch.Generator] = weakref.WeakKeyDictionary()
+        self.graphs = self._decode_graphs(decode_graphs, max_batch)
+
+    def _decode_graphs(self, mode: str, max_batch: int) -> DecodeGraphs | None:
+        """Decode steps as CUDA graphs (``decode_graph.py``): ``auto`` on CUDA where attention takes the
+        Triton kernels, ``eager`` their fixed buffers without capture (tests), ``off`` none. A capture
+        that fails is logged and the step runs uncaptured."""
+        if mode not in ("auto", "eager", "off"):
+            raise ValueError(f"decode_graphs {mode!r} is not one of auto, eager, off")
+        if mode == "off" or (mode == "auto" and not (self.device.type == "cuda" and triton_decode(self.device))):
+            return None
+        spec = self.spec
+        max_blocks = -(-min(spec.max_position or 8192, 32768) // self.page_tokens)
+        try:
+            return DecodeGraphs(self._logits, max_batch=max_batch, max_blocks=max_blocks, layers=spec.num_layers,
+                                kv_heads=spec.num_kv_heads, page_tokens=self.page_tokens, null_page=self.null_page,
+                                device=self.device, capture=mode == "auto")  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - any capture error: serve uncaptured
+            log.error("%s: decode graphs not captured (%s): steps run uncaptured", self.name, e)
+            return None
+
+    @torch.inference_mode()
+    def _logits(self, token_ids: torch.Tensor, meta: AttentionMetadata, rows: torch.Tensor) -> torch.Tensor:
+        return self.loaded.model(token_ids, meta, self.kv, rows).values
 
     @torch.inference_mode()
     def run(self, job: Job) -> JobResult:
@@ -43,7 +72,9 @@ class ModelRunner:
         # A CPU decode job runs on one intra-op thread (see engine/executor.py)
         # but its matmuls use every slot the job holds.
         matmul_threads = job.slots if job.kind is JobKind.DECODE and self.device.type == "cpu" else 0
-        logits = self.loaded.model(token_ids, meta, self.kv, sample_rows, matmul_threads)
+        captured = self.graphs.run(token_ids, meta) if self.graphs and job.kind is JobKind.DECODE else None
+        logits = Logits(captured) if captured is not None else \
+            self.loaded.model(token_ids, meta, self.kv, sample_rows, matmul_threads)
         sampled = [c.seq for c in job.chunks if c.samples]
         result = JobResult(job)
         if sampled:

@@ -24,7 +24,8 @@ are instead:
   pages of them are never read).
 
 ``write_kv`` stores a step's new K/V rows through a slot mapping ``[N,
-Hkv]`` (page × page_tokens + offset), one program per (token, KV head).
+Hkv]`` (page × page_tokens + offset; -1 writes nothing), one program per
+(token, KV head).
 
 Both run under ``TRITON_INTERPRET=1`` on a CPU, where the tests check them
 against the torch path; Triton ships with PyTorch's CUDA builds and is a
@@ -148,9 +149,9 @@ def _write_kernel(
 ):  # fmt: skip
     n, h = tl.program_id(0), tl.program_id(1)
     slot = tl.load(slots_ptr + n * stride_sn + h * stride_sh).to(tl.int64)
-    page, offset = slot // T, slot % T
+    page, offset = tl.maximum(slot, 0) // T, tl.maximum(slot, 0) % T
     d = tl.arange(0, DP)
-    inside = d < D
+    inside = d < tl.where(slot >= 0, D, 0)  # slot -1: a padding row of a captured batch writes nothing
     k = tl.load(k_ptr + n * stride_kn + h * stride_kh + d, mask=inside)
     v = tl.load(v_ptr + n * stride_vn + h * stride_vh + d, mask=inside)
     tl.store(k_cache_ptr + page * stride_kp + offset * stride_kt + d, k, mask=inside)

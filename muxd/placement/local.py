@@ -194,6 +194,10 @@ def local_machine(config: DaemonConfig, isa: str | None = None, nvml: Any = None
     """The machine the configured units run on: their CPU (``isa``: the kernels' build) or the GPUs NVML lists
     (``nvml``: a ``muxd.nvml.Nvml``, made here by default)."""
     unit = config.units[0]
+    kinds = {u.device.partition(":")[0] for u in config.units}
+    if len(kinds) > 1:
+        raise ConfigError(f'placement = "auto" plans one kind of device; the models ask for {" and ".join(sorted(kinds))}: '
+                          "give them one device (or none), or list [[units]]")
     if unit.device == "cpu":
         cores = unit.threads or len(os.sched_getaffinity(0))
         return LocalMachine.cpu(isa or "torch", cores)

@@ -8,7 +8,8 @@ and hands uvicorn the listening socket:
    daemon's life) decides which of two starting daemons wins; a socket file
    that still answers a connect is a live daemon (refuse), one that refuses
    it is stale (remove it).
-2. ``bind_unix``: the directory is made 0700, the socket is bound, chmodded
+2. ``bind_unix``: the directory is made 0700 (a shared sticky one such as
+   ``/tmp`` is left alone), the socket is bound, chmodded
    0600 before ``listen``, so no peer can connect before it is private.
 3. ``peer_checked``: every accepted connection's peer credentials
    (``SO_PEERCRED``) are checked before any byte of HTTP is read; a peer
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -87,10 +89,16 @@ def is_live(path: Path) -> bool:
 
 
 def make_private_dir(directory: Path) -> None:
-    """Create ``directory`` 0700 (parents as needed); tighten it if it is ours and looser."""
+    """Create ``directory`` 0700 (parents as needed); tighten it if it is ours, looser, and not shared.
+
+    A sticky directory (``/tmp``: many users' files side by side) is left as
+    it is: a socket put there by ``--socket /tmp/x.sock`` is private by its
+    own 0600, and tightening ``/tmp`` itself, as root, once locked every
+    other user out of it.
+    """
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = directory.stat()
-    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+    if st.st_uid == os.getuid() and st.st_mode & 0o077 and not st.st_mode & stat.S_ISVTX:
         directory.chmod(0o700)
 
 

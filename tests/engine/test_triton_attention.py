@@ -89,9 +89,10 @@ def test_write_kv_stores_each_tokens_rows_at_its_slot_and_nothing_else():
     page_tokens, hkv, d = 8, 2, 32
     k_cache, v_cache, null = make_pool(page_tokens, d, 64, 16, torch.float32, seed=1)
     before_k, before_v = k_cache.clone(), v_cache.clone()
-    k = torch.randn(3, hkv, d).to(DEVICE)
-    v = torch.randn(3, hkv, d).to(DEVICE)
-    slots = torch.tensor([[0 * 8 + 3, 5 * 8 + 7], [2 * 8 + 0, 9 * 8 + 1], [14 * 8 + 6, 1 * 8 + 2]], device=DEVICE)
+    k = torch.randn(4, hkv, d).to(DEVICE)
+    v = torch.randn(4, hkv, d).to(DEVICE)
+    slots = torch.tensor([[0 * 8 + 3, 5 * 8 + 7], [2 * 8 + 0, 9 * 8 + 1], [14 * 8 + 6, 1 * 8 + 2], [-1, -1]],
+                         device=DEVICE)  # the last: a padding row, written nowhere
     write_kv(k, v, k_cache, v_cache, slots)
     for n in range(3):
         for h in range(hkv):
@@ -127,3 +128,38 @@ def test_greedy_tokens_through_the_triton_kernels_equal_transformers(family, tin
     assert os.environ[DECODE_ATTENTION_ENV] == "triton"  # it never fell back to the torch path
     for rid, prompt in zip(ids, prompts):
         assert outputs[rid].output_ids == hf_greedy(tiny_model_dirs[family], prompt, 10)
+
+
+def test_decode_buckets_are_powers_of_two_up_to_the_batch_limit():
+    from muxd.engine.decode_graph import bucket_for, buckets
+
+    assert buckets(1) == (1,)
+    assert buckets(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert [bucket_for(n, buckets(48)) for n in (1, 3, 16, 17, 48, 49)] == [1, 4, 16, 32, 48, None]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_decode_steps_through_the_graph_buffers_equal_transformers(family, tiny_model_dirs, monkeypatch):
+    """``decode_graphs="eager"``: the captured path's fixed buffers, bucket padding and null-page
+    padding rows (without a GPU to capture), greedy tokens equal transformers', the pool whole."""
+    from muxd.core.sequence import SamplingParams
+    from muxd.engine.attention import DECODE_ATTENTION_ENV
+    from muxd.engine.llm_engine import LLMEngine
+    from muxd.models.loader import load_model
+
+    from .conftest import assert_pool_whole, hf_greedy
+
+    monkeypatch.setenv(DECODE_ATTENTION_ENV, "triton")
+    models = {"m": load_model(tiny_model_dirs[family], device=DEVICE)}
+    engine = LLMEngine(models, kv_cache_bytes=4 << 20, page_tokens=8, decode_graphs="eager")
+    runner = engine.runners["m"]
+    assert runner.graphs is not None and not runner.graphs.capture
+    prompts = [[5, 17, 99, 3, 42, 8], list(range(30, 50)), [7]]  # 3 rows: bucket 4, one padding row
+    greedy = SamplingParams(max_tokens=8, ignore_eos=True)
+    outputs = engine.generate("m", prompts, greedy)
+    for out, prompt in zip(outputs, prompts):
+        assert out.output_ids == hf_greedy(tiny_model_dirs[family], prompt, 8)
+    null = engine.kv_cache.null_page
+    assert not runner.kv[0][null].any() and not runner.kv[1][null].any()  # padding rows wrote nothing
+    assert_pool_whole(engine)

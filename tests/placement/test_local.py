@@ -128,3 +128,9 @@ def test_on_gpus_each_unit_is_one_gpu_with_the_plans_pool(models, tmp_path):
     for unit, planned in zip(placed.units, plan.units):
         assert unit.kv_cache_bytes == planned.kv_bytes <= 80 << 30
         assert {m.device for m in unit.models} == {unit.device}
+
+
+def test_auto_placement_over_a_cpu_and_a_gpu_at_once_is_refused(models, tmp_path):
+    units = (UnitConfig("cpu0", (models[0],)), UnitConfig("cuda0", (replace(models[1], device="cuda:0"),), device="cuda:0"))
+    with pytest.raises(ConfigError, match="one kind of device"):
+        auto_place(DaemonConfig(units, tmp_path / "s", placement="auto"), roots=[SHIPPED])

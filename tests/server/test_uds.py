@@ -27,6 +27,18 @@ def test_claim_makes_a_private_directory_and_binds_a_private_socket(sock_path):
     held.release()
 
 
+def test_a_shared_sticky_directory_keeps_its_mode(sock_path):
+    shared = sock_path.parent
+    shared.mkdir(mode=0o700)
+    shared.chmod(0o1777)  # as /tmp
+    held = uds.claim(sock_path)
+    listener = uds.bind_unix(sock_path)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE(sock_path.stat().st_mode) == 0o600
+    listener.close()
+    held.release()
+
+
 def test_a_second_claim_is_refused_while_the_first_holds(sock_path):
     held = uds.claim(sock_path)
     with pytest.raises(DaemonRunningError, match="muxd stop"):
