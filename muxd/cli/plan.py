@@ -73,12 +73,13 @@ def _plan_local(config: Path | None, models: list[str], profiles: Path | None, a
     from muxd.cli.serve import prepare_demo
     from muxd.config import Flags, resolve
     from muxd.engine import cpu_isa
-    from muxd.placement.local import local_machine, plan_local
+    from muxd.placement.local import local_machine, plan_local, planned_models
 
     def make() -> tuple[Plan, list[str]]:
         daemon = resolve(Flags(config=config, models=tuple(models)), demo=prepare_demo)
         machine = local_machine(daemon, cpu_isa.selected().name)
-        return plan_local(daemon.models, machine, daemon.units[0], [profiles] if profiles else [], objective=objective)
+        return plan_local(planned_models(daemon), machine, daemon.units[0], [profiles] if profiles else [],
+                          objective=objective)
 
     _show(make, as_json)
 

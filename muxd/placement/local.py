@@ -1,7 +1,8 @@
 """Placement on this machine: the configured models on its devices, costed by muxd's profiles.
 
 ``placement = "auto"`` (``muxd serve``) and ``muxd plan`` without
-``--devices`` plan here. The cluster is the local machine: the CPU as one
+``--devices`` plan here. The configured models are planned; the model
+library's, loaded on demand (``preload = false``), join the first unit. The cluster is the local machine: the CPU as one
 device (its memory: the RAM free now), or the GPUs NVML lists, each a mesh
 of one (a unit spans one device; muxd has no tensor parallelism). Each
 model's costs are the profile whose ``model_shape`` is the model's (read
@@ -181,11 +182,13 @@ def units_from_plan(plan: Plan, config: DaemonConfig, machine: LocalMachine) -> 
                           f"{machine.memory_bytes / GiB:.1f} GiB beside the others; " + "; ".join(plan.decisions[-1:]))
     template = config.units[0]
     by_name = {m.name: m for u in config.units for m in u.models}
+    on_demand = [m for m in by_name.values() if not m.preload]
     units = []
-    for planned in plan.units:
+    for i, planned in enumerate(plan.units):
         device = "cpu" if machine.device_type == "cpu" else f"cuda:{planned.devices[0]}"
-        models = tuple(replace(by_name[m.name], device=device) for m in planned.models)
-        units.append(replace(template, name=unit_name_for(device), models=models, device=device,
+        models = [replace(by_name[m.name], device=device) for m in planned.models]
+        models += [replace(m, device=device) for m in on_demand] if i == 0 else []  # the library's: the first unit
+        units.append(replace(template, name=unit_name_for(device), models=tuple(models), device=device,
                              kv_cache_bytes=max(planned.kv_bytes, 1)))
     return tuple(units)
 
@@ -210,9 +213,18 @@ def local_machine(config: DaemonConfig, isa: str | None = None, nvml: Any = None
     return LocalMachine("cuda", kind, gpus[0].memory_total_bytes, count=len(gpus))
 
 
+def planned_models(config: DaemonConfig) -> list[ModelConfig]:
+    """The models a plan places: the configured ones, not the library's loaded on demand."""
+    preloaded = [m for m in config.models if m.preload]
+    if not preloaded:
+        raise ConfigError("a plan places the configured models; the library's alone load on demand into one unit: "
+                          "list [[models]] to plan them")
+    return preloaded
+
+
 def auto_place(config: DaemonConfig, isa: str | None = None, roots: Sequence[Path] = (),
                nvml: Any = None) -> tuple[DaemonConfig, Plan, list[str]]:
     """``config`` with its units replaced by a plan's (``placement = "auto"``), the plan and its notes."""
     machine = local_machine(config, isa, nvml)
-    plan, notes = plan_local(config.models, machine, config.units[0], roots)
+    plan, notes = plan_local(planned_models(config), machine, config.units[0], roots)
     return replace(config, units=units_from_plan(plan, config, machine)), plan, notes

@@ -134,3 +134,11 @@ def test_auto_placement_over_a_cpu_and_a_gpu_at_once_is_refused(models, tmp_path
     units = (UnitConfig("cpu0", (models[0],)), UnitConfig("cuda0", (replace(models[1], device="cuda:0"),), device="cuda:0"))
     with pytest.raises(ConfigError, match="one kind of device"):
         auto_place(DaemonConfig(units, tmp_path / "s", placement="auto"), roots=[SHIPPED])
+
+
+def test_library_models_loaded_on_demand_join_the_first_planned_unit(models, tmp_path):
+    on_demand = ModelConfig("lib", "/models/lib.gguf", preload=False, keep_alive=300.0)  # no config.json to read
+    config = DaemonConfig((UnitConfig("cpu0", (*models, on_demand)),), tmp_path / "s", placement="auto")
+    placed, plan, _ = auto_place(config, isa="avx512-vnni", roots=[SHIPPED])
+    assert "lib" not in {m.name for u in plan.units for m in u.models}
+    assert {m.name for m in placed.units[0].models} == {"tl", "tq", "lib"}
