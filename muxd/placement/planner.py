@@ -189,8 +189,8 @@ class Planner:
                 result.unplaced.append(spec)
         result = self._repair(result, cands)
         left, result.unplaced = result.unplaced, []
-        for spec in left:  # what neither the greedy nor the repair placed: squeezed in where it gains most
-            if not self._place(result, spec, cands, squeeze=True):
+        for spec in left:  # what neither the greedy nor the repair placed: at its share if one is left, else squeezed
+            if not (self._place(result, spec, cands, squeeze=False) or self._place(result, spec, cands, squeeze=True)):
                 result.unplaced.append(spec)
         return result
 
@@ -219,10 +219,10 @@ class Planner:
         """Meshes that can take ``spec``, as (sort key..., mesh, members with it, estimate).
 
         Without ``squeeze``, at its candidate share beside the members as
-        they are. With it (no mesh had that share left), at its smallest
-        share, room made by lowering one member's share to the largest it
-        has that leaves room: the models are served less than their rates
-        rather than one of them not at all.
+        they are. With it (no mesh had that share left), at the largest
+        share a mesh has left, or at its smallest share with room made by
+        lowering one member's share (``_squeezed``): the models are served
+        less than their rates rather than one of them not at all.
         """
         options = []
         for i, mesh in enumerate(meshes):
@@ -244,10 +244,14 @@ class Planner:
         return options
 
     def _squeezed(self, spec: ModelSpec, mesh: _Mesh) -> list[tuple[tuple[ModelSpec, float], ...]]:
-        least = self.estimator.shares(spec, mesh.size)[0]
+        """The mesh's members with ``spec`` beside them: at the largest share left, if any is; else at its
+        smallest, one member lowered to make room (one option per member that can give it)."""
+        shares = self.estimator.shares(spec, mesh.size)
+        left = [s for s in shares if mesh.share_used + s <= 1 + EPS]
+        if left:
+            return [mesh.members + ((spec, left[-1]),)]
+        least = shares[0]
         deficit = mesh.share_used + least - 1
-        if deficit <= EPS:
-            return [mesh.members + ((spec, least),)]
         out = []
         for k, (member, share) in enumerate(mesh.members):
             lower = [s for s in self.estimator.shares(member, mesh.size) if s <= share - deficit + EPS]
