@@ -127,6 +127,7 @@ class Unit:
             out.finished,
             out.finish_reason,
             len(out.prompt_ids),
+            out.error,
         )
 
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 
 from muxd.engine.executor import Executor, on_own_thread
+from muxd.engine.grammar import Grammars
 from muxd.engine.kv_cache import KVCache, KVLayout
 from muxd.engine.runner import ModelRunner
 from muxd.models.loader import LoadedModel
@@ -88,9 +89,20 @@ class LLMEngine(EngineCore):
         )
         executor = Executor(slots, device, green_contexts=green_contexts, clock=clock)
         self.models = models
-        runners = {name: ModelRunner(name, m, self.kv_cache, seed=seed) for name, m in models.items()}
+        # Constrained decoding, for the models with a tokenizer.json llguidance can read.
+        self.grammars = {
+            name: Grammars(m.path / "tokenizer.json", m.spec.vocab_size, m.spec.eos_token_ids, slots)
+            for name, m in models.items()
+            if (m.path / "tokenizer.json").is_file()
+        }
+        runners = {
+            name: ModelRunner(name, m, self.kv_cache, seed=seed, grammars=self.grammars.get(name))
+            for name, m in models.items()
+        }
         limits = {name: ModelLimits(m.spec.eos_token_ids, m.spec.max_position) for name, m in models.items()}
-        super().__init__(scheduler, executor, runners, clock, limits=limits, decoders=decoders)
+        super().__init__(
+            scheduler, executor, runners, clock, limits=limits, decoders=decoders, grammars=self.grammars
+        )
 
     def close(self) -> None:
         """Stop the executor's worker threads; the engine takes no more steps (idempotent).
@@ -100,6 +112,8 @@ class LLMEngine(EngineCore):
         interpreter shutdown abort the process.
         """
         self.executor.shutdown()
+        for grammars in self.grammars.values():
+            grammars.close()
 
     def __enter__(self) -> LLMEngine:
         return self

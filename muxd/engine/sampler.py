@@ -17,17 +17,31 @@ def sample(
     params: list[SamplingParams],
     generators: list[torch.Generator],
     argmax_lse: tuple[torch.Tensor, torch.Tensor] | None = None,
+    allowed: tuple[list[int], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(tokens [B], logprobs [B])``; logprobs are of the model's raw distribution.
 
     ``argmax_lse``: each row's argmax and log-normaliser where the step has
     computed them already (``model.Logits``); ``tokens`` may then be that
-    argmax tensor, filled in."""
+    argmax tensor, filled in. ``allowed``: constrained rows and their allowed
+    tokens ``[R, V]`` bool (``engine/grammar.py``); their other logits become
+    -inf in place before any token is picked, so greedy and random draws
+    alike stay in the grammar, and the other rows are untouched."""
     tokens, normalisers = argmax_lse or _argmax_and_logsumexp(logits)
+    if allowed is not None:
+        _mask_rows(logits, tokens, *allowed)
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if rows:
         tokens[rows] = _sample_rows(logits[rows], [params[i] for i in rows], [generators[i] for i in rows])
     return tokens, logits.gather(1, tokens[:, None]).squeeze(1) - normalisers
+
+
+def _mask_rows(logits: torch.Tensor, tokens: torch.Tensor, rows: list[int], allowed: torch.Tensor) -> None:
+    """Mask ``rows`` of ``logits`` to ``allowed`` [R, V] and re-take their argmax (the normalisers stay raw)."""
+    index = torch.tensor(rows, dtype=torch.int64, device=logits.device)
+    masked = logits.index_select(0, index).masked_fill_(~allowed.to(logits.device), float("-inf"))
+    logits.index_copy_(0, index, masked)
+    tokens.index_copy_(0, index, masked.argmax(dim=-1))
 
 
 def _argmax_and_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
