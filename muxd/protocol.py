@@ -18,10 +18,11 @@ No torch, no muxd imports: the client loads this module.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+M = TypeVar("M", bound=BaseModel)
 MAX_N = 16  # choices per request; each is a request to the unit
 NO_ALTERNATIVES = (
     "{name} > 0 asks for the top alternative tokens, which muxd does not report; "
@@ -329,6 +330,15 @@ class ChatCompletion(_Response):
     @property
     def text(self) -> str:
         return (self.choices[0].message.content or "") if self.choices else ""
+
+    @property
+    def tool_calls(self) -> list[ResponseToolCall]:
+        """The first choice's tool calls (empty when it answered in text)."""
+        return (self.choices[0].message.tool_calls or []) if self.choices else []
+
+    def parsed(self, model: type[M]) -> M:
+        """The first choice's JSON content as ``model`` (asked for with ``response_format=model``)."""
+        return model.model_validate_json(self.text)
 
 
 class Delta(_Response):

@@ -13,8 +13,8 @@ advanced lazily to the sequence's output tokens when its next mask is
 asked for (and rolled back if a sampled token was dropped), so preemption
 (the tokens stay) and ``n > 1`` (one sequence per choice) need nothing more.
 ``allowed`` fills the bitmask of every constrained row of a step at once
-(llguidance's thread pool, the GIL released) and unpacks it to booleans;
-``engine/sampler.py`` masks the rows' logits with it. A finished grammar
+(llguidance's thread pool, the GIL released); ``engine/sampler.py`` masks
+the rows' logits with it (one C pass on a CPU). A finished grammar
 allows only the end-of-sequence tokens, so the sequence stops there.
 """
 
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import llguidance
 import llguidance.numpy as llg_numpy
-import numpy as np
 import torch
 
 from muxd.core.sequence import Sequence
@@ -98,14 +97,14 @@ class Grammars:
 
     # -- masks (on the step) -----------------------------------------------------
     def allowed(self, seqs: list[Sequence]) -> torch.Tensor:
-        """``[len(seqs), vocab_size]`` bool: the tokens each sequence's grammar allows next."""
+        """``[len(seqs), ceil(vocab_size / 32)]`` int32: bit ``j % 32`` of word ``j // 32`` is set
+        where the sequence's grammar allows token ``j`` next."""
         matchers = [(self._synced(seq), i) for i, seq in enumerate(seqs)]
-        bitmask = llg_numpy.allocate_token_bitmask(len(seqs), self.vocab_size)  # [R, ceil(V / 32)] int32
+        bitmask = llg_numpy.allocate_token_bitmask(len(seqs), self.vocab_size)
         if self._executor is None:
             self._executor = llguidance.LLExecutor(self._mask_threads)
         llg_numpy.fill_next_token_bitmask_par(self._executor, matchers, bitmask)
-        bits = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, : self.vocab_size]
-        return torch.from_numpy(bits).bool()
+        return torch.from_numpy(bitmask)
 
     def _synced(self, seq: Sequence) -> llguidance.LLMatcher:
         """The sequence's matcher, having consumed exactly its output tokens."""

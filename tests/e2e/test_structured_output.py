@@ -133,3 +133,23 @@ def test_response_format_text_is_free_text(client):
         model="tiny-llama", messages=PROMPT, max_tokens=8, temperature=0, response_format={"type": "text"}
     )
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_muxd_client_takes_a_pydantic_model_as_response_format(tiny_daemon):
+    from muxd.client import Client
+
+    with Client(tiny_daemon.socket) as c:
+        reply = c.chat("tiny-llama", "A person, please.", response_format=Person, seed=5, max_tokens=300)
+        assert isinstance(reply.parsed(Person), Person)
+        done = c.complete("tiny-qwen3", "Colors:", response_format=Palette, seed=6, max_tokens=300)
+        Palette.model_validate_json(done.text)
+
+
+@pytest.mark.asyncio
+async def test_async_client_streams_structured_output(tiny_daemon):
+    from muxd.client import AsyncClient
+
+    async with AsyncClient(tiny_daemon.socket) as c:
+        stream = await c.chat("tiny-qwen3", "Weather?", response_format=Reading, seed=8, max_tokens=300, stream=True)
+        text = "".join([chunk.text async for chunk in stream])
+        Reading.model_validate_json(text)

@@ -119,3 +119,17 @@ def test_tool_round_trip_call_result_and_final_answer(client):
 def test_tool_choice_none_leaves_text_as_content(client):
     reply = client.chat.completions.create(model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="none", max_tokens=8, temperature=0)
     assert reply.choices[0].message.tool_calls is None and reply.choices[0].message.content is not None
+
+
+def test_muxd_client_takes_typed_tools_and_returns_typed_calls(tools_daemon):
+    from muxd.client import Client
+    from muxd.protocol import NamedToolChoice, Tool
+
+    tools = [Tool.model_validate(t) for t in TOOLS]
+    choice = NamedToolChoice.model_validate({"type": "function", "function": {"name": "get_weather"}})
+    with Client(tools_daemon.socket) as c:
+        reply = c.chat(MODEL, QUESTION, tools=tools, tool_choice=choice, seed=3, max_tokens=300)
+    assert reply.choices[0].finish_reason == "tool_calls"
+    (call,) = reply.tool_calls
+    assert call.function.name == "get_weather"
+    WeatherArgs.model_validate_json(call.function.arguments)
