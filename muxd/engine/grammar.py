@@ -110,8 +110,10 @@ class Grammars:
         """The sequence's matcher, having consumed exactly its output tokens."""
         state = self._matchers.get(seq)
         if state is None:
+            # Ready: the core waited for it (unless CACHE_SIZE other grammars evicted it since,
+            # when this recompiles it here, on the step).
             compiled = self.prepare(seq.params.grammar or "")
-            state = _SeqMatcher(compiled.result().deep_copy())  # ready: the core waited for it
+            state = _SeqMatcher(compiled.result().deep_copy())
             self._matchers[seq] = state
         out = seq.output_ids
         if state.consumed > len(out):
