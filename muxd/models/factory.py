@@ -65,7 +65,33 @@ QWEN_CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
-TOOL_TEMPLATE_FAMILIES = ("qwen2", "qwen3")
+# Llama 3.1's way with tools, on ChatML tokens: the functions and the bare JSON
+# call format in a system turn, calls as ``{"name": ..., "parameters": ...}``,
+# results in an ``ipython`` turn. Without tools it renders as CHAT_TEMPLATE.
+LLAMA3_CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\nGiven the following functions, please respond with a JSON for a function call "
+    "with its proper arguments that best answers the given prompt.\n\nRespond in the format "
+    "{\"name\": function name, \"parameters\": dictionary of argument name and its value}. "
+    "Do not use variables.\n' }}"
+    "{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{%- for call in message['tool_calls'] %}"
+    "{{- '<|im_start|>assistant\n{\"name\": \"' + call['function']['name'] + '\", \"parameters\": '"
+    " + (call['function']['arguments'] | tojson) + '}<|im_end|>\n' }}"
+    "{%- endfor %}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{- '<|im_start|>ipython\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+FAMILY_TEMPLATES = {"qwen2": QWEN_CHAT_TEMPLATE, "qwen3": QWEN_CHAT_TEMPLATE, "llama3": LLAMA3_CHAT_TEMPLATE}
 
 TOKENIZER_VOCAB_SIZE = 1024
 
@@ -212,7 +238,7 @@ def build_tiny_checkpoint(family: str, out_dir: Path, *, seed: int = 0, **config
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    tokenizer = build_tokenizer(QWEN_CHAT_TEMPLATE if family in TOOL_TEMPLATE_FAMILIES else CHAT_TEMPLATE)
+    tokenizer = build_tokenizer(FAMILY_TEMPLATES.get(family, CHAT_TEMPLATE))
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)
     pad_id = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
     config = build_config(family, len(tokenizer), eos_id, pad_id, **config_overrides)

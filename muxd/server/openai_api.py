@@ -28,10 +28,10 @@ from muxd.errors import InvalidRequestError, ModelNotFoundError, MuxdError
 from muxd.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
 from muxd.server.generation import Delta, Generation, ServedModel, check_token_ids, sampling_params
 from muxd.server.router import Router
-from muxd.server.structured import check_tool_choice, response_grammar, tool_grammar
+from muxd.server.structured import HERMES, check_tool_choice, response_grammar, tool_grammar
 from muxd.server.telemetry import Telemetry
 from muxd.server.tokenizer import ChatTemplateError
-from muxd.server.tool_calls import ToolCallParser, split_tool_calls
+from muxd.server.tool_calls import split_tool_calls, tool_call_parser
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the context left
 T = TypeVar("T", bound=BaseModel)
@@ -89,11 +89,11 @@ class OpenAIRoutes:
         except ChatTemplateError as e:
             raise InvalidRequestError(str(e), param="messages") from None
         params = sampling_params(served, len(ids), req.output_limit, None, req, "messages", req.logprobs)
-        params["grammar"] = chat_grammar(req)
+        params["grammar"] = chat_grammar(req, served.tokenizer.tool_format)
         gen = Generation(self.router, self.telemetry, served, new_id("chatcmpl"), ids, params, req.n, req.stop_strings,
                          arrival=arrival)  # fmt: skip
         calls = {t.function.name for t in req.tools or []} if tools and req.tool_choice != "none" else None
-        shape = ChatShape(gen, req.logprobs, calls)
+        shape = ChatShape(gen, req.logprobs, calls, served.tokenizer.tool_format)
         return await respond(request, gen, shape, req.stream, req.include_usage)
 
 
@@ -119,9 +119,9 @@ def chat_tools(served: ServedModel, req: ChatCompletionRequest) -> list[dict[str
     return [t.model_dump(exclude_none=True) for t in req.tools]
 
 
-def chat_grammar(req: ChatCompletionRequest) -> str | None:
+def chat_grammar(req: ChatCompletionRequest, tool_format: str) -> str | None:
     if req.tools and req.tool_choice not in (None, "auto", "none"):
-        return tool_grammar(req.tools, req.tool_choice, req.parallel_tool_calls)
+        return tool_grammar(req.tools, req.tool_choice, req.parallel_tool_calls, tool_format)
     return response_grammar(req.response_format)
 
 
@@ -375,21 +375,23 @@ class CompletionShape(_Shape):
 
 
 class ChatShape(_Shape):
-    """Chat responses; with ``tool_names`` (tools the model may call), Hermes
-    ``<tool_call>`` blocks become ``message.tool_calls`` and stream as tool-call deltas."""
+    """Chat responses; with ``tool_names`` (tools the model may call), calls in the
+    template's ``tool_format`` become ``message.tool_calls`` and stream as tool-call deltas."""
 
     object_name = "chat.completion"
     chunk_object = "chat.completion.chunk"
 
-    def __init__(self, gen: Generation, logprobs: bool, tool_names: set[str] | None = None) -> None:
+    def __init__(
+        self, gen: Generation, logprobs: bool, tool_names: set[str] | None = None, tool_format: str = HERMES
+    ) -> None:
         super().__init__(gen, logprobs)
-        self.tool_names = tool_names
-        self.parsers = {c.index: ToolCallParser(tool_names) for c in gen.choices} if tool_names else {}
+        self.tool_names, self.tool_format = tool_names, tool_format
+        self.parsers = {c.index: tool_call_parser(tool_format, tool_names) for c in gen.choices} if tool_names else {}
 
     def choice(self, index: int, text: str, finish: str | None, ids: list[int], lps: list[float]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if self.tool_names:
-            content, calls = split_tool_calls(text, self.tool_names)
+            content, calls = split_tool_calls(text, self.tool_names, self.tool_format)
             if calls:
                 message = {"role": "assistant", "content": content or None, "tool_calls": [c.to_dict() for c in calls]}
                 finish = "tool_calls" if finish == "stop" else finish
@@ -406,7 +408,9 @@ class ChatShape(_Shape):
         text, calls = parser.feed(d.text) if parser else (d.text, [])
         finish = d.finish_reason
         if finish and parser:
+            known = len(parser.calls)
             text += parser.finish()
+            calls = [*calls, *parser.calls[known:]]  # a JSON-format call is known only at the end
             finish = "tool_calls" if parser.calls and finish == "stop" else finish
         out = []
         if text or (self.logprobs and d.token_ids):

@@ -8,9 +8,11 @@ is validated here with the same library, before the request is admitted,
 so a bad schema is a 400 naming the problem, never a stream that fails
 half-way. llguidance is torch-free, so the front end can do this.
 
-Forced tool calls take the Hermes format that Qwen's chat templates teach
-the model (``server/tool_calls.py`` parses it back):
-``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``.
+Forced tool calls take the format the model's chat template teaches
+(``server/tool_calls.py`` parses it back): ``HERMES``, Qwen's
+``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`` blocks, or
+``JSON``, Llama 3.1's whole reply ``{"name": ..., "parameters": {...}}``
+(one call; its templates have no parallel calls).
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ JSON_OPTIONS = {"whitespace_flexible": False}
 # Tool calls keep the spacing the chat templates show the model.
 TOOL_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+HERMES, JSON = "hermes", "json"  # tool-call formats
+
+
+def tool_format(chat_template: str) -> str:
+    """The tool-call format a chat template teaches: Hermes blocks where it shows ``<tool_call>``
+    (Qwen2/Qwen3, Hermes), else Llama 3.1's bare JSON object."""
+    return HERMES if TOOL_CALL_OPEN in chat_template else JSON
 
 
 def response_grammar(fmt: ResponseFormat | None) -> str | None:
@@ -41,13 +50,18 @@ def response_grammar(fmt: ResponseFormat | None) -> str | None:
     return _json_grammar(json.dumps(fmt.json_schema.schema_, sort_keys=False), "response_format.json_schema.schema")
 
 
-def tool_grammar(tools: list[Tool], choice: str | NamedToolChoice | None, parallel: bool | None) -> str | None:
+def tool_grammar(
+    tools: list[Tool], choice: str | NamedToolChoice | None, parallel: bool | None, fmt: str = HERMES
+) -> str | None:
     """The grammar that forces tool calls (``required`` or a named function); None when the model chooses."""
     if choice in (None, "auto", "none"):
         return None
     if isinstance(choice, NamedToolChoice):
         tools = [t for t in tools if t.function.name == choice.function.name]
-    calls = {"anyOf": [_call_schema(t) for t in tools], "x-guidance": TOOL_JSON_OPTIONS}
+    args = "arguments" if fmt == HERMES else "parameters"
+    calls = {"anyOf": [_call_schema(t, args) for t in tools], "x-guidance": TOOL_JSON_OPTIONS}
+    if fmt != HERMES:
+        return _validated(llguidance.LLMatcher.grammar_from_lark(f"start: %json {json.dumps(calls)}\n"), "tools")
     more = ' ("\\n" call)*' if parallel is not False and not isinstance(choice, NamedToolChoice) else ""
     lark = (
         f"start: call{more}\n"
@@ -72,12 +86,12 @@ def check_tool_choice(tools: list[Tool] | None, choice: str | NamedToolChoice | 
         raise InvalidRequestError('tool_choice "required" needs at least one tool in tools', param="tool_choice")
 
 
-def _call_schema(tool: Tool) -> dict[str, Any]:
+def _call_schema(tool: Tool, args: str) -> dict[str, Any]:
     params = tool.function.parameters or {"type": "object", "properties": {}}
     return {
         "type": "object",
-        "properties": {"name": {"const": tool.function.name}, "arguments": params},
-        "required": ["name", "arguments"],
+        "properties": {"name": {"const": tool.function.name}, args: params},
+        "required": ["name", args],
         "additionalProperties": False,
     }
 

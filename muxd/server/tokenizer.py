@@ -74,6 +74,13 @@ class Tokenizer:
         """True when the chat template renders ``tools`` (Qwen2/Qwen3, Llama 3.1+ do; SmolLM2's does not)."""
         return bool(self.chat_template) and _uses_tools(self.chat_template)
 
+    @property
+    def tool_format(self) -> str:
+        """How the template shows tool calls (``server/structured.py``: Hermes blocks or bare JSON)."""
+        from muxd.server.structured import tool_format
+
+        return tool_format(self.chat_template or "")
+
     def render_chat(
         self,
         messages: list[dict[str, Any]],

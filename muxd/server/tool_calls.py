@@ -1,4 +1,8 @@
-"""Tool calls out of a model's text: the Hermes ``<tool_call>`` blocks Qwen's templates ask for.
+"""Tool calls out of a model's text, in the format its chat template teaches.
+
+Two formats (``server/structured.py``'s ``HERMES`` and ``JSON``): the
+Hermes ``<tool_call>`` blocks of Qwen's templates, and Llama 3.1's bare
+JSON object (``{"name": ..., "parameters": {...}}`` as the whole reply).
 
 ``ToolCallParser`` takes one choice's text as it streams and splits it into
 content (what the user should see) and complete tool calls
@@ -16,7 +20,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from muxd.server.structured import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from muxd.server.structured import HERMES, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+PYTHON_TAG = "<|python_tag|>"  # Llama 3.1 may open a call with it
 
 
 @dataclass
@@ -69,25 +75,63 @@ class ToolCallParser:
         return rest
 
     def _parse(self, body: str) -> ParsedCall | None:
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            return None
-        if not isinstance(obj, dict) or obj.get("name") not in self.tool_names:
-            return None
-        args = obj.get("arguments", obj.get("parameters", {}))
-        if isinstance(args, str):  # some models send the arguments as JSON text already
-            text = args
-        else:
-            text = json.dumps(args, ensure_ascii=False)
-        return ParsedCall(f"call_{uuid.uuid4().hex[:24]}", obj["name"], text)
+        return parse_call(body, self.tool_names)
 
 
-def split_tool_calls(text: str, tool_names: set[str]) -> tuple[str, list[ParsedCall]]:
+@dataclass
+class JsonToolCallParser:
+    """Llama 3.1's format: a reply that is one JSON call object. A reply that starts like one
+    is held back to its end, then given as the call, or as content if it is not one."""
+
+    tool_names: set[str]
+    calls: list[ParsedCall] = field(default_factory=list)
+    _buffer: str = ""
+    _holding: bool | None = None  # None: too early to tell
+
+    def feed(self, text: str) -> tuple[str, list[ParsedCall]]:
+        self._buffer += text
+        if self._holding is None:
+            head = self._buffer.lstrip()
+            body = head.removeprefix(PYTHON_TAG).lstrip()
+            if body and not (PYTHON_TAG.startswith(head) and head != PYTHON_TAG):  # else: too early to tell
+                self._holding = body.startswith("{")
+        if self._holding is False:
+            out, self._buffer = self._buffer, ""
+            return out, []
+        return "", []
+
+    def finish(self) -> str:
+        rest, self._buffer = self._buffer, ""
+        call = parse_call(rest.strip().removeprefix(PYTHON_TAG), self.tool_names) if self._holding else None
+        if call is None:
+            return rest
+        self.calls.append(call)
+        return ""
+
+
+def tool_call_parser(tool_format: str, tool_names: set[str]) -> ToolCallParser | JsonToolCallParser:
+    return ToolCallParser(tool_names) if tool_format == HERMES else JsonToolCallParser(tool_names)
+
+
+def parse_call(body: str, tool_names: set[str]) -> ParsedCall | None:
+    """``{"name": ..., "arguments" (or "parameters"): {...}}`` naming one of ``tool_names``, else None."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or obj.get("name") not in tool_names:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    text = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)  # text: sent as JSON text already
+    return ParsedCall(f"call_{uuid.uuid4().hex[:24]}", obj["name"], text)
+
+
+def split_tool_calls(text: str, tool_names: set[str], tool_format: str = HERMES) -> tuple[str, list[ParsedCall]]:
     """A whole output's content (calls removed, stripped) and its calls."""
-    parser = ToolCallParser(tool_names)
+    parser = tool_call_parser(tool_format, tool_names)
     content, calls = parser.feed(text)
     content += parser.finish()
+    calls = parser.calls
     return (content.strip() if calls else content), calls
 
 

@@ -1,8 +1,10 @@
-"""Tool calling through the official openai SDK, on tiny-qwen3 (whose Qwen template renders tools).
+"""Tool calling through the official openai SDK, on tiny models whose templates render tools.
 
-With ``tool_choice`` ``required`` or a named function the grammar forces a
-Hermes ``<tool_call>`` block whose arguments follow the tool's schema, so
-even random weights make a valid call.
+tiny-qwen3 has a Qwen template (Hermes ``<tool_call>`` blocks), tiny-llama3
+a Llama 3.1 one (the reply is a bare JSON call). With ``tool_choice``
+``required`` or a named function the grammar forces a call in the model's
+format whose arguments follow the tool's schema, so even random weights
+make a valid call.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .conftest import short_tmp_dir, start_daemon, tiny_config
 
 MODEL = "tiny-qwen3"
+MODELS = {"tiny-qwen3": "qwen3", "tiny-llama3": "llama3"}  # name -> factory family
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
@@ -41,12 +44,13 @@ ARGS = {"get_weather": WeatherArgs, "get_time": TimeArgs}
 
 @pytest.fixture(scope="module")
 def tools_daemon(tmp_path_factory):
-    """A daemon serving a tiny Qwen3 with a 2048-token context: tool signatures make long prompts."""
+    """A daemon serving tiny Qwen3 and Llama 3 models with 2048-token contexts: tool signatures make long prompts."""
     from muxd.models.factory import build_tiny_checkpoint
 
-    path = build_tiny_checkpoint("qwen3", tmp_path_factory.mktemp("tools") / "qwen3", max_position_embeddings=2048)
+    root = tmp_path_factory.mktemp("tools")
+    paths = {name: build_tiny_checkpoint(family, root / family, max_position_embeddings=2048) for name, family in MODELS.items()}
     tmp = short_tmp_dir()
-    daemon = start_daemon(tiny_config({MODEL: path}, tmp / "muxd.sock"), tmp)
+    daemon = start_daemon(tiny_config(paths, tmp / "muxd.sock"), tmp)
     yield daemon
     assert daemon.stop() == 0, daemon.log()
     shutil.rmtree(tmp, ignore_errors=True)
@@ -67,18 +71,20 @@ def assert_valid_calls(calls) -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_required_tool_choice_returns_calls_whose_arguments_follow_the_schema(client, seed):
+@pytest.mark.parametrize("model", MODELS)
+def test_required_tool_choice_returns_calls_whose_arguments_follow_the_schema(client, model, seed):
     reply = client.chat.completions.create(
-        model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required", seed=seed, temperature=1.0, max_tokens=300
+        model=model, messages=QUESTION, tools=TOOLS, tool_choice="required", seed=seed, temperature=1.0, max_tokens=300
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert_valid_calls(choice.message.tool_calls)
 
 
-def test_streamed_required_tool_call_arrives_as_tool_call_deltas(client):
+@pytest.mark.parametrize("model", MODELS)
+def test_streamed_required_tool_call_arrives_as_tool_call_deltas(client, model):
     stream = client.chat.completions.create(
-        model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required", seed=4, temperature=1.0, max_tokens=300,
+        model=model, messages=QUESTION, tools=TOOLS, tool_choice="required", seed=4, temperature=1.0, max_tokens=300,
         parallel_tool_calls=False, stream=True,
     )  # fmt: skip
     chunks = list(stream)
@@ -89,9 +95,10 @@ def test_streamed_required_tool_call_arrives_as_tool_call_deltas(client):
     ARGS[deltas[0].function.name].model_validate_json(deltas[0].function.arguments)
 
 
-def test_a_named_tool_choice_calls_that_function(client):
+@pytest.mark.parametrize("model", MODELS)
+def test_a_named_tool_choice_calls_that_function(client, model):
     reply = client.chat.completions.create(
-        model=MODEL, messages=QUESTION, tools=TOOLS, seed=1, max_tokens=300,
+        model=model, messages=QUESTION, tools=TOOLS, seed=1, max_tokens=300,
         tool_choice={"type": "function", "function": {"name": "get_time"}},
     )  # fmt: skip
     calls = reply.choices[0].message.tool_calls
@@ -99,9 +106,10 @@ def test_a_named_tool_choice_calls_that_function(client):
     assert_valid_calls(calls)
 
 
-def test_tool_round_trip_call_result_and_final_answer(client):
+@pytest.mark.parametrize("model", MODELS)
+def test_tool_round_trip_call_result_and_final_answer(client, model):
     first = client.chat.completions.create(
-        model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, seed=2, max_tokens=300
+        model=model, messages=QUESTION, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, seed=2, max_tokens=300
     )
     message = first.choices[0].message
     call = message.tool_calls[0]
@@ -110,7 +118,7 @@ def test_tool_round_trip_call_result_and_final_answer(client):
         message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"forecast": "sunny", "celsius": 21})},
     ]
-    final = client.chat.completions.create(model=MODEL, messages=conversation, tools=TOOLS, max_tokens=16, temperature=0)
+    final = client.chat.completions.create(model=model, messages=conversation, tools=TOOLS, max_tokens=16, temperature=0)
     assert final.choices[0].finish_reason in ("stop", "length", "tool_calls")
     # The call and its result are in the prompt: it grew by at least their text.
     assert final.usage.prompt_tokens > first.usage.prompt_tokens + len(call.function.arguments) // 4

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from muxd.server.tool_calls import ToolCallParser, split_tool_calls
+from muxd.server.structured import JSON
+from muxd.server.tool_calls import ToolCallParser, split_tool_calls, tool_call_parser
 
 NAMES = {"get_weather", "get_time"}
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
@@ -46,3 +47,22 @@ def test_blocks_that_are_not_calls_stay_content():
 def test_arguments_sent_as_text_are_kept_as_text():
     _, (call,) = split_tool_calls('<tool_call>{"name": "get_time", "arguments": "{\\"zone\\": \\"UTC\\"}"}</tool_call>', NAMES)
     assert json.loads(call.arguments) == {"zone": "UTC"}
+
+
+LLAMA_CALL = '{"name": "get_time", "parameters": {"zone": "UTC"}}'
+
+
+@pytest.mark.parametrize("piece", [1, 4, 1000])
+@pytest.mark.parametrize("text", [LLAMA_CALL, " " + LLAMA_CALL, "<|python_tag|>" + LLAMA_CALL])
+def test_a_llama_json_reply_is_one_call_known_at_its_end(text, piece):
+    parser = tool_call_parser(JSON, NAMES)
+    pieces = [parser.feed(text[i : i + piece]) for i in range(0, len(text), piece)]
+    assert all(p == ("", []) for p in pieces)  # held back: it may still be a call
+    assert parser.finish() == "" and [c.name for c in parser.calls] == ["get_time"]
+    assert json.loads(parser.calls[0].arguments) == {"zone": "UTC"}
+
+
+@pytest.mark.parametrize("text", ["Hello there", "<|py is not the tag", '{"name": "unknown", "parameters": {}}'])
+def test_a_llama_reply_that_is_not_a_call_is_content(text):
+    content, calls = split_tool_calls(text, NAMES, JSON)
+    assert calls == [] and content == text
