@@ -73,7 +73,7 @@ class OpenAIRoutes:
         params = sampling_params(
             served, len(ids), req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, req, "prompt", req.logprobs is not None
         )
-        params["grammar"] = response_grammar(req.response_format)
+        params["grammar"] = await off_loop(response_grammar, req.response_format) if req.response_format else None
         gen = Generation(self.router, self.telemetry, served, new_id("cmpl"), ids, params, req.n, req.stop_strings,
                          arrival=arrival)  # fmt: skip
         shape = CompletionShape(gen, req.logprobs is not None)
@@ -89,7 +89,8 @@ class OpenAIRoutes:
         except ChatTemplateError as e:
             raise InvalidRequestError(str(e), param="messages") from None
         params = sampling_params(served, len(ids), req.output_limit, None, req, "messages", req.logprobs)
-        params["grammar"] = chat_grammar(req, served.tokenizer.tool_format)
+        wants_grammar = req.response_format is not None or bool(req.tools)
+        params["grammar"] = await off_loop(chat_grammar, req, served.tokenizer.tool_format) if wants_grammar else None
         gen = Generation(self.router, self.telemetry, served, new_id("chatcmpl"), ids, params, req.n, req.stop_strings,
                          arrival=arrival)  # fmt: skip
         calls = {t.function.name for t in req.tools or []} if tools and req.tool_choice != "none" else None
@@ -117,6 +118,12 @@ def chat_tools(served: ServedModel, req: ChatCompletionRequest) -> list[dict[str
             param="response_format",
         )
     return [t.model_dump(exclude_none=True) for t in req.tools]
+
+
+async def off_loop(build: Callable[..., str | None], *args: Any) -> str | None:
+    """A grammar built and validated on a worker thread: a large schema takes llguidance
+    milliseconds to check, which the event loop (every stream of the daemon) must not wait on."""
+    return await asyncio.to_thread(build, *args)
 
 
 def chat_grammar(req: ChatCompletionRequest, tool_format: str) -> str | None:
