@@ -39,8 +39,11 @@ def test_bench_values_are_consistent(tiny_results):
         for key in ("muxd_tok_s", "hf_generate_tok_s", "hf_cb_tok_s", "decode_step_ms", "prefill_ms",
                     "roofline_step_ms", "bandwidth_gb_s", "weight_bytes"):  # fmt: skip
             assert row[key] > 0, key
-        assert row["ratio_vs_hf_cb"] == pytest.approx(row["muxd_tok_s"] / row["hf_cb_tok_s"], rel=0.01)
-        assert row["ratio_vs_hf_generate"] == pytest.approx(row["muxd_tok_s"] / row["hf_generate_tok_s"], rel=0.01)
+        # Ratios are rounded to 3 decimals: below ~0.05 that is more than 1 % (a stalled tiny run gives 0.02).
+        assert row["ratio_vs_hf_cb"] == pytest.approx(row["muxd_tok_s"] / row["hf_cb_tok_s"], rel=0.01, abs=6e-4)
+        assert row["ratio_vs_hf_generate"] == pytest.approx(
+            row["muxd_tok_s"] / row["hf_generate_tok_s"], rel=0.01, abs=6e-4
+        )
         assert row["step_vs_roofline"] == pytest.approx(row["decode_step_ms"] / row["roofline_step_ms"], rel=0.01)
         assert row["roofline_step_ms"] == pytest.approx(
             row["step_read_bytes"] / (row["bandwidth_gb_s"] * 1e9) * 1e3, rel=0.01
