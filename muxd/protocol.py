@@ -3,8 +3,10 @@
 Requests are validated here once, at the edge, in strict mode: a string
 where a number belongs is a 400 naming the field, never a silent coercion.
 Unknown fields are ignored, as OpenAI-compatible servers do, but the OpenAI
-fields muxd cannot honour (``echo``, penalties, tools, top logprobs) are
-rejected with a message saying so rather than ignored.
+fields muxd cannot honour (``echo``, penalties, top logprobs) are rejected
+with a message saying so rather than ignored. ``response_format`` and
+``tools`` are checked here for shape; their schemas are checked by the
+front end's grammar builder (``server/structured.py``).
 
 Responses are typed for the client library (``muxd.client`` parses into
 them) and for ``/openapi.json``; they accept extra fields, so an older
@@ -16,10 +18,11 @@ No torch, no muxd imports: the client loads this module.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+M = TypeVar("M", bound=BaseModel)
 MAX_N = 16  # choices per request; each is a request to the unit
 NO_ALTERNATIVES = (
     "{name} > 0 asks for the top alternative tokens, which muxd does not report; "
@@ -37,6 +40,36 @@ class _Response(BaseModel):
 
 class StreamOptions(_Request):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(_Request):
+    """``response_format.json_schema``: a named JSON Schema the output must validate against."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None  # muxd always enforces the schema (constrained decoding), strict or not
+
+
+class ResponseFormat(_Request):
+    """``{"type": "text"}``, ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {...}}``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_given(cls, value: JsonSchemaFormat | None, info: ValidationInfo) -> JsonSchemaFormat | None:
+        if value is not None and value.schema_ is None:
+            raise ValueError("json_schema.schema is required (the JSON Schema the output must match)")
+        return value
+
+    @model_validator(mode="after")
+    def _schema_for_json_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('response_format of type "json_schema" needs a "json_schema" object with a "schema"')
+        return self
 
 
 class _SamplingFields(_Request):
@@ -62,6 +95,7 @@ class _SamplingFields(_Request):
         description="muxd extension, as Ollama's: how long the model stays loaded after this request "
         '(seconds or "5m"; -1 forever, 0 unload when idle)',
     )
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -129,10 +163,46 @@ class TextPart(_Request):
     text: str
 
 
+class FunctionCall(_Request):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Request):
+    """A call the assistant made, as it comes back in the conversation."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema; none: the function takes no arguments
+    strict: bool | None = None  # muxd always enforces the parameters' schema on forced calls
+
+
+class Tool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     @property
     def text(self) -> str:
@@ -150,14 +220,9 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, description="must be 0: alternatives are not reported")
-    tools: list[dict[str, Any]] | None = None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if value:
-            raise ValueError("tools are not supported by muxd; leave tools unset")
-        return value
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("top_logprobs")
     @classmethod
@@ -243,9 +308,22 @@ class ChoiceLogprobs(_Response):
     content: list[TokenLogprob] | None = None
 
 
+class ResponseFunctionCall(_Response):
+    name: str | None = None
+    arguments: str | None = None  # JSON text
+
+
+class ResponseToolCall(_Response):
+    id: str | None = None
+    type: str | None = "function"
+    function: ResponseFunctionCall
+    index: int | None = None  # in stream deltas
+
+
 class AssistantMessage(_Response):
     role: str = "assistant"
     content: str | None = None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class ChatChoice(_Response):
@@ -267,10 +345,20 @@ class ChatCompletion(_Response):
     def text(self) -> str:
         return (self.choices[0].message.content or "") if self.choices else ""
 
+    @property
+    def tool_calls(self) -> list[ResponseToolCall]:
+        """The first choice's tool calls (empty when it answered in text)."""
+        return (self.choices[0].message.tool_calls or []) if self.choices else []
+
+    def parsed(self, model: type[M]) -> M:
+        """The first choice's JSON content as ``model`` (asked for with ``response_format=model``)."""
+        return model.model_validate_json(self.text)
+
 
 class Delta(_Response):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class ChatChunkChoice(_Response):

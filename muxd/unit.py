@@ -207,6 +207,7 @@ class Unit:
             out.finished,
             out.finish_reason,
             len(out.prompt_ids),
+            out.error,
         )
 
 

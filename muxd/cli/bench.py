@@ -81,6 +81,34 @@ def engine(
         typer.echo(json.dumps(results))
 
 
+@app.command()
+def constrained(
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the SmolLM2-135M-Instruct demo model).")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Sequences in the batch.")] = 16,
+    quantization: Annotated[str, typer.Option(help="auto (the CPU demo's), none or q8.")] = "auto",
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt length in tokens.")] = 64,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per sequence.")] = 64,
+    repeats: Annotated[int, typer.Option(min=1, help="Rounds of the three runs; each run's best counts.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Also print the result as one JSON line, last.")] = False,
+) -> None:
+    """The decode step with every sequence JSON-constrained, against the same batch free (and half/half)."""
+    from rich.console import Console
+
+    from muxd.bench.constrained import results_table as constrained_table
+    from muxd.bench.constrained import run_constrained_bench
+
+    try:
+        with Console(stderr=True).status("preparing") as status:
+            say = lambda msg: status.update(msg)  # noqa: E731
+            path = model if model is not None else _demo_model(say)
+            result = run_constrained_bench(path, batch, prompt_tokens, max_tokens, quantization, repeats=repeats, progress=say)
+    except (MuxdError, ValueError) as e:
+        exit_with(getattr(e, "message", None) or str(e))
+    Console().print(constrained_table(result))
+    if as_json:
+        typer.echo(json.dumps(result))
+
+
 def _demo_model(say) -> Path:
     from muxd.models.smollm2 import ensure_smollm2
 

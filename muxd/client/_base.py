@@ -11,12 +11,18 @@ import httpx
 
 from muxd.client.errors import ConnectionLostError, DaemonNotRunningError, error_from
 from muxd.paths import find_socket
-from muxd.protocol import Event, Stats
+from pydantic import BaseModel
+
+from muxd.protocol import Event, NamedToolChoice, ResponseFormat, Stats, Tool
 
 BASE_URL = "http://muxd"  # the host is ignored on a Unix socket
 DONE = object()
 
 Messages = str | Sequence[dict[str, Any]]
+# A response_format: the protocol's model, its dict, or a pydantic model class (its JSON Schema, strict).
+ResponseFormatLike = ResponseFormat | dict[str, Any] | type[BaseModel]
+ToolLike = Tool | dict[str, Any]
+ToolChoiceLike = str | NamedToolChoice | dict[str, Any]
 
 
 def resolve_socket(socket: str | Path | None = None) -> Path:
@@ -32,6 +38,29 @@ def chat_body(model: str, messages: Messages, stream: bool, params: dict[str, An
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     return {"model": model, "messages": list(messages), **_params(stream, params)}
+
+
+def structured_params(
+    response_format: ResponseFormatLike | None = None,
+    tools: Sequence[ToolLike] | None = None,
+    tool_choice: ToolChoiceLike | None = None,
+) -> dict[str, Any]:
+    """The JSON of the typed structured-output and tool parameters (None: left out)."""
+    out: dict[str, Any] = {}
+    if isinstance(response_format, type) and issubclass(response_format, BaseModel):
+        schema = response_format.model_json_schema()
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": response_format.__name__, "schema": schema, "strict": True}}
+    elif response_format is not None:
+        out["response_format"] = _jsonable(response_format)
+    if tools is not None:
+        out["tools"] = [_jsonable(t) for t in tools]
+    if tool_choice is not None:
+        out["tool_choice"] = _jsonable(tool_choice)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    return value.model_dump(by_alias=True, exclude_none=True) if isinstance(value, BaseModel) else value
 
 
 def _params(stream: bool, params: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -10,8 +10,8 @@ import httpx
 from pydantic import BaseModel
 
 from muxd.client._base import (
-    BASE_URL, DONE, Messages, StatsEvents, chat_body, completion_body, lost, not_running, parse_event,
-    raise_for_status, resolve_socket, stats_stream_request,
+    BASE_URL, DONE, Messages, ResponseFormatLike, StatsEvents, ToolChoiceLike, ToolLike, chat_body, completion_body,
+    lost, not_running, parse_event, raise_for_status, resolve_socket, stats_stream_request, structured_params,
 )  # fmt: skip
 from muxd.protocol import (
     ChatCompletion, ChatCompletionChunk, Completion, Event, Health, Model, ModelList, ModelStatus, Stats, Status,
@@ -102,17 +102,21 @@ class AsyncClient:
 
     async def complete(self, model: str, prompt: str | list[int], *, stream: bool = False,
                        max_tokens: int | None = None, temperature: float | None = None,
+                       response_format: ResponseFormatLike | None = None,
                        **params: Any) -> Completion | AsyncStream[Completion]:  # fmt: skip
-        params.update(max_tokens=max_tokens, temperature=temperature)
+        params.update(max_tokens=max_tokens, temperature=temperature, **structured_params(response_format))
         body = completion_body(model, prompt, stream, params)
         if stream:
             return AsyncStream(await self._stream("POST", "/v1/completions", body), Completion)
         return Completion.model_validate(await self._post("/v1/completions", body))
 
     async def chat(self, model: str, messages: Messages, *, stream: bool = False, max_tokens: int | None = None,
-                   temperature: float | None = None,
+                   temperature: float | None = None, response_format: ResponseFormatLike | None = None,
+                   tools: Sequence[ToolLike] | None = None, tool_choice: ToolChoiceLike | None = None,
+                   parallel_tool_calls: bool | None = None,
                    **params: Any) -> ChatCompletion | AsyncStream[ChatCompletionChunk]:  # fmt: skip
-        params.update(max_tokens=max_tokens, temperature=temperature)
+        params.update(max_tokens=max_tokens, temperature=temperature, parallel_tool_calls=parallel_tool_calls,
+                      **structured_params(response_format, tools, tool_choice))  # fmt: skip
         body = chat_body(model, messages, stream, params)
         if stream:
             return AsyncStream(await self._stream("POST", "/v1/chat/completions", body), ChatCompletionChunk)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -10,8 +10,8 @@ import httpx
 from pydantic import BaseModel
 
 from muxd.client._base import (
-    BASE_URL, DONE, Messages, StatsEvents, chat_body, completion_body, lost, not_running, parse_event,
-    raise_for_status, resolve_socket, stats_stream_request,
+    BASE_URL, DONE, Messages, ResponseFormatLike, StatsEvents, ToolChoiceLike, ToolLike, chat_body, completion_body,
+    lost, not_running, parse_event, raise_for_status, resolve_socket, stats_stream_request, structured_params,
 )  # fmt: skip
 from muxd.protocol import (
     ChatCompletion, ChatCompletionChunk, Completion, Event, Health, Model, ModelList, ModelStatus, Stats, Status,
@@ -107,18 +107,26 @@ class Client:
         return ModelList.model_validate(self._get("/v1/models")).data
 
     def complete(self, model: str, prompt: str | list[int], *, stream: bool = False, max_tokens: int | None = None,
-                 temperature: float | None = None, **params: Any) -> Completion | Stream[Completion]:  # fmt: skip
-        """``/v1/completions``; other OpenAI parameters (top_p, seed, stop, n, ...) as keywords."""
-        params.update(max_tokens=max_tokens, temperature=temperature)
+                 temperature: float | None = None, response_format: ResponseFormatLike | None = None,
+                 **params: Any) -> Completion | Stream[Completion]:  # fmt: skip
+        """``/v1/completions``; other OpenAI parameters (top_p, seed, stop, n, ...) as keywords.
+        ``response_format`` may be a pydantic model class: the output then follows its JSON Schema."""
+        params.update(max_tokens=max_tokens, temperature=temperature, **structured_params(response_format))
         body = completion_body(model, prompt, stream, params)
         if stream:
             return Stream(self._stream("POST", "/v1/completions", body), Completion)
         return Completion.model_validate(self._post("/v1/completions", body))
 
     def chat(self, model: str, messages: Messages, *, stream: bool = False, max_tokens: int | None = None,
-             temperature: float | None = None, **params: Any) -> ChatCompletion | Stream[ChatCompletionChunk]:  # fmt: skip
-        """``/v1/chat/completions``; ``messages`` may be a plain string (one user message)."""
-        params.update(max_tokens=max_tokens, temperature=temperature)
+             temperature: float | None = None, response_format: ResponseFormatLike | None = None,
+             tools: Sequence[ToolLike] | None = None, tool_choice: ToolChoiceLike | None = None,
+             parallel_tool_calls: bool | None = None,
+             **params: Any) -> ChatCompletion | Stream[ChatCompletionChunk]:  # fmt: skip
+        """``/v1/chat/completions``; ``messages`` may be a plain string (one user message).
+        ``response_format`` may be a pydantic model class (``reply.parsed(Model)`` reads it back);
+        ``tools`` / ``tool_choice`` take the protocol's ``Tool`` / ``NamedToolChoice`` or their dicts."""
+        params.update(max_tokens=max_tokens, temperature=temperature, parallel_tool_calls=parallel_tool_calls,
+                      **structured_params(response_format, tools, tool_choice))  # fmt: skip
         body = chat_body(model, messages, stream, params)
         if stream:
             return Stream(self._stream("POST", "/v1/chat/completions", body), ChatCompletionChunk)

@@ -42,6 +42,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: bool = False
+    grammar: str | None = None  # an llguidance grammar (JSON text) the output must match; see engine/grammar.py
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

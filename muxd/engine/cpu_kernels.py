@@ -108,6 +108,7 @@ SIGNATURES = {
     "decode_layers": ([ctypes.POINTER(DecodeModel), ctypes.POINTER(DecodeBatch)], _I),
     "add_rms_norm": ([_P, _P, _P, _F, _I, _I, _P, _P, _I], None),
     "logits_argmax_lse": ([_P, _I, _L, _P, _P], None),
+    "logits_mask_argmax": ([_P, _L, _P, _I, _P, _L, _P], None),
     "decode_attention": ([ctypes.POINTER(DecodeAttention)], _I),
 }
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 
 from muxd.engine.executor import Executor, on_own_thread
+from muxd.engine.grammar import Grammars
 from muxd.engine.kv_cache import KVCache, KVLayout
 from muxd.engine.runner import ModelRunner
 from muxd.models.loader import LoadedModel
@@ -98,11 +99,17 @@ class LLMEngine(EngineCore):
         )
         executor = Executor(slots, device, green_contexts=green_contexts, clock=clock)
         self.models = dict(models)
+        self._slots = slots
+        # Constrained decoding, for the models with a tokenizer.json llguidance can read.
+        self.grammars = {name: g for name, m in models.items() if (g := self._grammars(m)) is not None}
         # What a runner is made with, for these models and those added later (``add_model``).
         self._runner_args = {"seed": seed, "decode_graphs": decode_graphs, "max_batch": config.max_batch_seqs}
-        runners = {name: ModelRunner(name, m, self.kv_cache, **self._runner_args) for name, m in models.items()}
+        runners = {name: ModelRunner(name, m, self.kv_cache, grammars=self.grammars.get(name), **self._runner_args)
+                   for name, m in models.items()}  # fmt: skip
         limits = {name: ModelLimits(m.spec.eos_token_ids, m.spec.max_position) for name, m in models.items()}
-        super().__init__(scheduler, executor, runners, clock, limits=limits, decoders=decoders)
+        super().__init__(
+            scheduler, executor, runners, clock, limits=limits, decoders=decoders, grammars=self.grammars
+        )
 
     def add_model(self, name: str, loaded: LoadedModel, decoder: Decode | None = None) -> None:  # type: ignore[override]
         """Serve ``loaded`` as ``name`` from the next step on; call between steps.
@@ -112,15 +119,26 @@ class LLMEngine(EngineCore):
         """
         if loaded.device.type != self.kv_cache.storage.device.type:
             raise ValueError(f"model {name!r} is on {loaded.device}, the engine's pool on {self.kv_cache.storage.device}")
-        runner = ModelRunner(name, loaded, self.kv_cache, **self._runner_args)
+        grammars = self._grammars(loaded)
+        runner = ModelRunner(name, loaded, self.kv_cache, grammars=grammars, **self._runner_args)
         limits = ModelLimits(loaded.spec.eos_token_ids, loaded.spec.max_position)
-        super().add_model(name, runner, loaded.spec.pages_per_block, limits, decoder)
+        super().add_model(name, runner, loaded.spec.pages_per_block, limits, decoder, grammars)
         self.models[name] = loaded
+
+    def _grammars(self, loaded: LoadedModel) -> Grammars | None:
+        """The model's grammar cache (llguidance reads its tokenizer.json); None without one."""
+        tokenizer = loaded.path / "tokenizer.json"
+        if not tokenizer.is_file():
+            return None
+        return Grammars(tokenizer, loaded.spec.vocab_size, loaded.spec.eos_token_ids, self._slots)
 
     def remove_model(self, name: str) -> LoadedModel:
         """Stop serving ``name`` (drained first: ``has_requests(name)`` false); return its model,
         whose memory goes once the caller drops it."""
-        super().remove_model(name)
+        grammars = self.grammars.get(name)
+        super().remove_model(name)  # raises, serving on, while the model has requests
+        if grammars is not None:
+            grammars.close()
         return self.models.pop(name)
 
     def close(self) -> None:
@@ -131,6 +149,8 @@ class LLMEngine(EngineCore):
         interpreter shutdown abort the process.
         """
         self.executor.shutdown()
+        for grammars in self.grammars.values():
+            grammars.close()
 
     def __enter__(self) -> LLMEngine:
         return self

@@ -18,6 +18,7 @@ from muxd.core.job import Job, JobKind, JobResult
 from muxd.core.sequence import Sequence
 from muxd.engine.attention import AttentionMetadata, triton_decode
 from muxd.engine.decode_graph import DecodeGraphs
+from muxd.engine.grammar import Grammars
 from muxd.engine.kv_cache import KVCache
 from muxd.engine.sampler import sample
 from muxd.engine.model import Logits
@@ -29,9 +30,10 @@ log = logging.getLogger(__name__)
 class ModelRunner:
     """Runs one job at a time for one model (callers serialise per runner)."""
 
-    def __init__(self, name: str, loaded: LoadedModel, kv_cache: KVCache, seed: int = 0, *,
-                 decode_graphs: str = "auto", max_batch: int = 64) -> None:
+    def __init__(self, name: str, loaded: LoadedModel, kv_cache: KVCache, seed: int = 0,
+                 grammars: Grammars | None = None, *, decode_graphs: str = "auto", max_batch: int = 64) -> None:
         self.name = name
+        self.grammars = grammars  # constrained decoding (engine/grammar.py); None: the model takes no grammar
         self.loaded = loaded
         self.spec = loaded.spec
         self.device = loaded.device
@@ -79,12 +81,21 @@ class ModelRunner:
         result = JobResult(job)
         if sampled:
             gens = [self._generator(s) for s in sampled]
-            tokens, logprobs = sample(logits.values, [s.params for s in sampled], gens, logits.argmax_lse)
+            tokens, logprobs = sample(
+                logits.values, [s.params for s in sampled], gens, logits.argmax_lse, self._allowed(sampled)
+            )
             for seq, tok, lp in zip(sampled, tokens.tolist(), logprobs.tolist()):
                 result.tokens[seq.seq_id] = tok
                 result.logprobs[seq.seq_id] = lp
         result.duration_s = time.perf_counter() - t0
         return result
+
+    def _allowed(self, sampled: list[Sequence]) -> tuple[list[int], torch.Tensor] | None:
+        """The constrained rows of a step and the tokens their grammars allow next."""
+        rows = [i for i, s in enumerate(sampled) if s.params.grammar]
+        if not rows or self.grammars is None:
+            return None
+        return rows, self.grammars.allowed([sampled[i] for i in rows])
 
     def _prepare(self, job: Job) -> tuple[torch.Tensor, AttentionMetadata, torch.Tensor]:
         """Flat token ids ``[N]``, attention metadata and the rows to sample."""

@@ -17,17 +17,45 @@ def sample(
     params: list[SamplingParams],
     generators: list[torch.Generator],
     argmax_lse: tuple[torch.Tensor, torch.Tensor] | None = None,
+    allowed: tuple[list[int], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(tokens [B], logprobs [B])``; logprobs are of the model's raw distribution.
 
     ``argmax_lse``: each row's argmax and log-normaliser where the step has
     computed them already (``model.Logits``); ``tokens`` may then be that
-    argmax tensor, filled in."""
+    argmax tensor, filled in. ``allowed``: constrained rows and the bitmask of
+    their allowed tokens ``[R, ceil(V / 32)]`` (``engine/grammar.py``); their other logits become
+    -inf in place before any token is picked, so greedy and random draws
+    alike stay in the grammar, and the other rows are untouched."""
     tokens, normalisers = argmax_lse or _argmax_and_logsumexp(logits)
+    if allowed is not None:
+        _mask_rows(logits, tokens, *allowed)
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if rows:
         tokens[rows] = _sample_rows(logits[rows], [params[i] for i in rows], [generators[i] for i in rows])
     return tokens, logits.gather(1, tokens[:, None]).squeeze(1) - normalisers
+
+
+def _mask_rows(logits: torch.Tensor, tokens: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> None:
+    """Mask ``rows`` of ``logits`` to ``bitmask`` [R, ceil(V / 32)] int32 (bit ``j % 32`` of word
+    ``j // 32``: token ``j`` allowed) and re-take their argmax; the normalisers stay raw. One C
+    call on a CPU (``kernels/sampling.c``), torch ops elsewhere."""
+    B, V = logits.shape
+    index = torch.tensor(rows, dtype=torch.int64)
+    kernels = load_kernels() if logits.device.type == "cpu" else None
+    if kernels is not None and logits.dtype == torch.float32 and logits.is_contiguous() and bitmask.is_contiguous():
+        argmax = torch.empty(len(rows), dtype=torch.int64)
+        kernels.logits_mask_argmax(
+            logits.data_ptr(), V, index.data_ptr(), len(rows), bitmask.data_ptr(), bitmask.shape[1], argmax.data_ptr()
+        )
+        tokens.index_copy_(0, index.to(tokens.device), argmax.to(tokens.device))
+        return
+    index = index.to(logits.device)
+    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
+    allowed = ((bitmask.to(logits.device)[:, :, None] >> shifts) & 1).view(len(rows), -1)[:, :V].bool()  # [R, V]
+    masked = logits.index_select(0, index).masked_fill_(~allowed, float("-inf"))
+    logits.index_copy_(0, index, masked)
+    tokens.index_copy_(0, index, masked.argmax(dim=-1))
 
 
 def _argmax_and_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,12 +25,15 @@ from muxd.paths import cache_dir as default_cache_dir
 
 SMOLLM2 = "smollm2"
 TINY_DEMO_MODELS = {"tiny-llama": "llama", "tiny-qwen3": "qwen3"}  # name -> factory family
+# Bumped when the factory's output changes, so a cache of older builds is rebuilt
+# (2: tiny-qwen3's template renders tools).
+TINY_BUILD = 2
 
 
 def demo_dirs(cache_dir: Path | None = None) -> dict[str, Path]:
     """Where each demo model lives (whether or not it has been made yet)."""
     root = (cache_dir or default_cache_dir()) / "models"
-    return {SMOLLM2: smollm2.model_dir(cache_dir), **{n: root / f"{n}-random" for n in TINY_DEMO_MODELS}}
+    return {SMOLLM2: smollm2.model_dir(cache_dir), **{n: root / f"{n}-random-{TINY_BUILD}" for n in TINY_DEMO_MODELS}}
 
 
 def demo_ready(cache_dir: Path | None = None) -> dict[str, str] | None:

@@ -33,6 +33,66 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Qwen2/Qwen3's ChatML with tools (a compact form of Qwen2.5's template): the
+# tools' signatures in a system turn, the Hermes ``<tool_call>`` format for the
+# assistant's calls, tool results as ``<tool_response>`` in a user turn.
+# Without tools it renders exactly as CHAT_TEMPLATE.
+QWEN_CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}{%- endif %}"
+    "{{- '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
+    "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if tools and loop.first and message['role'] == 'system' %}"
+    "{%- elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{- '<|im_start|>assistant\n' + (message['content'] or '') }}"
+    "{%- for call in message['tool_calls'] %}"
+    "{{- '\n<tool_call>\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": '"
+    " + (call['function']['arguments'] | tojson) + '}\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{- '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+# Llama 3.1's way with tools, on ChatML tokens: the functions and the bare JSON
+# call format in a system turn, calls as ``{"name": ..., "parameters": ...}``,
+# results in an ``ipython`` turn. Without tools it renders as CHAT_TEMPLATE.
+LLAMA3_CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\nGiven the following functions, please respond with a JSON for a function call "
+    "with its proper arguments that best answers the given prompt.\n\nRespond in the format "
+    "{\"name\": function name, \"parameters\": dictionary of argument name and its value}. "
+    "Do not use variables.\n' }}"
+    "{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{%- for call in message['tool_calls'] %}"
+    "{{- '<|im_start|>assistant\n{\"name\": \"' + call['function']['name'] + '\", \"parameters\": '"
+    " + (call['function']['arguments'] | tojson) + '}<|im_end|>\n' }}"
+    "{%- endfor %}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{- '<|im_start|>ipython\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+FAMILY_TEMPLATES = {"qwen2": QWEN_CHAT_TEMPLATE, "qwen3": QWEN_CHAT_TEMPLATE, "llama3": LLAMA3_CHAT_TEMPLATE}
+
 TOKENIZER_VOCAB_SIZE = 1024
 
 _SHAPE = {
@@ -119,7 +179,7 @@ Computers store data in memory and on disk, as bits and bytes.
 """
 
 
-def build_tokenizer() -> Any:
+def build_tokenizer(chat_template: str = CHAT_TEMPLATE) -> Any:
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``CORPUS``, with ChatML specials.
 
     Byte-level means every string encodes, whatever its characters. ``<|im_end|>``
@@ -142,7 +202,7 @@ def build_tokenizer() -> Any:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT, unk_token=None
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     return fast
 
 
@@ -178,7 +238,7 @@ def build_tiny_checkpoint(family: str, out_dir: Path, *, seed: int = 0, **config
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(FAMILY_TEMPLATES.get(family, CHAT_TEMPLATE))
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)
     pad_id = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
     config = build_config(family, len(tokenizer), eos_id, pad_id, **config_overrides)

@@ -16,6 +16,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +37,13 @@ class JobRunner(Protocol):
     """One model's forward: a job in, one sampled token per sampling chunk out."""
 
     def run(self, job: Job) -> JobResult: ...
+
+
+class GrammarSource(Protocol):
+    """A model's grammar compiler (``engine.grammar.Grammars``): ``prepare`` gives a
+    future that is done when the grammar is compiled (or failed to)."""
+
+    def prepare(self, grammar: str) -> Future[object]: ...
 
 
 class JobExecutor(Protocol):
@@ -77,6 +85,7 @@ class RequestOutput:
     finished: bool = False
     finish_reason: str | None = None
     new_text: str = ""  # text added by the last step
+    error: str | None = None  # why the engine ended the request without serving it (its grammar failed)
 
 
 @dataclass
@@ -98,6 +107,7 @@ class _Request:
     seq: Sequence
     detok: IncrementalDetokenizer | None
     emitted: int = 0  # output tokens already reported
+    error: str | None = None
 
 
 def build_scheduler(
@@ -140,6 +150,7 @@ class EngineCore:
         *,
         limits: Mapping[str, ModelLimits] | None = None,
         decoders: Mapping[str, Decode] | None = None,
+        grammars: Mapping[str, GrammarSource] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.kv = scheduler.kv
@@ -149,13 +160,17 @@ class EngineCore:
         self.clock = clock
         self.limits = dict(limits or {})
         self.decoders = dict(decoders or {})
+        self.grammars = dict(grammars or {})
         self.stats = EngineStats()
         self._requests: dict[str, _Request] = {}
+        # Constrained sequences whose grammar is still compiling: scheduled once it is.
+        self._compiling: dict[str, tuple[Sequence, Future[object]]] = {}
         self._ids = itertools.count()
 
     # -- the model set -----------------------------------------------------
     def add_model(
-        self, name: str, runner: JobRunner, pages_per_block: int, limits: ModelLimits, decoder: Decode | None = None
+        self, name: str, runner: JobRunner, pages_per_block: int, limits: ModelLimits, decoder: Decode | None = None,
+        grammar: GrammarSource | None = None,
     ) -> None:
         """Serve ``name`` from the next step on (call between steps: a step boundary)."""
         if name in self.runners:
@@ -166,6 +181,8 @@ class EngineCore:
         self.limits[name] = limits
         if decoder is not None:
             self.decoders[name] = decoder
+        if grammar is not None:
+            self.grammars[name] = grammar
 
     def has_requests(self, name: str) -> bool:
         """Whether ``name`` has a request not yet reported finished, or a job in flight."""
@@ -177,7 +194,7 @@ class EngineCore:
             raise ValueError(f"model {name!r} still has requests; drain it first")
         self.scheduler.remove_model(name)
         self.kv.remove_model(name)
-        for table in (self.runners, self.limits, self.decoders):
+        for table in (self.runners, self.limits, self.decoders, self.grammars):
             table.pop(name, None)
 
     # -- requests ----------------------------------------------------------
@@ -208,6 +225,8 @@ class EngineCore:
             raise ValueError(f"prompt of {seq.num_tokens} tokens does not fit the context of {limits.max_position}")
         if self.kv.pages_for_tokens(model, seq.num_tokens + 1) > self.pool.total:
             raise ValueError(f"prompt of {seq.num_tokens} tokens does not fit the KV pool of {self.pool.total} pages")
+        if seq.params.grammar and model not in self.grammars:
+            raise ValueError(f"model {model!r} takes no grammar (constrained decoding is off for it)")
         self.add_sequence(seq)
         return seq.seq_id
 
@@ -215,11 +234,32 @@ class EngineCore:
         """Queue a sequence the caller built (tests, a simulator's workload), unchecked against the limits."""
         decode = self.decoders.get(seq.model)
         detok = IncrementalDetokenizer(decode, seq.params.stop, seq.prompt_ids[-4:]) if decode else None
-        self.scheduler.add(seq)
         self._requests[seq.seq_id] = _Request(seq, detok)
+        if seq.params.grammar and seq.model in self.grammars:
+            self._compiling[seq.seq_id] = (seq, self.grammars[seq.model].prepare(seq.params.grammar))
+            self._admit_compiled()
+        else:
+            self.scheduler.add(seq)
 
     def abort(self, request_id: str) -> None:
-        self.scheduler.abort(request_id)
+        compiling = self._compiling.pop(request_id, None)
+        if compiling is not None:
+            compiling[0].finish(FinishReason.ABORT)
+        else:
+            self.scheduler.abort(request_id)
+
+    def _admit_compiled(self) -> None:
+        """Hand the scheduler the sequences whose grammar is ready; end those whose grammar failed."""
+        for request_id, (seq, future) in list(self._compiling.items()):
+            if not future.done():
+                continue
+            del self._compiling[request_id]
+            error = future.exception()
+            if error is None:
+                self.scheduler.add(seq)
+            else:
+                self._requests[request_id].error = f"its grammar does not compile: {error}"
+                seq.finish(FinishReason.ABORT)
 
     @property
     def has_unfinished(self) -> bool:
@@ -236,6 +276,8 @@ class EngineCore:
 
     def launch(self) -> list[Job]:
         """Hand the jobs the policy picks now to the executor."""
+        if self._compiling:
+            self._admit_compiled()
         jobs = self.scheduler.schedule(self.clock())
         for job in jobs:
             self.executor.submit(job, self.runners[job.model].run)
@@ -340,6 +382,7 @@ class EngineCore:
             finished=seq.is_finished,
             finish_reason=seq.finish_reason.value if seq.finish_reason else None,
             new_text=new_text,
+            error=req.error,
         )
 
     def _account(self, job: Job, seconds: float) -> None:

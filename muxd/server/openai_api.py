@@ -25,13 +25,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from muxd.errors import InvalidRequestError, ModelNotFoundError, MuxdError
-from muxd.protocol import ChatCompletionRequest, CompletionRequest
+from muxd.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
 from muxd.quantities import parse_duration
 from muxd.server.generation import Delta, Generation, ServedModel, check_token_ids, sampling_params
 from muxd.server.residency import Residency
 from muxd.server.router import Router
+from muxd.server.structured import HERMES, check_tool_choice, response_grammar, tool_grammar
 from muxd.server.telemetry import Telemetry
 from muxd.server.tokenizer import ChatTemplateError
+from muxd.server.tool_calls import split_tool_calls, tool_call_parser
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the context left
 T = TypeVar("T", bound=BaseModel)
@@ -83,6 +85,7 @@ class OpenAIRoutes:
         params = sampling_params(
             served, len(ids), req.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, req, "prompt", req.logprobs is not None
         )
+        params["grammar"] = await off_loop(response_grammar, req.response_format) if req.response_format else None
         gen = Generation(self.router, self.telemetry, served, new_id("cmpl"), ids, params, req.n, req.stop_strings,
                          arrival=arrival)  # fmt: skip
         shape = CompletionShape(gen, req.logprobs is not None)
@@ -91,17 +94,76 @@ class OpenAIRoutes:
     async def chat_completions(self, request: Request) -> Response:
         arrival = time.monotonic()
         req = parse_body(ChatCompletionRequest, await request.body())
+        tools = chat_tools(self.model(req.model), req)  # a request the model cannot serve: 400 before any load
         served = await self.loaded(req)
-        messages = [{"role": m.role, "content": m.text, **({"name": m.name} if m.name else {})} for m in req.messages]
         try:
-            ids = served.tokenizer.apply_chat_template(messages)
+            ids = served.tokenizer.apply_chat_template([template_message(m) for m in req.messages], tools=tools)
         except ChatTemplateError as e:
             raise InvalidRequestError(str(e), param="messages") from None
         params = sampling_params(served, len(ids), req.output_limit, None, req, "messages", req.logprobs)
+        wants_grammar = req.response_format is not None or bool(req.tools)
+        params["grammar"] = await off_loop(chat_grammar, req, served.tokenizer.tool_format) if wants_grammar else None
         gen = Generation(self.router, self.telemetry, served, new_id("chatcmpl"), ids, params, req.n, req.stop_strings,
                          arrival=arrival)  # fmt: skip
-        shape = ChatShape(gen, req.logprobs)
+        calls = {t.function.name for t in req.tools or []} if tools and req.tool_choice != "none" else None
+        shape = ChatShape(gen, req.logprobs, calls, served.tokenizer.tool_format)
         return await respond(request, gen, shape, req.stream, req.include_usage)
+
+
+# -- structured output and tools -------------------------------------------------
+def chat_tools(served: ServedModel, req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    """The tools to render into the prompt (None: none); 400 where they cannot be served."""
+    check_tool_choice(req.tools, req.tool_choice)
+    if not req.tools:
+        if req.tool_choice not in (None, "none", "auto"):
+            raise InvalidRequestError("tool_choice needs tools; send the functions in tools", param="tool_choice")
+        return None
+    if not served.tokenizer.supports_tools:
+        raise InvalidRequestError(
+            f"model {served.name!r} cannot take tools: its chat template has no place for them "
+            "(Qwen2/Qwen3 and Llama 3.1+ templates do); leave tools unset or use a model whose template renders tools",
+            param="tools",
+        )
+    if req.response_format is not None and req.response_format.type != "text" and req.tool_choice != "none":
+        raise InvalidRequestError(
+            "response_format and tools cannot both shape the output; drop one, or set tool_choice to \"none\"",
+            param="response_format",
+        )
+    return [t.model_dump(exclude_none=True) for t in req.tools]
+
+
+async def off_loop(build: Callable[..., str | None], *args: Any) -> str | None:
+    """A grammar built and validated on a worker thread: a large schema takes llguidance
+    milliseconds to check, which the event loop (every stream of the daemon) must not wait on."""
+    return await asyncio.to_thread(build, *args)
+
+
+def chat_grammar(req: ChatCompletionRequest, tool_format: str) -> str | None:
+    if req.tools and req.tool_choice not in (None, "auto", "none"):
+        return tool_grammar(req.tools, req.tool_choice, req.parallel_tool_calls, tool_format)
+    return response_grammar(req.response_format)
+
+
+def template_message(m: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates read it: tool calls' arguments as objects, as transformers passes them."""
+    out: dict[str, Any] = {"role": m.role, "content": m.text}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": _json_or_text(c.function.arguments)}}
+            for c in m.tool_calls
+        ]  # fmt: skip
+    return out
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 # -- request plumbing ----------------------------------------------------------
@@ -342,11 +404,26 @@ class CompletionShape(_Shape):
 
 
 class ChatShape(_Shape):
+    """Chat responses; with ``tool_names`` (tools the model may call), calls in the
+    template's ``tool_format`` become ``message.tool_calls`` and stream as tool-call deltas."""
+
     object_name = "chat.completion"
     chunk_object = "chat.completion.chunk"
 
+    def __init__(
+        self, gen: Generation, logprobs: bool, tool_names: set[str] | None = None, tool_format: str = HERMES
+    ) -> None:
+        super().__init__(gen, logprobs)
+        self.tool_names, self.tool_format = tool_names, tool_format
+        self.parsers = {c.index: tool_call_parser(tool_format, tool_names) for c in gen.choices} if tool_names else {}
+
     def choice(self, index: int, text: str, finish: str | None, ids: list[int], lps: list[float]) -> dict[str, Any]:
-        message = {"role": "assistant", "content": text}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if self.tool_names:
+            content, calls = split_tool_calls(text, self.tool_names, self.tool_format)
+            if calls:
+                message = {"role": "assistant", "content": content or None, "tool_calls": [c.to_dict() for c in calls]}
+                finish = "tool_calls" if finish == "stop" else finish
         return {"index": index, "message": message, "finish_reason": finish, "logprobs": self._logprobs(ids, lps)}
 
     def opening(self) -> list[dict[str, Any]]:
@@ -356,12 +433,24 @@ class ChatShape(_Shape):
         ]
 
     def chunks(self, d: Delta) -> list[dict[str, Any]]:
+        parser = self.parsers.get(d.index)
+        text, calls = parser.feed(d.text) if parser else (d.text, [])
+        finish = d.finish_reason
+        if finish and parser:
+            known = len(parser.calls)
+            text += parser.finish()
+            calls = [*calls, *parser.calls[known:]]  # a JSON-format call is known only at the end
+            finish = "tool_calls" if parser.calls and finish == "stop" else finish
         out = []
-        if d.text or (self.logprobs and d.token_ids):
+        if text or (self.logprobs and d.token_ids):
             lp = self._logprobs(d.token_ids, d.logprobs)
-            out.append({"index": d.index, "delta": {"content": d.text}, "finish_reason": None, "logprobs": lp})
-        if d.finish_reason:
-            out.append({"index": d.index, "delta": {}, "finish_reason": d.finish_reason, "logprobs": None})
+            out.append({"index": d.index, "delta": {"content": text}, "finish_reason": None, "logprobs": lp})
+        for call in calls:
+            k = parser.calls.index(call)
+            delta = {"tool_calls": [call.to_dict(index=k)]}
+            out.append({"index": d.index, "delta": delta, "finish_reason": None, "logprobs": None})
+        if finish:
+            out.append({"index": d.index, "delta": {}, "finish_reason": finish, "logprobs": None})
         return out
 
     def _logprobs(self, ids: list[int], lps: list[float]) -> dict[str, Any] | None:

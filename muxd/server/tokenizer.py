@@ -69,7 +69,24 @@ class Tokenizer:
         """One token's text, special tokens included (for logprobs)."""
         return self._tok.decode([token_id], skip_special_tokens=False)
 
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    @property
+    def supports_tools(self) -> bool:
+        """True when the chat template renders ``tools`` (Qwen2/Qwen3, Llama 3.1+ do; SmolLM2's does not)."""
+        return bool(self.chat_template) and _uses_tools(self.chat_template)
+
+    @property
+    def tool_format(self) -> str:
+        """How the template shows tool calls (``server/structured.py``: Hermes blocks or bare JSON)."""
+        from muxd.server.structured import tool_format
+
+        return tool_format(self.chat_template or "")
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         if not self.chat_template:
             raise ChatTemplateError("this model has no chat template; use /v1/completions with a plain prompt")
         import jinja2
@@ -77,7 +94,7 @@ class Tokenizer:
         try:
             return _compile(self.chat_template).render(
                 messages=messages,
-                tools=None,
+                tools=tools or None,
                 documents=None,
                 add_generation_prompt=add_generation_prompt,
                 **self.special_tokens,
@@ -85,8 +102,20 @@ class Tokenizer:
         except jinja2.TemplateError as e:
             raise ChatTemplateError(f"the model's chat template rejected the messages: {e}") from e
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        return self.encode(self.render_chat(messages, add_generation_prompt), add_special_tokens=False)
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[int]:
+        return self.encode(self.render_chat(messages, add_generation_prompt, tools), add_special_tokens=False)
+
+
+@lru_cache(maxsize=32)
+def _uses_tools(template: str) -> bool:
+    import jinja2.meta
+
+    return "tools" in jinja2.meta.find_undeclared_variables(_compile(template).environment.parse(template))
 
 
 @lru_cache(maxsize=32)

@@ -9,6 +9,17 @@ COMPLETIONS = "/v1/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
+def json_schema(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+
+
+def tool(parameters: dict, name: str = "get_weather") -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+TOOL = tool({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+
+
 @pytest.fixture
 def http(tiny_daemon):
     with tiny_daemon.http() as h:
@@ -44,6 +55,19 @@ def error(response, status: int) -> dict:
         (COMPLETIONS, {"model": "tiny-llama", "prompt": [1, 10**9]}, "prompt", "outside the vocabulary of model 'tiny-llama'"),
         (COMPLETIONS, {"model": "tiny-llama", "prompt": "x", "seed": 2**70}, "seed", "less than"),
         (COMPLETIONS, {"model": "tiny-llama", "prompt": "x", "echo": True}, "echo", "not supported"),
+        (CHAT, {"model": "tiny-llama", "messages": MESSAGES, "response_format": {"type": "xml"}}, "response_format.type", "'json_schema'"),
+        (CHAT, {"model": "tiny-llama", "messages": MESSAGES, "response_format": {"type": "json_schema"}}, "response_format", "needs a \"json_schema\""),
+        (CHAT, {"model": "tiny-llama", "messages": MESSAGES, "response_format": json_schema({"type": "foo"})}, "response_format", "Invalid type: foo"),
+        (CHAT, {"model": "tiny-llama", "messages": MESSAGES, "response_format": json_schema({"$ref": "#/$defs/nope"})}, "response_format", "does not exist"),
+        (CHAT, {"model": "tiny-llama", "messages": MESSAGES, "response_format": json_schema({"type": "integer", "minimum": 5, "maximum": 1})}, "response_format", "Unsatisfiable"),
+        (COMPLETIONS, {"model": "tiny-llama", "prompt": "x", "response_format": json_schema({"type": "string", "pattern": "(("})}, "response_format", "unclosed group"),
+        (CHAT, {"model": "tiny-llama", "messages": MESSAGES, "tools": [TOOL]}, "tools", "cannot take tools"),
+        (CHAT, {"model": "tiny-qwen3", "messages": MESSAGES, "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "'nope', which is not in tools (given: get_weather)"),
+        (CHAT, {"model": "tiny-qwen3", "messages": MESSAGES, "tool_choice": "required"}, "tool_choice", "at least one tool"),
+        (CHAT, {"model": "tiny-qwen3", "messages": MESSAGES, "tools": [TOOL, TOOL]}, "tools", "duplicate function names"),
+        (CHAT, {"model": "tiny-qwen3", "messages": MESSAGES, "tools": [tool({"type": "nope"})], "tool_choice": "required"}, "tools", "Invalid type: nope"),
+        (CHAT, {"model": "tiny-qwen3", "messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name", "pattern"),
+        (CHAT, {"model": "tiny-qwen3", "messages": MESSAGES, "tools": [TOOL], "response_format": {"type": "json_object"}}, "response_format", "cannot both shape"),
     ],
 )
 def test_invalid_parameters_are_400_naming_the_parameter(http, path, body, param, says):

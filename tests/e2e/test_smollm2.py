@@ -64,7 +64,8 @@ def test_smollm2_knows_the_capital_of_france(demo):
 
 
 def test_the_docs_have_the_snippets_this_module_runs():
-    assert set(snippets()) == {"curl-models", "curl-chat", "curl-stream", "openai-sdk", "muxd-client", "muxd-run"}
+    assert set(snippets()) == {"curl-models", "curl-chat", "curl-stream", "openai-sdk", "openai-parse", "muxd-client",
+                                "muxd-run"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(snippets()))

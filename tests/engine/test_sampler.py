@@ -131,3 +131,43 @@ def test_a_row_split_into_parts_merges_to_what_one_pass_finds(cuts, cpu_isa_name
         merge_fn(parts, offsets, len(cuts), token.data_ptr(), lse.data_ptr())
         assert token.item() == row.argmax().item()
         torch.testing.assert_close(lse, torch.logsumexp(row, 0, keepdim=True), equal_nan=True)
+
+
+def _bitmask(allowed: list[list[int]], vocab: int) -> torch.Tensor:
+    """llguidance's layout: bit ``j % 32`` of int32 word ``j // 32`` set where token ``j`` is allowed."""
+    words = torch.zeros(len(allowed), -(-vocab // 32), dtype=torch.int64)
+    for r, tokens in enumerate(allowed):
+        for t in tokens:
+            words[r, t // 32] |= 1 << (t % 32)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+@pytest.mark.parametrize("vocab", [49152, 1000, 37])
+def test_masked_rows_pick_only_allowed_tokens_and_leave_the_other_rows_alone(vocab, cpu_isa_name) -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(4, vocab) * 5
+    allowed = [[3, vocab - 1], [31, 32, 33]]  # rows 1 and 3 constrained; token 31/32 straddle a word
+    params = [SamplingParams(), SamplingParams(), SamplingParams(), SamplingParams(temperature=1.0, seed=3)]
+    free_tokens, _ = sample(logits.clone(), params, [torch.Generator().manual_seed(3)] * 4)
+    raw = torch.log_softmax(logits, -1)
+    tokens, logprobs = sample(logits, params, [torch.Generator().manual_seed(3)] * 4, None, ([1, 3], _bitmask(allowed, vocab)))
+    assert tokens[1].item() == max(allowed[0], key=lambda t: raw[1, t].item())  # greedy within the mask
+    assert tokens[3].item() in allowed[1]  # a random draw stays within it too
+    assert tokens[[0, 2]].tolist() == free_tokens[[0, 2]].tolist()
+    assert torch.isinf(logits[1]).sum() == vocab - 2 and not torch.isinf(logits[0]).any()
+    # logprobs stay those of the model's raw distribution
+    torch.testing.assert_close(logprobs, raw.gather(1, tokens[:, None]).squeeze(1), rtol=1e-5, atol=1e-5)
+
+
+def test_the_c_mask_computes_what_the_torch_mask_does(monkeypatch) -> None:
+    import muxd.engine.sampler as sampler_module
+
+    torch.manual_seed(2)
+    logits = torch.randn(3, 4099)
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (2, -(-4099 // 32)), dtype=torch.int32)
+    c_logits, c_tokens = logits.clone(), torch.zeros(3, dtype=torch.int64)
+    sampler_module._mask_rows(c_logits, c_tokens, [0, 2], bitmask)
+    monkeypatch.setattr(sampler_module, "load_kernels", lambda: None)
+    t_logits, t_tokens = logits.clone(), torch.zeros(3, dtype=torch.int64)
+    sampler_module._mask_rows(t_logits, t_tokens, [0, 2], bitmask)
+    assert torch.equal(c_logits, t_logits) and torch.equal(c_tokens, t_tokens)

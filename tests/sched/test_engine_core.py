@@ -190,3 +190,60 @@ def test_taken_jobs_leave_the_simulated_executor_at_once():
     (result,) = executor.wait()
     assert result.job is not slow and clock() == pytest.approx(100.0 + cost(result.job))
     assert executor.wait() == [] and not executor.busy
+
+
+class PendingGrammars:
+    """A grammar source whose compilations finish only when the test says so."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import Future
+
+        self.futures: dict[str, Future] = {}
+        self._future = Future
+
+    def prepare(self, grammar: str):
+        return self.futures.setdefault(grammar, self._future())
+
+
+def make_grammar_core(grammars) -> EngineCore:
+    clock = ManualClock(100.0)
+    scheduler = build_scheduler("temporal", 400, 4, {"small": 2})
+    return EngineCore(scheduler, SimulatedExecutor(clock, cost), {"small": SimulatedRunner()}, clock, grammars={"small": grammars})
+
+
+def test_a_request_waits_for_its_grammar_while_the_others_run():
+    grammars = PendingGrammars()
+    core = make_grammar_core(grammars)
+    core.add_request("small", [1, 2, 3], SamplingParams(max_tokens=3, grammar="g"), request_id="constrained")
+    core.add_request("small", [1, 2, 3], SamplingParams(max_tokens=3), request_id="free")
+    done: set[str] = set()
+    for _ in range(50):
+        done |= {o.request_id for o in core.step() if o.finished}
+    assert done == {"free"} and core.has_unfinished
+    assert core.scheduler.num_waiting("small") == 0  # the constrained one is not even queued yet
+    grammars.futures["g"].set_result(object())
+    final = core.run_until_done()
+    assert [o.request_id for o in final] == ["constrained"] and len(final[0].output_ids) == 3
+
+
+def test_a_grammar_that_fails_to_compile_ends_its_request_with_the_error():
+    grammars = PendingGrammars()
+    core = make_grammar_core(grammars)
+    core.add_request("small", [1, 2], SamplingParams(grammar="bad"), request_id="r")
+    grammars.futures["bad"].set_exception(ValueError("no such rule"))
+    (out,) = core.run_until_done()
+    assert out.finish_reason == "abort" and "no such rule" in out.error and out.output_ids == []
+
+
+def test_aborting_a_request_whose_grammar_compiles_ends_it():
+    core = make_grammar_core(PendingGrammars())
+    core.add_request("small", [1, 2], SamplingParams(grammar="g"), request_id="r")
+    core.abort("r")
+    (out,) = core.run_until_done()
+    assert out.finish_reason == "abort" and not core.has_unfinished
+
+
+def test_a_grammar_for_a_model_without_a_grammar_source_is_refused():
+    core, _, _ = make_core()
+    with pytest.raises(ValueError, match="takes no grammar"):
+        core.add_request("small", [1, 2], SamplingParams(grammar="g"))

@@ -107,6 +107,8 @@ void q8_dequantize(const q8_weight_t *w, void *out, int out_bf16, int threads);
 void add_rms_norm(const void *x, const void *residual, const void *weight, float eps, int rows, int dim, void *sum,
                   void *out, int bf16);
 void logits_argmax_lse(const float *logits, int B, long V, int64_t *argmax, float *lse);
+void logits_mask_argmax(float *logits, long V, const int64_t *rows, int R, const int32_t *bits, long W,
+                        int64_t *argmax);
 const char *muxd_isa(void);
 
 #define ATTENTION_PART_KEYS 128 /* attention.c: keys per part of a head's keys */
