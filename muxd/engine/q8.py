@@ -99,17 +99,35 @@ class Q8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         weight_q, scale = quantize_weight(linear.weight)
+        bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+        self._hold(linear.in_features, linear.out_features, weight_q, scale, bias)
+        self.refresh()
+
+    @classmethod
+    def shell(cls, linear: nn.Linear) -> Q8Linear:
+        """A layer of ``linear``'s shape that quantizes nothing: its buffers are
+        on the meta device, for quantized tensors saved earlier to be assigned
+        (``models.prepared``); call ``refresh`` once they are."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        n, kp = linear.out_features, padded(linear.in_features)
+        weight_q = torch.empty(n, kp, dtype=torch.int8, device="meta")
+        scale = torch.empty(n, kp // GROUP, dtype=torch.float16, device="meta")
+        bias = None if linear.bias is None else torch.empty(n, device="meta")
+        layer._hold(linear.in_features, n, weight_q, scale, bias)
+        layer.c_weight = None
+        return layer
+
+    def _hold(self, k: int, n: int, weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.in_features, self.out_features = k, n
         self.register_buffer("weight_q", weight_q)
         self.register_buffer("weight_scale", scale)
-        bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
         self.register_buffer("bias_f32", bias)
         self.kernel = load_kernels()
         self.gemm_dtype = gemm_dtype()  # decided once, with the kernels' build
-        self._refresh()
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
         """Keep the kernel's view of the weights (``Q8Weight``, kernels.h's
         q8_weight_t) made once: reading buffers through ``nn.Module.__getattr__``
         and calling ``data_ptr`` on each cost more than the kernel's own call at
@@ -126,7 +144,7 @@ class Q8Linear(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
-        self._refresh()
+        self.refresh()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,4 +223,14 @@ def quantize_q8(model: nn.Module, names: tuple[str, ...]) -> nn.Module:
                 if child.weight.device.type != "cpu":
                     raise ValueError("q8 is a CPU kernel; on CUDA use int8, nf4 or fp4")
                 setattr(parent, name, Q8Linear(child))
+    return model
+
+
+def q8_shells(model: nn.Module, names: tuple[str, ...]) -> nn.Module:
+    """``quantize_q8``'s layout without its work: each ``nn.Linear`` named in
+    ``names`` becomes a ``Q8Linear.shell`` (in place; returns ``model``)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if name in names and type(child) is nn.Linear:
+                setattr(parent, name, Q8Linear.shell(child))
     return model

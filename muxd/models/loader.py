@@ -4,7 +4,9 @@ A model is a local directory (config.json, safetensors, tokenizer files) or
 a repo id already in the local Hugging Face cache; nothing is downloaded
 (``HF_HUB_OFFLINE=1``), so a missing model is an immediate, clear error.
 Weights are read tensor by tensor and fused into muxd's layout
-(``q|k|v -> qkv_proj``, ``gate|up -> gate_up_proj``).
+(``q|k|v -> qkv_proj``, ``gate|up -> gate_up_proj``), or, from the second
+load of a checkpoint at a CPU plan on, mapped from the prepared weights the
+first one saved (``models.prepared``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,9 @@ from muxd.engine import kernel_plan
 from muxd.engine.executor import on_own_thread
 from muxd.engine.kernel_plan import KernelPlan
 from muxd.engine.model import Transformer, can_pack, pack_linears, rope_tables
-from muxd.engine.q8 import quantize_q8
+from muxd.engine.q8 import Q8Linear, q8_shells, quantize_q8
 from muxd.errors import ModelLoadError
+from muxd.models import prepared
 from muxd.models.quantize import BLOCK_LINEARS, QUANTIZATIONS, quant_state_tensors, quantize_linears, unique_bytes
 from muxd.models.spec import ModelSpec
 from muxd.models.synthetic import is_random, random_hf_model
@@ -41,6 +45,7 @@ class LoadedModel:
     dtype: torch.dtype
     device: torch.device
     plan: KernelPlan
+    prepared: bool = False  # read from a prepared-weights file (``models.prepared``)
 
     @property
     def weight_bytes(self) -> int:
@@ -120,11 +125,18 @@ def load_model(
     *,
     pack: bool = True,
     quantization: str = "none",
+    prepared_dir: Path | None = None,
+    use_prepared: bool = True,
 ) -> LoadedModel:
     """Load a checkpoint; ``pack`` pre-packs CPU linears for oneDNN (see ``PackedLinear``);
     ``quantization`` "q8" swaps every linear for muxd's CPU int8 kernel (see
     ``engine.q8``); "int8", "nf4", "fp4" swap the block linears for
     bitsandbytes layers (see ``quantize_linears``).
+
+    ``use_prepared``: on a CPU plan, fused (and q8-quantized) weights saved by
+    an earlier load are read from ``prepared_dir`` (default
+    ``cache_dir()/prepared``), or saved there for the next load
+    (``models.prepared``); the model is the same either way.
 
     The work runs on a short-lived thread with the caller's intra-op thread
     count (``executor.on_own_thread``): loading is parallel torch work, and
@@ -137,7 +149,8 @@ def load_model(
     if is_random(name_or_path):
         hf_model = on_own_thread(lambda: random_hf_model(str(name_or_path), parse_dtype(dtype), device))
         return from_hf_model(hf_model, str(name_or_path), dtype, device, pack=pack, quantization=quantization)
-    return on_own_thread(lambda: _load_model(name_or_path, dtype, device, pack, quantization))
+    prepare = (dtype, device, pack, quantization, prepared_dir, use_prepared)
+    return on_own_thread(lambda: _load_model(name_or_path, *prepare))
 
 
 def _plan(dtype: str | torch.dtype, device: str, quantization: str) -> KernelPlan:
@@ -148,7 +161,13 @@ def _plan(dtype: str | torch.dtype, device: str, quantization: str) -> KernelPla
 
 
 def _load_model(
-    name_or_path: str | os.PathLike, dtype: str | torch.dtype, device: str, pack: bool, quantization: str
+    name_or_path: str | os.PathLike,
+    dtype: str | torch.dtype,
+    device: str,
+    pack: bool,
+    quantization: str,
+    prepared_dir: Path | None,
+    use_prepared: bool,
 ) -> LoadedModel:
     plan = _plan(dtype, device, quantization)
     path = resolve_model_path(name_or_path)
@@ -157,8 +176,13 @@ def _load_model(
         spec = ModelSpec.from_hf_config(hf_config, eos_token_ids(path, hf_config))
     except ValueError as e:
         raise ModelLoadError(f"{path}: {e}") from None
-    state = _read_safetensors(path)
-    return _build(path, hf_config, spec, state, plan, device, pack)
+    file = prepared.locate(path, plan, prepared_dir) if use_prepared else None
+    if file is not None and (model := _from_prepared(file, spec, plan)) is not None:
+        return _finish(path, hf_config, spec, model, plan, device, pack, from_prepared=True)
+    model = _prepare(path, spec, _read_safetensors(path), plan, device)
+    if file is not None:
+        prepared.write(file, _prepared_tensors(model, spec))
+    return _finish(path, hf_config, spec, model, plan, device, pack)
 
 
 def from_hf_model(
@@ -183,28 +207,26 @@ def from_hf_model(
     except ValueError as e:
         raise ModelLoadError(f"{name}: {e}") from None
     state = dict(hf_model.state_dict())
-    return on_own_thread(lambda: _build(Path(name), config, spec, state, plan, device, pack))
+    name_path = Path(name)
+    return on_own_thread(
+        lambda: _finish(name_path, config, spec, _prepare(name_path, spec, state, plan, device), plan, device, pack)
+    )
 
 
-def _build(
-    path: Path,
-    hf_config: Any,
-    spec: ModelSpec,
-    state: dict[str, torch.Tensor],
-    plan: KernelPlan,
-    device: str,
-    pack: bool,
-) -> LoadedModel:
-    """muxd's ``Transformer`` of ``spec`` from a transformers-layout ``state``, on ``device``, as ``plan`` says."""
+def _skeleton(spec: ModelSpec, has_bias: Callable[[str], bool]) -> Transformer:
+    """A ``Transformer`` of ``spec`` on the meta device (no random init: tensors are
+    assigned to it); ``has_bias(name)``: whether layer 0's ``name`` linear has a bias."""
+    with torch.device("meta"):
+        return Transformer(spec, qkv_bias=has_bias("q"), o_bias=has_bias("o"), mlp_bias=has_bias("gate"))
+
+
+def _prepare(path: Path, spec: ModelSpec, state: dict[str, torch.Tensor], plan: KernelPlan, device: str) -> Transformer:
+    """muxd's ``Transformer`` of ``spec`` from a transformers-layout ``state``, on
+    ``device``, fused and quantized as ``plan`` says (not yet packed, tied or given RoPE)."""
     torch_dtype, quantization = DTYPES[plan.dtype], plan.quantization
     layer0 = "model.layers.0."
-    with torch.device("meta"):  # no random init: the checkpoint's tensors are assigned below
-        model = Transformer(
-            spec,
-            qkv_bias=layer0 + "self_attn.q_proj.bias" in state,
-            o_bias=layer0 + "self_attn.o_proj.bias" in state,
-            mlp_bias=layer0 + "mlp.gate_proj.bias" in state,
-        )
+    parts = {"q": "self_attn.q_proj", "o": "self_attn.o_proj", "gate": "mlp.gate_proj"}
+    model = _skeleton(spec, lambda p: f"{layer0}{parts[p]}.bias" in state)
     model.load_state_dict(_to_muxd_layout(state, spec), strict=True, assign=True)
     if quantization == "none":
         model = model.to(device=device, dtype=torch_dtype)
@@ -214,6 +236,57 @@ def _build(
         model = quantize_q8(model.to(dtype=torch_dtype), BLOCK_LINEARS + ("lm_head",))
     else:  # quantized from a CPU copy, so the device never holds the full-precision weights
         model = quantize_linears(model.to(device="cpu", dtype=torch_dtype), quantization, torch_dtype, device).to(device)
+    return model
+
+
+def _prepared_tensors(model: Transformer, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """What a prepared file holds: ``model``'s state, a tied full-precision
+    lm_head left out (it is the embedding, which safetensors holds once)."""
+    state = model.state_dict()
+    if spec.tie_word_embeddings and isinstance(model.lm_head, nn.Linear):
+        state.pop("lm_head.weight")
+    return state
+
+
+def _from_prepared(file: prepared.PreparedFile, spec: ModelSpec, plan: KernelPlan) -> Transformer | None:
+    """The model ``_prepare`` makes at ``plan``, its tensors read from ``file``;
+    None where the file is missing, stale, or not that model's tensors (names,
+    shapes, dtypes: checked before any is used)."""
+    tensors = prepared.read(file)
+    if tensors is None:
+        return None
+    q8 = plan.quantization == "q8"
+    parts = {"q": "self_attn.qkv_proj", "o": "self_attn.o_proj", "gate": "mlp.gate_up_proj"}
+    model = _skeleton(spec, lambda p: f"layers.0.{parts[p]}.{'bias_f32' if q8 else 'bias'}" in tensors)
+    model = model.to(dtype=DTYPES[plan.dtype])
+    if q8:
+        model = q8_shells(model, BLOCK_LINEARS + ("lm_head",))
+    if spec.tie_word_embeddings and not q8 and "embed_tokens.weight" in tensors:
+        tensors["lm_head.weight"] = tensors["embed_tokens.weight"]
+    expected = {name: (t.shape, t.dtype) for name, t in model.state_dict().items()}
+    found = {name: (t.shape, t.dtype) for name, t in tensors.items()}
+    if found != expected:
+        log.warning("%s: not this model's tensors; preparing again", file.path)
+        return None
+    model.load_state_dict(tensors, strict=True, assign=True)
+    for layer in model.modules():
+        if isinstance(layer, Q8Linear):
+            layer.refresh()
+    return model
+
+
+def _finish(
+    path: Path,
+    hf_config: Any,
+    spec: ModelSpec,
+    model: Transformer,
+    plan: KernelPlan,
+    device: str,
+    pack: bool,
+    from_prepared: bool = False,
+) -> LoadedModel:
+    """The prepared ``model`` made ready to serve: eval mode, tied head, RoPE tables, packed linears."""
+    torch_dtype = DTYPES[plan.dtype]
     model = model.eval().requires_grad_(False)
     if spec.tie_word_embeddings and isinstance(model.lm_head, nn.Linear):
         # One tensor for both, held once: pack_linears leaves a tied head on it
@@ -227,8 +300,8 @@ def _build(
         # Loading ran on this thread's stream; the executor's streams read the
         # weights next and do not wait for work queued on another stream.
         torch.cuda.synchronize(device)
-    log.info("%s: kernel plan %s", path.name, plan.describe())
-    return LoadedModel(path, spec, model, torch_dtype, torch.device(device), plan)
+    log.info("%s: kernel plan %s%s", path.name, plan.describe(), ", prepared weights" if from_prepared else "")
+    return LoadedModel(path, spec, model, torch_dtype, torch.device(device), plan, from_prepared)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
