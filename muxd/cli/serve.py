@@ -78,8 +78,10 @@ def place_automatically(config: DaemonConfig) -> DaemonConfig:
 
     placed, plan, notes = auto_place(config, cpu_isa.selected().name)
     log = logging.getLogger("muxd.placement")
-    for line in (*notes, *plan.decisions):
-        log.warning("%s", line) if line in notes else log.info("%s", line)
+    for note in notes:
+        log.warning("%s", note)
+    for decision in plan.decisions:
+        log.info("%s", decision)
     for unit in placed.units:
         log.info("unit %s on %s: %s, pool %d MiB", unit.name, unit.device,
                  ", ".join(m.name for m in unit.models), unit.kv_cache_bytes >> 20)

@@ -14,6 +14,7 @@ import ctypes
 import functools
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -146,6 +147,12 @@ class AttentionMetadata:
 
 DECODE_ATTENTION_ENV = "MUXD_DECODE_ATTENTION"  # auto (Triton on CUDA), triton (anywhere: tests), torch
 log = logging.getLogger(__name__)
+_TRITON_FAILED = threading.Event()  # a Triton kernel failed in this process: the torch path from then on
+
+
+def triton_failed() -> bool:
+    """Whether a Triton decode kernel failed in this process (it then serves on the torch path)."""
+    return _TRITON_FAILED.is_set()
 
 
 def triton_decode(device: torch.device) -> bool:
@@ -153,6 +160,8 @@ def triton_decode(device: torch.device) -> bool:
     where Triton imports and its kernels have not failed; anywhere with ``MUXD_DECODE_ATTENTION=triton``
     (a CPU runs them under ``TRITON_INTERPRET=1``: the tests); never with ``=torch``."""
     choice = os.environ.get(DECODE_ATTENTION_ENV, "auto")
+    if triton_failed():
+        return False
     if choice == "triton":
         return True
     return choice == "auto" and device.type == "cuda" and _triton_kernels() is not None
@@ -182,7 +191,7 @@ def triton_decode_attention(
         out = kernels.decode_attention(q, k_cache, v_cache, meta.block_tables, layer, meta.lengths, scale, window)
     except Exception as e:  # noqa: BLE001 - any compiler or launch error: serve on the torch path
         log.error("the Triton decode attention failed (%s): the torch path from now on", e)
-        os.environ[DECODE_ATTENTION_ENV] = "torch"
+        _TRITON_FAILED.set()
         return None
     return out.view(q.shape[0], -1)
 

@@ -78,8 +78,10 @@ def profile_roots(extra: Sequence[Path] = ()) -> list[Path]:
 def precisions(model: ModelConfig, device_type: str) -> list[tuple[str, str]]:
     """(weights, activations) the model may load in, most likely first (``engine/kernel_plan.py``'s rules)."""
     dtypes = [model.dtype] + (["float32"] if device_type == "cpu" and model.dtype == "bfloat16" else [])
+    if model.quantization == "auto" and device_type != "cpu":
+        return [(model.dtype, model.dtype)]  # a GPU takes full precision for auto
     if model.quantization == "auto":
-        return [("q8", d) for d in dtypes] + [(d, d) for d in dtypes] if device_type == "cpu" else [(model.dtype,) * 2]
+        return [("q8", d) for d in dtypes] + [(d, d) for d in dtypes]
     if model.quantization == "none":
         return [(d, d) for d in dtypes]
     return [(model.quantization, d) for d in dtypes]

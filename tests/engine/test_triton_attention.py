@@ -108,7 +108,7 @@ def test_write_kv_stores_each_tokens_rows_at_its_slot_and_nothing_else():
 def test_greedy_tokens_through_the_triton_kernels_equal_transformers(family, tiny_model_dirs, monkeypatch):
     """The whole decode path with the Triton write and attention (the GPU's), two models in one pool."""
     from muxd.core.sequence import SamplingParams
-    from muxd.engine.attention import DECODE_ATTENTION_ENV
+    from muxd.engine.attention import DECODE_ATTENTION_ENV, triton_failed
     from muxd.engine.llm_engine import LLMEngine
     from muxd.models.loader import load_model
 
@@ -125,7 +125,7 @@ def test_greedy_tokens_through_the_triton_kernels_equal_transformers(family, tin
     outputs = {}
     while engine.has_unfinished:
         outputs.update({o.request_id: o for o in engine.step() if o.finished})
-    assert os.environ[DECODE_ATTENTION_ENV] == "triton"  # it never fell back to the torch path
+    assert not triton_failed()  # it never fell back to the torch path
     for rid, prompt in zip(ids, prompts):
         assert outputs[rid].output_ids == hf_greedy(tiny_model_dirs[family], prompt, 10)
 
