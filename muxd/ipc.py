@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from muxd.protocol import ComputeShares
+
 
 # -- front end -> unit -------------------------------------------------------
 @dataclass
@@ -73,6 +75,7 @@ class Ready:
     models: list[ModelInfo]
     kv_pages: int
     kv_bytes: int
+    compute: ComputeShares | None = None  # how the unit's compute shares run
 
 
 @dataclass

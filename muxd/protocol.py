@@ -407,6 +407,18 @@ class PoolStatus(_Response):
     bytes: int
 
 
+class ComputeShares(_Response):
+    """How a unit's compute slots become shares: CPU ``threads``, or on a GPU ``green-contexts`` (each slot
+    a disjoint SM group; a job runs on its slots' SMs) or ``streams`` (plain streams, every job on every SM)."""
+
+    kind: str  # threads, green-contexts or streams
+    slots: int
+    sms_total: int | None = None  # the GPU's SMs
+    sms_by_slot: list[int] | None = None  # green contexts: each slot's SMs
+    disjoint: bool = False  # green contexts: no SM dealt to two slots (fewer groups than slots: neighbours share)
+    note: str | None = None  # streams: why not green contexts
+
+
 class UnitStatus(_Response):
     name: str
     device: str
@@ -420,6 +432,7 @@ class UnitStatus(_Response):
     last_error: str | None = None
     memory_budget_bytes: int | None = None  # what its weights and KV pool may take (None: no limit)
     memory_used_bytes: int | None = None  # KV pool plus the weights it holds or is loading
+    compute: ComputeShares | None = None  # how its compute shares run (None: not ready)
 
 
 class ModelStatus(_Response):

@@ -89,6 +89,9 @@ class Unit:
         self.configs = {m.name: m for m in config.models}
         self.loads = BackgroundLoads(config.device)
         self.draining: set[str] = set()  # models to unload once their requests have finished
+        compute = engine.executor.compute
+        if compute.kind == "streams":  # a GPU whose shares overlap: say so once, where the operator looks
+            log.warning("unit %s: compute shares run on plain streams over every SM (%s)", config.name, compute.note)
 
     def model_info(self, name: str, load_s: float = 0.0) -> ipc.ModelInfo:
         m = self.engine.models[name]
@@ -108,7 +111,7 @@ class Unit:
     def ready_message(self) -> ipc.Ready:
         infos = [self.model_info(name) for name in self.engine.models]
         cache = self.engine.kv_cache
-        return ipc.Ready(self.config.name, infos, cache.usable_pages, cache.nbytes)
+        return ipc.Ready(self.config.name, infos, cache.usable_pages, cache.nbytes, self.engine.executor.compute)
 
     def serve_forever(self) -> None:
         """Serve until the daemon says Shutdown, or is gone (its end of the

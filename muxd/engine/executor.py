@@ -4,10 +4,11 @@ CPU: the unit's cores are its compute slots. Each job runs in a worker
 thread that first sets its own intra-op thread count to the job's slots
 (PyTorch's count is per thread), so a one-core decode of one model and a
 one-core prefill of another really run side by side; torch ops release the
-GIL. CUDA: a job's slots out of the executor's are its share of the GPU; each worker
-thread keeps a stream per share level, inside a green context of that
-share's SMs where ``torch.cuda.green_contexts`` exists, and a job launches
-on its worker's stream of its share.
+GIL. CUDA: a job's slots out of the executor's are its share of the GPU.
+Each slot is dealt a disjoint group of SMs (``engine/green_context.py``)
+and a job launches on a stream of a green context made of its slots' SMs,
+so jobs on different slots run on different SMs; where the driver cannot
+make green contexts, each slot has a plain stream and jobs share every SM.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import TypeVar
 import torch
 
 from muxd.core.job import Job, JobKind, JobResult
+from muxd.engine.green_context import SmPartition, partition_device, pick_slots
+from muxd.protocol import ComputeShares
 
 RunFn = Callable[[Job], JobResult]
 T = TypeVar("T")
@@ -86,8 +89,8 @@ class Executor:
         self._inboxes = [queue.SimpleQueue() for _ in range(slots)]
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
-        cuda = self.device.type == "cuda"
-        self._streams = [_ShareStreams(self.device, slots, green_contexts) for _ in range(slots)] if cuda else None
+        self._streams = _SlotStreams(self.device, slots, green_contexts) if self.device.type == "cuda" else None
+        self.compute = self._streams.compute if self._streams else ComputeShares(kind="threads", slots=slots)
         self._threads = [
             threading.Thread(target=self._worker, args=(i,), name=f"muxd-slot-{i}", daemon=True) for i in range(slots)
         ]
@@ -104,11 +107,11 @@ class Executor:
         want = min(max(job.slots, 1), self.slots)
         if want > len(self._free):
             raise RuntimeError(f"job {job.job_id} wants {want} slots, {len(self._free)} are free")
-        ids = sorted(self._free)[:want]
+        ids = pick_slots(self._free, want)
         self._free.difference_update(ids)
         self._held[job.job_id] = ids
         self._occupy(job.share)
-        self._inboxes[ids[0]].put((job, run, len(ids)))
+        self._inboxes[ids[0]].put((job, run, ids))
 
     def wait(self, timeout: float | None = None) -> list[JobResult]:
         """Results of finished jobs; blocks until at least one finishes (or ``timeout``)."""
@@ -145,13 +148,14 @@ class Executor:
             item = self._inboxes[slot].get()
             if item is None:
                 return
-            job, run, threads = item
+            job, run, ids = item
             try:
-                self._done.put((job, self._run(job, run, threads, slot), None))
+                self._done.put((job, self._run(job, run, ids), None))
             except BaseException as e:  # reported to the engine, the worker lives on
                 self._done.put((job, None, e))
 
-    def _run(self, job: Job, run: RunFn, threads: int, slot: int) -> JobResult:
+    def _run(self, job: Job, run: RunFn, ids: list[int]) -> JobResult:
+        threads = len(ids)
         if self._streams is None:
             if job.kind is JobKind.DECODE:
                 # Measured on SmolLM2 (bf16, the serving default): a decode
@@ -164,14 +168,15 @@ class Executor:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             return run(job)
-        with self._streams[slot].context(threads):  # ``threads``: the job's share level
+        with torch.cuda.stream(self._streams.stream(ids)):
             result = run(job)
             torch.cuda.current_stream().synchronize()
             return result
 
     def green_sms(self) -> dict[int, int | None]:
-        """CUDA: the SMs of each share level's green context used so far (None: a plain stream)."""
-        return {level: sms for streams in self._streams or () for level, sms in streams.sms.items()}
+        """CUDA: the SMs a job of each share level (slot count) gets, for the slot sets used so far
+        (None: plain streams, every SM)."""
+        return self._streams.sms_by_level() if self._streams else {}
 
     def shutdown(self) -> None:
         """Stop and join the workers, then let their CUDA streams go (idempotent).
@@ -190,76 +195,42 @@ class Executor:
             t.join(timeout=5)
         if self._streams is not None:
             torch.cuda.synchronize(self.device)
-            for streams in self._streams:
-                streams.release()
+            self._streams.release()
 
 
-class _ShareStreams:
-    """One worker thread's CUDA streams, one per share level, made on first use.
+class _SlotStreams:
+    """The CUDA streams jobs run on: a green context's per slot set (``SmPartition``), or plain ones.
 
-    Level ``k`` of ``levels`` runs in a green context of ``k/levels`` of the
-    SMs where ``torch.cuda.green_contexts`` provides one; the top level (the
-    whole GPU) and any level whose green context cannot be made get a plain
-    stream. Each worker thread has its own streams, so two jobs of the same
-    share never queue behind each other on one stream.
-
-    Measured on an H200 (``scripts/gpu_probe.py``): a share's green context
-    does hold a job to its SMs (a 1/10 share, 13 SMs asked: 110 of 685 TFLOP/s
-    in bf16 matmuls), but
-    ``GreenContext.create`` carves every context from the same SMs, so two
-    half-share jobs at once got 469 TFLOP/s together, what one alone gets.
-    ``green_contexts=False`` gives plain streams, which share all SMs.
+    A job holding every slot, and every job where there is no partition,
+    runs on a plain stream of its first slot: the whole GPU. Each slot has
+    its own, so jobs never queue behind each other on one stream.
     """
 
-    def __init__(self, device: torch.device, levels: int, green_contexts: bool = True) -> None:
-        self.device = device
-        self.levels = levels
-        self.green_contexts = green_contexts
-        self.sms: dict[int, int | None] = {}  # level -> SMs of its green context (None: a plain stream)
-        self._contexts: dict[int, object] = {}  # held so the green contexts outlive their streams
-        self._streams: dict[int, torch.cuda.Stream] = {}
+    def __init__(self, device: torch.device, slots: int, green_contexts: bool) -> None:
+        self.slots = slots
+        self.plain = [torch.cuda.Stream(device) for _ in range(slots)]
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        made = partition_device(device, slots) if green_contexts else "plain streams, as configured"
+        self.partition: SmPartition | None = made if isinstance(made, SmPartition) else None
+        if self.partition is None:
+            self.compute = ComputeShares(kind="streams", slots=slots, sms_total=sms, note=str(made))
+        else:
+            self.compute = ComputeShares(kind="green-contexts", slots=slots, sms_total=sms,
+                                         sms_by_slot=self.partition.sms_by_slot(), disjoint=self.partition.disjoint)  # fmt: skip
+        self._levels: dict[int, int | None] = {}
 
-    def context(self, level: int):
-        level = min(max(level, 1), self.levels)
-        if level not in self._streams:
-            self._streams[level] = self._make(level)
-        return torch.cuda.stream(self._streams[level])
+    def stream(self, ids: list[int]) -> torch.cuda.Stream:
+        if self.partition is None or len(ids) >= self.slots:
+            self._levels.setdefault(len(ids), None)
+            return self.plain[ids[0]]
+        self._levels[len(ids)] = self.partition.sms(ids)
+        return self.partition.stream(ids)  # type: ignore[return-value]
+
+    def sms_by_level(self) -> dict[int, int | None]:
+        return dict(self._levels)
 
     def release(self) -> None:
-        """Drop the streams, then the green contexts they run in."""
-        self._streams.clear()
-        self._contexts.clear()
-
-    def _make(self, level: int) -> torch.cuda.Stream:
-        self.sms[level] = None
-        if self.green_contexts and level < self.levels:
-            # A runtime call first makes the primary context current on this
-            # thread; without one, torch's green-context constructor warns.
-            torch.cuda.current_stream(self.device).query()
-            total = torch.cuda.get_device_properties(self.device).multi_processor_count
-            num_sms = max(1, total * level // self.levels)  # the driver rounds up to its granularity
-            made = _green_stream(num_sms, self.device)
-            if made is not None:
-                self._contexts[level], stream = made
-                self.sms[level] = num_sms
-                return stream
-        return torch.cuda.Stream(self.device)
-
-
-def _green_stream(num_sms: int, device: torch.device) -> tuple[object, torch.cuda.Stream] | None:
-    """A green context of ``num_sms`` SMs and a stream whose kernels run on them; None where unavailable."""
-    try:
-        from torch.cuda.green_contexts import GreenContext
-
-        ctx = GreenContext.create(num_sms=num_sms, device_id=device.index or 0)
-        if hasattr(ctx, "Stream"):
-            return ctx, ctx.Stream()
-        # Older torch has no ``Stream()``: a stream created while the green
-        # context is current belongs to it.
-        ctx.set_context()
-        try:
-            return ctx, torch.cuda.Stream(device)
-        finally:
-            ctx.pop_context()
-    except (ImportError, RuntimeError, AttributeError):  # no green contexts: plain streams share the SMs
-        return None
+        """Drop the plain streams, then the green contexts' streams and contexts."""
+        self.plain.clear()
+        if self.partition is not None:
+            self.partition.release()

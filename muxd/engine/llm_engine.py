@@ -40,9 +40,9 @@ class LLMEngine(EngineCore):
 
     ``prefix_caching`` (default on) lets a request start from cached blocks
     of an earlier request's identical prefix (``core/kv_manager.py``).
-    ``green_contexts`` (CUDA only) runs compute shares in green contexts;
-    off, every share is a plain stream over all SMs (torch's green contexts
-    of a unit overlap: see docs/gpu-check.md). ``decode_graphs`` (``auto``:
+    ``green_contexts`` (CUDA only) runs compute shares in green contexts of
+    disjoint SM groups (``engine/green_context.py``); off, every share is a
+    plain stream over all SMs. ``decode_graphs`` (``auto``:
     CUDA with the Triton attention) captures each model's decode step per
     batch bucket (``engine/decode_graph.py``).
     """

@@ -121,7 +121,7 @@ class MuxdRoutes:
                 pool=None if u.ready is None else PoolStatus(pages_total=u.ready.kv_pages, page_tokens=u.config.page_tokens,
                                                              bytes=u.ready.kv_bytes),
                 last_error=u.last_error, memory_budget_bytes=d.residency.budgets[name],
-                memory_used_bytes=d.residency.used(name),
+                memory_used_bytes=d.residency.used(name), compute=u.ready and u.ready.compute,
             )
             for name, u in d.units.items()
         ]  # fmt: skip

@@ -53,6 +53,7 @@ def test_health_status_stats_metrics_openapi(client):
     status = client.status()
     assert [u.name for u in status.units] == ["cpu0"] and status.units[0].state == "ready"
     assert status.units[0].pool.pages_total > 0 and status.policy == status.units[0].policy
+    assert status.units[0].compute.kind == "threads" and status.units[0].compute.slots >= 1
     assert {m.name for m in status.models} == {"tiny-llama", "tiny-qwen3"}
     client.complete("tiny-qwen3", "x", max_tokens=2)
     stats = wait_for(lambda: (s := client.stats()).models["tiny-qwen3"].done and s, 10, "the next stats tick")
