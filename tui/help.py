@@ -20,6 +20,7 @@ KEYS = [
     ("q", "quit"),
 ]
 COLUMNS = [
+    ("STATE", "its weights: loaded, loading, unloading or unloaded (loads on its next request); else its unit's state"),
     ("RATE", "the requests/s the config expects (placement's popularity)"),
     ("IN/S OUT/S", "prompt and generated tokens/s over the daemon's rate window"),
     ("COMPUTE P|D", "the model's share of its unit's compute: prefill, then decode"),

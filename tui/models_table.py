@@ -94,7 +94,7 @@ def row(name: str, m: ModelStats) -> list[Text | str]:
     share.append(f" {fmt_pct(m.share.total):>4}")
     pages = NONE if m.pages_held is None else f"{m.pages_held}/{NONE if m.pages_quota is None else m.pages_quota}"
     queue = str(m.queued) if not m.queued or m.queue_age_s is None else f"{m.queued} ({fmt_seconds(m.queue_age_s)})"
-    state = Text(m.state, style="green" if m.state == "ready" else "yellow")
+    state = state_cell(m)
     return [
         Text(name, style="bold"), state, m.unit, Text(fmt_rate(m.rate), justify="right"),
         Text(fmt_rate(m.tokens_in_per_s), justify="right"), Text(fmt_rate(m.tokens_out_per_s), justify="right"),
@@ -102,6 +102,13 @@ def row(name: str, m: ModelStats) -> list[Text | str]:
         Text(fmt_ms(m.latency.ttft_ms.p99), justify="right"), Text(fmt_ms(m.latency.tpot_ms.p99), justify="right"),
         slo_cell(m),
     ]  # fmt: skip
+
+
+def state_cell(m: ModelStats) -> Text:
+    """Its weights' state while its unit is ready (loaded, loading, unloading, unloaded), else the unit's."""
+    state = m.load_state if m.state == "ready" and m.load_state else m.state
+    style = "green" if state in ("ready", "loaded") else "dim" if state == "unloaded" else "yellow"
+    return Text(state, style=style)
 
 
 def slo_cell(m: ModelStats) -> Text:

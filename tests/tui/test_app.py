@@ -198,3 +198,17 @@ async def test_a_document_of_unknowns_renders_on_every_screen(clock, keys):
         await pilot.press(*keys)
         await pilot.pause()
         assert app.is_running and rows(app) == ["m"]
+
+
+@pytest.mark.parametrize(("unit_state", "load_state", "shown", "style"), [
+    ("ready", "loaded", "loaded", "green"), ("ready", "unloaded", "unloaded", "dim"),
+    ("ready", "loading", "loading", "yellow"), ("ready", None, "ready", "green"),
+    ("restarting", "loaded", "restarting", "yellow"),
+])  # fmt: skip
+def test_the_state_column_shows_the_models_weights_while_its_unit_is_ready(unit_state, load_state, shown, style):
+    from tui.models_table import state_cell
+
+    model = ModelStats(unit="cpu0", state=unit_state, load_state=load_state, running=0, queued=0, in_flight=0, done=0,
+                       errors=0, rejected=0, prompt_tokens=0, generated_tokens=0)  # fmt: skip
+    cell = state_cell(model)
+    assert (cell.plain, str(cell.style)) == (shown, style)
