@@ -65,6 +65,12 @@ class Nvml:
         info = None if handle is None else self._call(self._module.nvmlDeviceGetMemoryInfo, handle)
         return (None, None) if info is None else (int(info.total), int(info.free))
 
+    def driver_version(self) -> str | None:
+        """The NVIDIA driver's version; None where NVML cannot say."""
+        if not self._init():
+            return None
+        return _text(self._call(self._module.nvmlSystemGetDriverVersion))
+
     def close(self) -> None:
         with self._lock:
             if self._ready:

@@ -44,25 +44,19 @@ says how many points stayed contended.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import resource
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 
-import muxd
 from muxd.config import ModelConfig
 from muxd.core.job import Chunk, Job, JobKind
 from muxd.core.sequence import SamplingParams, Sequence
-from muxd.engine import cpu_isa
 from muxd.engine.kv_cache import KVLayout
 from muxd.engine.llm_engine import LLMEngine
 from muxd.models.loader import LoadedModel, load_model
@@ -72,10 +66,10 @@ from muxd.placement.cost_model import (
     LatencyTable,
     MemoryFigures,
     Profile,
-    Provenance,
     profile_path,
     save_profile,
 )
+from muxd.provenance import OtherCpu, provenance
 
 T = TypeVar("T")
 Progress = Callable[[str, int, int], None]  # (what is being measured, cells done, cells in all)
@@ -439,22 +433,6 @@ def _table(profiler: Profiler, levels: list[int], kind: JobKind, tick: _Ticker) 
     return LatencyTable(shares=shares, batches=list(batches), lengths=list(lengths), seconds=seconds)
 
 
-def provenance(device: torch.device, **extra: object) -> Provenance:
-    """Who measured, on what, when: the device's model, its driver (GPU), torch, muxd and its commit."""
-    if device.type == "cpu":
-        name, driver = cpu_isa.cpu_model(), None
-        extra = {"cpu_isa": cpu_isa.selected().name, "cpu_flags": cpu_isa.describe()["flags"], **extra}
-    else:
-        name, driver = torch.cuda.get_device_name(device), _nvidia_driver()
-        extra = {"cuda": torch.version.cuda, **extra}
-    commit, dirty = _git_commit()
-    return Provenance(
-        device=name, driver=driver, torch=torch.__version__, muxd_version=muxd.__version__,
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), commit=commit,
-        **({"dirty": dirty} if commit else {}), **extra,
-    )  # fmt: skip
-
-
 @dataclass(frozen=True)
 class Written:
     name: str
@@ -481,62 +459,3 @@ def profile_models(models: list[ModelConfig], out: Path, *, device: str = "cpu",
         path = save_profile(profile, profile_path(out, profile.device_kind, profile.model_signature))
         written.append(Written(m.name, path, profile, time.perf_counter() - started))
     return written
-
-
-class OtherCpu:
-    """How many cores other processes kept busy since it was made: the machine's busy time
-    (``/proc/stat``) less this process's (``getrusage``), over the wall time. Intervals under
-    ``MIN_WINDOW_S`` read 0 (``/proc/stat`` counts in 10 ms ticks); 0 where ``/proc/stat`` is missing."""
-
-    MIN_WINDOW_S = 0.25
-
-    def __init__(self) -> None:
-        self._start = self._read()
-
-    def cores(self) -> float:
-        end = self._read()
-        if self._start is None or end is None or end[2] - self._start[2] < self.MIN_WINDOW_S:
-            return 0.0
-        busy, own, wall = (e - s for e, s in zip(end, self._start))
-        return max(0.0, (busy - own) / wall)
-
-    @staticmethod
-    def _read() -> tuple[float, float, float] | None:
-        try:
-            ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        return busy, own.ru_utime + own.ru_stime, time.perf_counter()
-
-
-def _git_commit() -> tuple[str | None, bool]:
-    """(short commit, whether muxd's files differ from it) of the checkout muxd runs from; (None, False) if none."""
-    root = Path(muxd.__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    top = git("rev-parse", "--show-toplevel")
-    if top is None or Path(top).resolve() != root:
-        return None, False
-    return git("rev-parse", "--short", "HEAD"), bool(git("status", "--porcelain", "--", "muxd"))
-
-
-def _nvidia_driver() -> str | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            version = pynvml.nvmlSystemGetDriverVersion()
-        finally:
-            pynvml.nvmlShutdown()
-        return version.decode() if isinstance(version, bytes) else str(version)
-    except Exception:  # noqa: BLE001 - no NVML here: the driver is unknown, not an error
-        return None

@@ -34,6 +34,10 @@ class FakeNvml:
     def nvmlShutdown(self):
         self.shut_down = True
 
+    def nvmlSystemGetDriverVersion(self):
+        self._fail("driver")
+        return b"580.159.04"
+
     def nvmlDeviceGetCount(self):
         return 2
 
@@ -93,6 +97,12 @@ def test_a_failed_init_means_no_readings_and_a_reason_not_an_exception() -> None
     nvml = Nvml(fake)
     assert not nvml.available and nvml.snapshot() == [] and nvml.snapshot() == []
     assert "NVML Shared Library Not Found" in nvml.error and fake.calls == 0
+
+
+def test_the_driver_version_or_none_where_nvml_cannot_say() -> None:
+    assert Nvml(FakeNvml()).driver_version() == "580.159.04"
+    assert Nvml(FakeNvml(failing=("driver",))).driver_version() is None
+    assert Nvml(FakeNvml(init_error=FakeNvml.NVMLError("no driver"))).driver_version() is None
 
 
 def test_init_happens_once_and_close_shuts_nvml_down() -> None:
