@@ -168,8 +168,9 @@ class DecodeGraphs:
             return self._replay(rows, self.live.plan(rows), b)
 
     def _replay(self, rows: list[DecodeRow], plan: StepPlan, b: int) -> Logits:
-        pad = array("q", bytes(8 * (b - len(rows))))
-        inputs = array("q", [r.token for r in rows]) + pad + array("q", [r.position for r in rows]) + pad
+        inputs = array("q", bytes(16 * b))  # [2, b] ids and positions by buffer row; padding rows 0
+        for r, i in zip(rows, plan.order):
+            inputs[i], inputs[b + i] = r.token, r.position
         staged = self.staging.copy([inputs, plan.order, plan.holes, plan.movers, plan.dst, plan.pages, plan.fresh])
         inputs_dev, order, holes, movers, dst, pages, fresh = staged
         if len(holes):
