@@ -92,6 +92,17 @@ def test_a_step_after_a_page_boundary_writes_exactly_the_new_blocks_entries():
     assert_forward_saw(graphs, forward, rows)
 
 
+def test_blocks_gained_while_steps_ran_uncaptured_are_all_written():
+    graphs, forward = make_graphs(max_batch=2)
+    a = list(range(0, 4))
+    graphs.run([row("a", 3, a)])
+    a.extend(range(4, 12))  # two blocks gained over steps a batch too large for the graphs ran
+    before = graphs.table_entries_written
+    graphs.run([row("a", 9, a)])
+    assert graphs.table_entries_written - before == 2 * PPB
+    assert_forward_saw(graphs, forward, [row("a", 9, a)])
+
+
 def test_a_readmitted_sequence_gets_its_table_rewritten():
     graphs, forward = make_graphs()
     graphs.run([row("a", 5, list(range(0, 8))), row("b", 1, list(range(8, 12)))])
