@@ -225,3 +225,31 @@ def test_greedy_tokens_equal_transformers_while_the_batch_changes(graph_batch, t
     assert runner.graphs.table_entries_written > 0  # the rows took steps
     assert graph_batch != 4 or runner.graphs.live.rows_moved > 0  # and sequences left from between others
     assert_pool_whole(engine)
+
+
+def test_a_decode_step_through_the_rows_builds_no_mask_and_no_whole_table(tiny_model_dirs, monkeypatch):
+    """The runner's graph route skips ``_prepare``; the model reads the static metadata and builds
+    no mask; its argmax and log-sum-exp are those of its logits."""
+    pytest.importorskip("triton")
+    from muxd.core.job import JobKind
+    from muxd.core.sequence import SamplingParams
+    from muxd.engine.attention import DECODE_ATTENTION_ENV, AttentionMetadata
+    from muxd.engine.llm_engine import LLMEngine
+    from muxd.models.loader import load_model
+
+    monkeypatch.setenv(DECODE_ATTENTION_ENV, "triton")
+    engine = LLMEngine({"m": load_model(tiny_model_dirs["qwen3"], device="cpu")}, kv_cache_bytes=4 << 20,
+                       page_tokens=4, decode_graphs="eager")  # fmt: skip
+    runner = engine.runners["m"]
+    prepared, metas, steps = [], [], []
+    prepare, static, run = runner._prepare, AttentionMetadata.static, runner.graphs.run
+    monkeypatch.setattr(runner, "_prepare", lambda job: (prepared.append(job.kind), prepare(job))[1])
+    monkeypatch.setattr(AttentionMetadata, "static", lambda *a: (m := static(*a), metas.append(m))[0])
+    monkeypatch.setattr(runner.graphs, "run", lambda rows: (out := run(rows), steps.append(out))[0])
+    engine.generate("m", [[5, 17, 99, 3], [7, 8]], SamplingParams(max_tokens=6, ignore_eos=True))
+    assert steps and JobKind.DECODE not in prepared
+    assert metas and not any(m._masks or m._decode_masks for m in metas)
+    for logits in steps:
+        argmax, lse = logits.argmax_lse
+        assert torch.equal(argmax, torch.argmax(logits.values, dim=-1))
+        torch.testing.assert_close(lse, torch.logsumexp(logits.values, dim=-1))
