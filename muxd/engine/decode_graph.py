@@ -71,7 +71,8 @@ class Staging:
         self.device = device
         self.pinned = device.type == "cuda" and torch.cuda.is_available()
         self.host = self.dev = torch.empty(0, dtype=torch.int64)
-        self._copied: torch.cuda.Event | None = None  # passed: the host buffer may be written again
+        # Recorded after each copy; once passed, the host buffer may be written again.
+        self._copied = torch.cuda.Event() if self.pinned else None
 
     def copy(self, parts: list[array]) -> list[torch.Tensor]:
         """Device views of ``parts``, in order, after one copy of them all."""
@@ -79,13 +80,12 @@ class Staging:
         for part in parts:
             flat.extend(part)
         if self._copied is not None:
-            self._copied.synchronize()  # the last step's copy still reads the host buffer
+            self._copied.synchronize()  # the last step's copy may still read the host buffer
         self._reserve(len(flat))
         if flat:
             self.host[: len(flat)].copy_(torch.frombuffer(flat, dtype=torch.int64))
         if self.dev is not self.host and flat:
             self.dev[: len(flat)].copy_(self.host[: len(flat)], non_blocking=True)
-            self._copied = torch.cuda.Event()
             self._copied.record()
         return list(self.dev[: len(flat)].split([len(p) for p in parts]))
 

@@ -182,6 +182,19 @@ def test_the_block_a_step_starts_is_zeroed_before_use():
     assert zeroed == [4, 5, 6, 7]
 
 
+def test_staging_hands_back_each_part_from_one_buffer():
+    from array import array
+
+    from muxd.engine.decode_graph import Staging
+
+    staging = Staging(torch.device("cpu"))
+    parts = [array("q", [1, 2]), array("q"), array("q", range(10, 15))]
+    got = staging.copy(parts)
+    assert [t.tolist() for t in got] == [[1, 2], [], [10, 11, 12, 13, 14]]
+    assert all(t.untyped_storage().data_ptr() == staging.dev.untyped_storage().data_ptr() for t in got)
+    assert not staging.pinned  # pinned only where CUDA is
+
+
 def test_a_batch_larger_than_every_bucket_or_a_table_too_wide_is_left_to_the_caller():
     graphs, _ = make_graphs(max_batch=2)
     assert graphs.run([row(s, 1, list(range(4))) for s in "abc"]) is None
