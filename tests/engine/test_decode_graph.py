@@ -266,3 +266,28 @@ def test_a_decode_step_through_the_rows_builds_no_mask_and_no_whole_table(tiny_m
         argmax, lse = logits.argmax_lse
         assert torch.equal(argmax, torch.argmax(logits.values, dim=-1))
         torch.testing.assert_close(lse, torch.logsumexp(logits.values, dim=-1))
+
+
+def test_preempted_sequences_decode_the_same_tokens_through_the_rows(tiny_model_dirs, monkeypatch):
+    """A pool too small for every sequence preempts some; re-admitted, their pages differ and their
+    rows are rewritten: the tokens equal those of a pool large enough for all."""
+    pytest.importorskip("triton")
+    from muxd.core.sequence import SamplingParams
+    from muxd.engine.attention import DECODE_ATTENTION_ENV
+    from muxd.engine.llm_engine import LLMEngine
+    from muxd.models.loader import load_model
+
+    monkeypatch.setenv(DECODE_ATTENTION_ENV, "triton")
+    models = {"m": load_model(tiny_model_dirs["llama"], device="cpu")}
+    prompts = [list(range(3, 3 + n)) for n in (5, 9, 14, 3)]
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+
+    def run(kv_cache_bytes: int) -> tuple[list[list[int]], int]:
+        engine = LLMEngine(models, kv_cache_bytes=kv_cache_bytes, page_tokens=4, decode_graphs="eager")
+        outputs = [o.output_ids for o in engine.generate("m", prompts, params)]
+        return outputs, engine.scheduler.num_preemptions
+
+    large, _ = run(4 << 20)
+    small, preemptions = run(40 << 10)  # 39 pages: every sequence fits alone, not all at once
+    assert preemptions > 0
+    assert small == large
