@@ -18,6 +18,7 @@ from muxd.core.job import Job, JobKind, JobResult
 from muxd.core.sequence import Sequence
 from muxd.engine.attention import AttentionMetadata, triton_decode
 from muxd.engine.decode_graph import DecodeGraphs
+from muxd.engine.decode_rows import DecodeRow
 from muxd.engine.grammar import Grammars
 from muxd.engine.kv_cache import KVCache
 from muxd.engine.sampler import sample
@@ -58,7 +59,7 @@ class ModelRunner:
         try:
             return DecodeGraphs(self._logits, max_batch=max_batch, max_blocks=max_blocks, layers=spec.num_layers,
                                 kv_heads=spec.num_kv_heads, page_tokens=self.page_tokens, null_page=self.null_page,
-                                device=self.device, capture=mode == "auto")  # fmt: skip
+                                device=self.device, kv=self.kv, capture=mode == "auto")  # fmt: skip
         except Exception as e:  # noqa: BLE001 - any capture error: serve uncaptured
             log.error("%s: decode graphs not captured (%s): steps run uncaptured", self.name, e)
             return None
@@ -70,13 +71,9 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, job: Job) -> JobResult:
         t0 = time.perf_counter()
-        token_ids, meta, sample_rows = self._prepare(job)
-        # A CPU decode job runs on one intra-op thread (see engine/executor.py)
-        # but its matmuls use every slot the job holds.
-        matmul_threads = job.slots if job.kind is JobKind.DECODE and self.device.type == "cpu" else 0
-        captured = self.graphs.run(token_ids, meta) if self.graphs and job.kind is JobKind.DECODE else None
-        logits = Logits(captured) if captured is not None else \
-            self.loaded.model(token_ids, meta, self.kv, sample_rows, matmul_threads)
+        logits = self._graph_step(job)
+        if logits is None:
+            logits = self._forward(job)
         sampled = [c.seq for c in job.chunks if c.samples]
         result = JobResult(job)
         if sampled:
@@ -89,6 +86,21 @@ class ModelRunner:
                 result.logprobs[seq.seq_id] = lp
         result.duration_s = time.perf_counter() - t0
         return result
+
+    def _graph_step(self, job: Job) -> Logits | None:
+        """A decode job through the graphs' persistent rows (no ``_prepare``), or None where they do
+        not take it: no graphs, the Triton kernels failed since, a chunk that is not one sampling token."""
+        if self.graphs is None or job.kind is not JobKind.DECODE or not triton_decode(self.device):
+            return None
+        rows = [_decode_row(c.seq, c.start) for c in job.chunks if c.end - c.start == 1 and c.samples]
+        return self.graphs.run(rows) if len(rows) == len(job.chunks) else None
+
+    def _forward(self, job: Job) -> Logits:
+        token_ids, meta, sample_rows = self._prepare(job)
+        # A CPU decode job runs on one intra-op thread (see engine/executor.py)
+        # but its matmuls use every slot the job holds.
+        matmul_threads = job.slots if job.kind is JobKind.DECODE and self.device.type == "cpu" else 0
+        return self.loaded.model(token_ids, meta, self.kv, sample_rows, matmul_threads)
 
     def _allowed(self, sampled: list[Sequence]) -> tuple[list[int], torch.Tensor] | None:
         """The constrained rows of a step and the tokens their grammars allow next."""
@@ -140,3 +152,10 @@ class ModelRunner:
             gen = torch.Generator(device=self.device).manual_seed(seed)
             self._generators[seq] = gen
         return gen
+
+
+def _decode_row(seq: Sequence, position: int) -> DecodeRow:
+    """``seq``'s decode step at ``position`` as the graphs take it (no copy of its token list)."""
+    prompt = len(seq.prompt_ids)
+    token = seq.prompt_ids[position] if position < prompt else seq.output_ids[position - prompt]
+    return DecodeRow(seq.seq_id, seq.num_preemptions, token, position, seq.pages)
