@@ -93,7 +93,14 @@ class ModelRunner:
         if self.graphs is None or job.kind is not JobKind.DECODE or not triton_decode(self.device):
             return None
         rows = [_decode_row(c.seq, c.start) for c in job.chunks if c.end - c.start == 1 and c.samples]
-        return self.graphs.run(rows) if len(rows) == len(job.chunks) else None
+        if len(rows) != len(job.chunks):
+            return None
+        try:
+            return self.graphs.run(rows)
+        except Exception as e:  # noqa: BLE001 - a kernel that fails here: this and later steps run uncaptured
+            log.error("%s: a decode step through the graphs failed (%s): steps run uncaptured from now on", self.name, e)
+            self.graphs = None
+            return None
 
     def _forward(self, job: Job) -> Logits:
         token_ids, meta, sample_rows = self._prepare(job)

@@ -291,3 +291,34 @@ def test_preempted_sequences_decode_the_same_tokens_through_the_rows(tiny_model_
     small, preemptions = run(40 << 10)  # 39 pages: every sequence fits alone, not all at once
     assert preemptions > 0
     assert small == large
+
+
+def test_a_step_that_fails_in_the_graphs_runs_uncaptured_and_so_do_the_next(tiny_model_dirs, monkeypatch):
+    """A kernel failing inside the graphs' step loses no request: that step and every later one run
+    through the uncaptured forward, and the tokens are the same."""
+    pytest.importorskip("triton")
+    from muxd.core.sequence import SamplingParams
+    from muxd.engine.attention import DECODE_ATTENTION_ENV
+    from muxd.engine.llm_engine import LLMEngine
+    from muxd.models.loader import load_model
+
+    from .conftest import hf_greedy
+
+    monkeypatch.setenv(DECODE_ATTENTION_ENV, "triton")
+    path = tiny_model_dirs["llama"]
+    engine = LLMEngine({"m": load_model(path, device="cpu")}, kv_cache_bytes=4 << 20, page_tokens=4,
+                       decode_graphs="eager")  # fmt: skip
+    runner, steps = engine.runners["m"], []
+    run = runner.graphs.run
+
+    def fails_on_the_third(rows):
+        steps.append(len(rows))
+        if len(steps) == 3:
+            raise RuntimeError("an illegal memory access")
+        return run(rows)
+
+    monkeypatch.setattr(runner.graphs, "run", fails_on_the_third)
+    prompt = [5, 17, 99, 3, 42]
+    out = engine.generate("m", [prompt], SamplingParams(max_tokens=8, ignore_eos=True))[0]
+    assert len(steps) == 3 and runner.graphs is None
+    assert out.output_ids == hf_greedy(path, prompt, 8)
