@@ -70,7 +70,7 @@ def test_a_whole_run_prints_one_json_summary_with_every_clause_judged(gs, run_di
     assert (c["1b batch-16"]["value"], c["1b batch-16"]["pass"]) == (1.1, True)
     tokens = c["greedy tokens"]
     assert (tokens["value"], tokens["limit"], tokens["pass"]) == (0.938, 1.0, False)  # 15 of 16 rows in 8B b16
-    assert "8b b16: 0.938" in tokens["note"]
+    assert tokens["note"] == "bfloat16: 1b b1: 1.0, 1b b16: 1.0, 8b b1: 1.0, 8b b16: 0.938"
     halves = c["two half-share"]
     assert (halves["value"], halves["limit"], halves["pass"]) == (0.85, 0.8, True)
     assert halves["note"] == "compute: green-contexts"
@@ -89,10 +89,19 @@ def test_the_summary_carries_the_card_steps_tests_and_engine_rows(gs, run_dir, c
                                                  "ttft_p99_s": None, "tpot_p99_s": None}}, "plain": None}  # fmt: skip
 
 
+def test_float32_runs_judge_the_token_clause_where_they_are_there(gs, run_dir, capsys):
+    write_log(run_dir, "fp32-1b", [], [engine_row(16, 3.0, 1.2, ["f"] * 16)])
+    write_log(run_dir, "fp32-eager-1b", [], [engine_row(16, 9.0, 1.2, ["f"] * 16)])
+    summary = summary_json(gs, run_dir, capsys)
+    tokens = clauses_by_start(summary)["greedy tokens"]
+    assert (tokens["value"], tokens["pass"], tokens["note"]) == (1.0, True, "float32: 1b b16: 1.0")
+    assert summary["tokens_equal_eager"]["bfloat16"]["8b b16"] == 0.938  # still reported
+
+
 def test_missing_figures_leave_the_clauses_unjudged(gs, tmp_path, capsys):
     (tmp_path / "engine-8b.log").write_text("Traceback (most recent call last):\nCUDA out of memory\n")
     summary = summary_json(gs, tmp_path, capsys)
-    assert [c["pass"] for c in summary["clauses"]] == [None] * 5  # no eager runs: no token clause
+    assert [c["pass"] for c in summary["clauses"]] == [None] * 6
     assert all(c["value"] is None for c in summary["clauses"])
     assert summary["all_pass"] is None and summary["card"] is None and summary["tests"] is None
 
