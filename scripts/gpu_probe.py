@@ -52,8 +52,8 @@ class Shares:
         self.next_id = 0
 
     def at_once(self, levels: list[int]) -> list[float]:
-        """Each job's TFLOP/s, one job per level submitted together (the best of ``TRIALS``, after one untimed
-        round that makes the levels' streams)."""
+        """Each job's TFLOP/s, one job per level submitted together: the trial (of ``TRIALS``, after one
+        untimed round that makes the levels' streams) whose slowest job was fastest."""
         best = [0.0] * len(levels)
         for trial in range(TRIALS + 1):
             ids = []
@@ -65,8 +65,9 @@ class Shares:
             left = len(ids)
             while left:
                 left -= len(self.executor.wait())
-            if trial:
-                best = [max(b, self.flop / self.seconds[i] / 1e12) for b, i in zip(best, ids)]
+            tflops = [self.flop / self.seconds[i] / 1e12 for i in ids]
+            if trial and min(tflops) > min(best):
+                best = tflops
         return best
 
     def report(self, alone_levels: tuple[int, ...]) -> dict:

@@ -125,6 +125,7 @@ def halves_clause(probe) -> dict:
     note = None
     if compute:
         note = f"compute: {compute.get('kind')}" + (f" ({compute['note']})" if compute.get("note") else "")
+        note += f", disjoint: {compute['disjoint']}" if "disjoint" in compute else ""
     return clause(f"two half-share jobs on green contexts each >= {HALVES_LIMIT} of solo speed", value, HALVES_LIMIT,
                   None if value is None else value >= HALVES_LIMIT, note)  # fmt: skip
 
