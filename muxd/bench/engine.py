@@ -30,11 +30,17 @@ GPU's measured read bandwidth). A ``random:NAME`` model
 (``models.synthetic``) is made on the device with random weights, and its
 transformers twin holds the same tensors; a quantized random model is
 compared with its unquantized twin, as ``q8`` is.
+
+``baselines=False`` times muxd alone (no transformers twin is kept or
+run): the GPU check's runs, which need the step against its roofline and
+muxd's greedy tokens (``output_digests``, one hash per row, to compare the
+Triton/graph path with the eager one across runs), not the baselines.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import logging
 import statistics
@@ -115,10 +121,12 @@ def run_engine_bench(
     repeats: int = DEFAULT_REPEATS,
     progress: Callable[[str], None] | None = None,
     device: str = "cpu",
+    baselines: bool = True,
 ) -> list[dict[str, Any]]:
     """Benchmark ``model_path`` at each batch size; one result dict per batch size.
 
-    ``progress`` receives one line per phase (for a CLI spinner).
+    ``progress`` receives one line per phase (for a CLI spinner); ``baselines``
+    False leaves transformers out (its columns are then None).
     """
     import torch
 
@@ -142,24 +150,27 @@ def run_engine_bench(
         say("measuring memory read bandwidth")
         probes = [on_own_thread(lambda: measure_read_bandwidth(device=device))]  # every probe of the bench
         say(f"loading {model_path}")
+        hf_model = None
         if is_random(model_path):
             hf_model = on_own_thread(lambda: random_hf_model(str(model_path), torch_dtype, device))
             loaded = from_hf_model(hf_model, str(model_path), torch_dtype, device, quantization=quantization or "none")
             tokenizer = Tokenizer(build_tokenizer())
+            if not baselines:
+                hf_model = None  # its unfused tensors live on in muxd's model; the rest goes
         else:
             loaded = load_model(model_path, torch_dtype, device, quantization=quantization or "none")
             tokenizer = load_tokenizer(loaded.path)
             # the baseline in what muxd's plan runs (a bf16 asked for may run as fp32 here)
             hf_quantization = None if loaded.plan.quantization == "none" else loaded.plan.quantization
-            hf_model = on_own_thread(lambda: _load_hf(loaded.path, loaded.dtype, hf_quantization, device))
+            if baselines:
+                hf_model = on_own_thread(lambda: _load_hf(loaded.path, loaded.dtype, hf_quantization, device))
         timed = {}
         for batch in batches:
             prompts = bench_prompts(tokenizer.encode, batch, prompt_len)
-            runners = {
-                "muxd": _muxd_runner(loaded, prompts, max_tokens, probes),
-                "hf_generate": _hf_generate_runner(hf_model, prompts),
-                "hf_cb": _hf_cb_runner(hf_model, prompts, max_tokens),
-            }
+            runners = {"muxd": _muxd_runner(loaded, prompts, max_tokens, probes)}
+            if baselines:
+                runners["hf_generate"] = _hf_generate_runner(hf_model, prompts)
+                runners["hf_cb"] = _hf_cb_runner(hf_model, prompts, max_tokens)
             timed[batch] = _time_interleaved(
                 runners, max_tokens, repeats, lambda phase, b=batch: say(f"batch {b}: {phase}")
             )  # (fastest timing per engine, errors of the baselines left out)
@@ -245,6 +256,7 @@ def _result_row(
         "weight_bytes": loaded.weight_bytes,
         "step_read_bytes": loaded.step_read_bytes,
         "tokens_match_hf_generate": hf_gen and _match_fraction(muxd.output_ids, hf_gen.output_ids),
+        "output_digests": [token_digest(ids) for ids in muxd.output_ids],
         "errors": errors,
     }
 
@@ -405,6 +417,11 @@ def _hf_cb_runner(model, prompts: list[list[int]], max_tokens: int) -> Iterator[
         yield lambda n: on_own_thread(lambda: run(n))
     finally:
         model.destroy_cached_continuous_batching_manager()
+
+
+def token_digest(ids: list[int]) -> str:
+    """A short hash of one row's generated token ids: rows of two runs compare without carrying the ids."""
+    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
 
 
 def _match_fraction(a: list[list[int]], b: list[list[int]]) -> float:

@@ -51,6 +51,9 @@ def engine(
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per prompt.")] = 64,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per engine; the fastest counts.")] = 2,
     device: Annotated[str, typer.Option(help="Device of both engines: cpu or cuda.")] = "cpu",
+    baselines: Annotated[
+        bool, typer.Option("--baselines/--no-baselines", help="Also time transformers (--no-baselines: muxd alone).")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Also print the results as one JSON line, last.")] = False,
 ) -> None:
     """muxd's engine vs transformers' generate and continuous batching, on the same prompts."""
@@ -69,7 +72,7 @@ def engine(
             path = model if model is not None else _demo_model(say)
             results = run_engine_bench(
                 path, batches, prompt_tokens, max_tokens, dtype, quantization, repeats=repeats, progress=say,
-                device=device,
+                device=device, baselines=baselines,
             )
     except (MuxdError, ValueError) as e:
         exit_with(getattr(e, "message", None) or str(e))

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from muxd.bench.bandwidth import measure_read_bandwidth
-from muxd.bench.engine import bench_prompts, run_engine_bench
+from muxd.bench.engine import bench_prompts, run_engine_bench, token_digest
 from muxd.cli.app import app
 from muxd.cli.bench import parse_batches
 from muxd.models.tokenizer import load_tokenizer
@@ -56,6 +56,19 @@ def test_bench_values_are_consistent(tiny_results):
 
 def test_all_three_engines_generate_the_same_greedy_tokens(tiny_results):
     assert all(row["tokens_match_hf_generate"] == 1.0 for row in tiny_results)
+
+
+def test_without_baselines_muxd_runs_alone_and_its_tokens_hash_as_with_them(tiny_model_dirs, tiny_results):
+    alone = run_engine_bench(tiny_model_dirs["llama"], batches=(1, 3), baselines=False, **TINY)
+    for row, full in zip(alone, tiny_results):
+        assert row["hf_generate_tok_s"] is None and row["hf_cb_tok_s"] is None
+        assert row["tokens_match_hf_generate"] is None and row["muxd_tok_s"] > 0
+        assert len(row["output_digests"]) == row["batch"]
+        assert row["output_digests"] == full["output_digests"]  # greedy: the same tokens, run after run
+
+
+def test_a_token_digest_tells_rows_apart():
+    assert token_digest([1, 2, 3]) == token_digest([1, 2, 3]) != token_digest([1, 23])
 
 
 def test_bench_prompts_have_one_length_and_differ_per_row(tiny_model_dirs):
