@@ -8,8 +8,11 @@ Each job times itself, from its first kernel to its stream's end, so each
 of two jobs at once has its own speed, compared with the same job alone
 (``two_halves_vs_solo``: near 1 where the halves are disjoint, near 0.5
 where they share one half). The same on plain streams, which share every
-SM. One JSON line at the end. Run by ``scripts/gpu-check``; ``--device
-cpu`` only checks that the script runs.
+SM. On green contexts, also a CUDA graph of the same products, captured
+outside any share and replayed by a 1/10 job on its stream: does a
+replay keep to the launching stream's SMs (as the decode graphs need) or
+to those it was captured on? One JSON line at the end. Run by
+``scripts/gpu-check``; ``--device cpu`` only checks that the script runs.
 """
 
 from __future__ import annotations
@@ -44,6 +47,30 @@ def matmul_job(a: torch.Tensor, b: torch.Tensor, repeats: int, seconds: dict[int
     return run
 
 
+def graph_job(graph: torch.cuda.CUDAGraph, seconds: dict[int, float]):
+    """An executor run function replaying ``graph`` on the job's stream, timed as ``matmul_job``'s."""
+
+    def run(job: Job) -> JobResult:
+        t0 = time.perf_counter()
+        graph.replay()
+        torch.cuda.current_stream().synchronize()
+        seconds[job.job_id] = time.perf_counter() - t0
+        return JobResult(job)
+
+    return run
+
+
+def captured(a: torch.Tensor, b: torch.Tensor, repeats: int) -> torch.cuda.CUDAGraph:
+    """``repeats`` products captured as one graph, outside any executor stream."""
+    torch.mm(a, b)  # cuBLAS settles its workspace before the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            torch.mm(a, b)
+    torch.cuda.synchronize()
+    return graph
+
+
 class Shares:
     """TFLOP/s of jobs of given share levels on one executor, alone or several at once."""
 
@@ -51,7 +78,7 @@ class Shares:
         self.executor, self.run, self.seconds, self.flop = executor, run, seconds, flop
         self.next_id = 0
 
-    def at_once(self, levels: list[int]) -> list[float]:
+    def at_once(self, levels: list[int], run=None) -> list[float]:
         """Each job's TFLOP/s, one job per level submitted together: the trial (of ``TRIALS``, after one
         untimed round that makes the levels' streams) whose slowest job was fastest."""
         best = [0.0] * len(levels)
@@ -61,7 +88,7 @@ class Shares:
                 self.next_id += 1
                 ids.append(self.next_id)
                 job = Job(JobKind.PREFILL, f"m{len(ids)}", [], job_id=self.next_id, slots=level)
-                self.executor.submit(job, self.run)
+                self.executor.submit(job, run or self.run)
             left = len(ids)
             while left:
                 left -= len(self.executor.wait())
@@ -101,13 +128,12 @@ def main() -> None:
     device = torch.device(args.device)
     report: dict = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": str(device)}
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        from torch.cuda import green_contexts
+        from muxd.nvml import Nvml
 
+        props = torch.cuda.get_device_properties(device)
         report |= {
             "gpu": props.name, "sms": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1),
-            "green_contexts": getattr(green_contexts, "SUPPORTED", None),
-            "green_context_stream_api": hasattr(green_contexts.GreenContext, "Stream"),
+            "compute_capability": f"{props.major}.{props.minor}", "driver": Nvml().driver_version(),
         }  # fmt: skip
     print(json.dumps(report), flush=True)
 
@@ -123,7 +149,14 @@ def main() -> None:
         print(f"{key}:", flush=True)
         executor = Executor(LEVELS, device, green_contexts=green)
         try:
-            report[key] = Shares(executor, run, seconds, flop).report(levels)
+            shares = Shares(executor, run, seconds, flop)
+            report[key] = shares.report(levels)
+            if green and device.type == "cuda":
+                replayed = shares.at_once([1], graph_job(captured(a, b, args.repeats), seconds))[0]
+                report[key]["graph_tflops_on_share_1"] = round(replayed, 2)
+                print(f"  a graph replayed by a 1/{LEVELS} job: {replayed:.2f} TFLOP/s (eager at 1/{LEVELS}: "
+                      f"{report[key]['tflops_alone_by_share'][1]}, whole GPU: "
+                      f"{report[key]['tflops_alone_by_share'][LEVELS]})", flush=True)  # fmt: skip
         finally:
             executor.shutdown()
     print(json.dumps(report), flush=True)

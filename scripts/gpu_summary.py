@@ -150,7 +150,9 @@ def mux_policies(report) -> dict | None:
         return None
     keys = ("throughput_req_s", "throughput_tok_s", "slo_attainment", "finished", "requests",
             "ttft_p99_s", "tpot_p99_s")  # fmt: skip
-    return {policy: {k: _round(p.get(k)) for k in keys} for policy, p in report.get("policies", {}).items()}
+    policies = {policy: {k: _round(p.get(k)) for k in keys} for policy, p in report.get("policies", {}).items()}
+    compute = next((p["compute"] for p in report.get("policies", {}).values() if p.get("compute")), None)
+    return policies | ({"compute": compute} if compute else {})
 
 
 def _round(x):
@@ -169,7 +171,7 @@ def summarize(out: Path) -> dict:
     shares = {dtype: token_shares(runs) for dtype, runs in pairs.items()}
     clauses.append(tokens_clause(shares))
     clauses.append(halves_clause(probe))
-    card_keys = ("gpu", "sms", "memory_gib", "device", "torch", "cuda")
+    card_keys = ("gpu", "sms", "memory_gib", "compute_capability", "driver", "device", "torch", "cuda")
     return {
         "card": {k: probe.get(k) for k in card_keys} if probe else None,
         "steps": read_steps(out),
@@ -202,6 +204,10 @@ def print_lines(summary: dict) -> None:
               f"{shares.get('tflops_two_halves')}, each / alone {shares.get('two_halves_vs_solo')}")  # fmt: skip
     for kind, policies in summary["mux"].items():
         for policy, p in (policies or {}).items():
+            if policy == "compute":
+                print(f"mux {kind}: shares as {p.get('kind')}, SMs by slot {p.get('sms_by_slot')}"
+                      + (f" ({p['note']})" if p.get("note") else ""))  # fmt: skip
+                continue
             print(f"mux {kind} {policy}: {fmt(p['throughput_req_s'], '.2f')} req/s, "
                   f"SLO {fmt(p['slo_attainment'], '.1%')}, done {p['finished']}/{p['requests']}")  # fmt: skip
     for c in summary["clauses"]:

@@ -190,8 +190,9 @@ class MuxBench:
         engine = make_engine(self.models, policy, rates, self.kv_cache_bytes, green_contexts=self.green_contexts)
         with engine:
             records, makespan = replay(engine, requests, prompts, **replay_kw)
+        compute = engine.executor.compute.model_dump()  # how its shares ran: threads, green contexts or streams
         del engine  # its KV cache goes before the next policy allocates one
-        return summarize(records, makespan)
+        return summarize(records, makespan) | {"compute": compute}
 
     def holds(self, policy: str, spec: WorkloadSpec) -> bool:
         """Whether ``policy`` meets ≥ 99 % SLO attainment on ``spec``'s workload (stops early on failure)."""
