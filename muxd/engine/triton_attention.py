@@ -15,11 +15,14 @@ are instead:
   ``G = Hq / Hkv`` query heads that share its KV head, so each K/V page is
   read once for all of them; scores, the online softmax and the sum are in
   fp32 whatever the cache's dtype.
-- **Splits** (flash-decoding): a long context is cut into ``splits`` runs
-  of pages, each program writing its normalised partial output and
-  log-sum-exp; ``_merge`` weighs them by ``softmax(lse)``. The split count
-  is a function of the block table's width alone (``num_splits``), so a
-  CUDA graph captured for a width replays with the same grid.
+- **Splits** (flash-decoding): each sequence's context (its pages from the
+  window's first to its last) is cut into ``splits`` even runs of pages,
+  each program writing its normalised partial output and log-sum-exp;
+  ``_merge`` weighs them by ``softmax(lse)``. The split count is a function
+  of the block table's width alone (``num_splits``), so a CUDA graph
+  captured for a width replays with the same grid; the runs are cut from
+  the sequence's length on the device, so a short context in a wide
+  (padded) table still spreads over every split.
 - **Sliding windows**: keys before ``length - window`` are skipped (whole
   pages of them are never read).
 
@@ -55,14 +58,16 @@ def _decode_kernel(
     stride_tb, stride_tm, stride_th,
     stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh,
-    scale, window, pages_per_split,
+    scale, window,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, T: tl.constexpr,
 ):  # fmt: skip
     b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     length = tl.load(lens_ptr + b)
     first_key = tl.where(window > 0, tl.maximum(length - window, 0), 0)
-    page_lo = tl.maximum(s * pages_per_split, first_key // T)
-    page_hi = tl.minimum((s + 1) * pages_per_split, tl.cdiv(length, T))
+    first_page, end_page = first_key // T, tl.cdiv(length, T)
+    per_split = tl.cdiv(end_page - first_page, tl.num_programs(2))  # this sequence's pages, evenly over the splits
+    page_lo = first_page + s * per_split
+    page_hi = tl.minimum(page_lo + per_split, end_page)
     g, d, t = tl.arange(0, GP), tl.arange(0, DP), tl.arange(0, T)
     heads = h * G + g
     q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
@@ -126,7 +131,7 @@ def decode_attention(
         tables.stride(0), tables.stride(1), tables.stride(2),
         partial.stride(0), partial.stride(1), partial.stride(2),
         lse.stride(0), lse.stride(1),
-        scale, window or 0, triton.cdiv(M, splits),
+        scale, window or 0,
         G=G, GP=triton.next_power_of_2(G), D=D, DP=triton.next_power_of_2(D), T=T,
     )  # fmt: skip
     return _merge(partial, lse).to(q.dtype)

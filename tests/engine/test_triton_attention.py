@@ -81,6 +81,24 @@ def test_decode_attention_matches_the_torch_path(page_tokens, hq, hkv, d, widest
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("window", [None, 20], ids=["full", "window"])
+def test_a_short_context_in_a_wide_padded_table_spreads_over_the_splits(window):
+    """A decode graph's tables are as wide as the longest context it may see (8 splits here), padded
+    with the null page: each sequence's own pages are cut into the splits, some of which stay empty."""
+    page_tokens, hq, hkv, d, layers, layer, width = 16, 4, 2, 32, 2, 0, 64
+    lengths = [40, 3, 130]
+    blocks = sum(-(-n // page_tokens) for n in lengths)
+    k, v, null = make_pool(page_tokens, d, d, blocks * layers * hkv + 8, torch.float32, seed=5)
+    tables = block_tables(lengths, layers, hkv, page_tokens, null, seed=6)
+    padded = torch.full((len(lengths), width, layers, hkv), null, dtype=torch.int64, device=DEVICE)
+    padded[:, : tables.shape[1]] = tables
+    q = torch.randn(len(lengths), hq, d, generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    assert num_splits(width) == 8
+    want = reference(q, k, v, tables, layer, lengths, page_tokens, d**-0.5, window)
+    got = decode_attention(q, k, v, padded, layer, torch.tensor(lengths, device=DEVICE), d**-0.5, window)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_the_split_count_depends_on_the_table_width_alone():
     assert [num_splits(m) for m in (1, 8, 9, 16, 64, 10_000)] == [1, 1, 2, 2, 8, 8]
 
