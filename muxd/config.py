@@ -15,7 +15,8 @@ The TOML file (``$XDG_CONFIG_HOME/muxd/muxd.toml``)::
     warm_spare = true                          # a standby unit process per unit, for fast restarts
     policy = "adbs"                            # unit defaults: policy, device, kv_cache_mb,
     kv_cache_mb = 256                          # page_tokens, max_batch_seqs, max_prefill_tokens, threads,
-    prefix_caching = true                      # prefix_caching (reuse the KV of shared prompt prefixes)
+    prefix_caching = true                      # prefix_caching (reuse the KV of shared prompt prefixes),
+    compute_shares = "auto"                    # compute_shares (a GPU: "streams" turns disjoint SMs off)
 
     [limits]
     queue_per_model = 256                      # admitted, unfinished requests per model; then 429
@@ -51,6 +52,7 @@ from muxd.quantities import parse_bytes, parse_duration
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "auto", "q8", "int8", "nf4", "fp4")
 POLICIES = ("adbs", "spatial", "temporal")
+COMPUTE_SHARES = ("auto", "streams")  # a GPU unit's shares: disjoint green contexts where possible, or plain streams
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEVICE_AUTO = "auto"
 # The demo's precision. On a CPU: fp32 activations, which keep SmolLM2's fp32
@@ -116,6 +118,9 @@ class UnitConfig:
     max_prefill_tokens: int = 512
     threads: int | None = None  # intra-op threads of the unit process (None: torch's default)
     prefix_caching: bool = True  # reuse computed KV blocks of shared prompt prefixes (core/kv_manager.py)
+    # A GPU unit's compute shares: "auto", green contexts of disjoint SMs where the driver makes
+    # them (engine/green_context.py); "streams", plain streams over every SM.
+    compute_shares: str = "auto"
     seed: int = 0
     # What its weights and KV pool may take: bytes (int), or a fraction (float <= 1) of the
     # device's memory, resolved by the daemon at start; None: a safe share of what is free then.
@@ -133,6 +138,9 @@ class UnitConfig:
             raise ValueError(f"unit {self.name!r}: page_tokens and kv_cache_bytes must be positive")
         if self.memory_budget is not None:
             object.__setattr__(self, "memory_budget", parse_bytes(self.memory_budget, f"unit {self.name!r}: memory_budget"))
+        if self.compute_shares not in COMPUTE_SHARES:
+            raise ValueError(f"unit {self.name!r}: compute_shares {self.compute_shares!r} is not one of "
+                             f"{', '.join(COMPUTE_SHARES)}")  # fmt: skip
         if not isinstance(self.prefix_caching, bool):
             raise ValueError(f"unit {self.name!r}: prefix_caching must be true or false, got {self.prefix_caching!r}")
 
@@ -207,7 +215,7 @@ _TOP_KEYS = {
 }  # fmt: skip
 _UNIT_KEYS = {
     "policy", "device", "kv_cache_mb", "page_tokens", "max_batch_seqs", "max_prefill_tokens", "threads", "prefix_caching",
-    "memory_budget",
+    "memory_budget", "compute_shares",
 }
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)}
 _LIMIT_KEYS = {f.name for f in fields(Limits)}

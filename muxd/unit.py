@@ -55,6 +55,7 @@ def build_engine(config: UnitConfig) -> LLMEngine:
         rates={m.name: m.rate for m in config.models},
         scheduler_config=SchedulerConfig(config.max_batch_seqs, config.max_prefill_tokens),
         prefix_caching=config.prefix_caching,
+        green_contexts=config.compute_shares == "auto",
         seed=config.seed,
         device=config.device,
         kv_heads=[h for m in config.models if not m.preload and (h := kv_head(m, config.device))],

@@ -19,7 +19,12 @@ streams and says why (``ComputeShares.note``, in ``/muxd/v1/status``).
 from __future__ import annotations
 
 import ctypes
+import functools
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -215,15 +220,50 @@ def partition_device(device, slots: int) -> SmPartition | str:
     import torch
 
     index = device.index if device.index is not None else torch.cuda.current_device()
-    major = torch.cuda.get_device_properties(index).major
+    min_count = min_group_sms(torch.cuda.get_device_properties(index).major)
+    failed = driver_check(index, min_count)
+    if failed:
+        return failed
     try:
         torch.cuda.current_stream(device).query()  # makes the primary context the green contexts come from
-        part = SmPartition(CudaDriver(), index, slots, min_group_sms(major),
+        part = SmPartition(CudaDriver(), index, slots, min_count,
                            wrap=lambda ptr: torch.cuda.ExternalStream(ptr, device=device))  # fmt: skip
-    except (OSError, AttributeError) as e:
-        return f"the CUDA driver has no green contexts (CUDA 12.4+ drivers do): {e}"
     except RuntimeError as e:
         return f"the SMs could not be split: {e}"
     if len(part.group_sms) < 2:
         return f"the driver splits this GPU's SMs into {len(part.group_sms)} group: nothing to share"
     return part
+
+
+@functools.cache
+def driver_check(index: int, min_count: int) -> str | None:
+    """None where a child process split GPU ``index``'s SMs and made a green context of them; else why not.
+
+    The driver is called through ctypes with structures laid out as cuda.h
+    has them; a driver that differed could crash the caller, and a unit
+    that crashed at start would be restarted into the same crash. So a
+    child process goes first, once per process and device.
+    """
+    code = "import sys; from muxd.engine.green_context import _check; _check(int(sys.argv[1]), int(sys.argv[2]))"
+    root = str(Path(__file__).resolve().parents[2])  # where ``muxd`` is imported from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(index), str(min_count)], capture_output=True,
+                              text=True, timeout=60, env=env)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"the green-context check did not finish: {e}"
+    if done.returncode:
+        lines = (done.stderr or "").strip().splitlines()
+        return f"the green-context check failed (exit {done.returncode}): {lines[-1] if lines else 'no message'}"
+    return None
+
+
+def _check(index: int, min_count: int) -> None:
+    """The child of ``driver_check``: the split and one green context with its stream, made and destroyed."""
+    try:
+        driver = CudaDriver()
+    except (OSError, AttributeError) as e:
+        sys.exit(f"the CUDA driver has no green contexts (CUDA 12.4+ drivers do): {e}")
+    sizes = driver.split(index, min_count)
+    context, stream = driver.context_stream(index, range(len(sizes)))
+    driver.destroy(context, stream)

@@ -128,3 +128,14 @@ def test_the_driver_resource_struct_has_cuda_h_size():
     from muxd.engine.green_context import _CUdevResource
 
     assert ctypes.sizeof(_CUdevResource) == 144  # int type, 92 bytes internal, a 48-byte union
+
+
+def test_without_a_cuda_driver_the_check_in_a_child_process_says_why():
+    import ctypes.util
+
+    from muxd.engine.green_context import driver_check
+
+    if ctypes.util.find_library("cuda"):
+        pytest.skip("this machine has a CUDA driver")
+    reason = driver_check(0, 8)
+    assert reason is not None and "no green contexts" in reason and "libcuda" in reason

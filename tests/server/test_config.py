@@ -53,6 +53,14 @@ def test_units_from_the_file(tmp_path, model_dirs):
     assert resolved.placement == "manual" and resolved.units[0].models[0].slo_ttft_ms == 100
 
 
+def test_a_unit_can_ask_for_plain_streams_instead_of_disjoint_sms(tmp_path, model_dirs):
+    a, b = model_dirs
+    text = (f'compute_shares = "streams"\n[[models]]\nname = "a"\npath = "{a}"\n[[models]]\nname = "b"\npath = "{b}"\n'
+            f'[[units]]\nname = "u1"\nmodels = ["a"]\n[[units]]\nname = "u2"\nmodels = ["b"]\ncompute_shares = "auto"\n')  # fmt: skip
+    resolved = resolve(Flags(config=write(tmp_path, text)), env={})
+    assert [(u.name, u.compute_shares) for u in resolved.units] == [("u1", "streams"), ("u2", "auto")]
+
+
 def test_no_models_anywhere_is_the_demo(tmp_path, model_dirs):
     a, _ = model_dirs
     env = {"MUXD_CONFIG": str(tmp_path / "missing.toml"), "HOME": str(tmp_path)}
@@ -82,6 +90,7 @@ def test_the_demo_runs_the_measured_fastest_plan_on_a_cpu_and_bf16_on_a_gpu(tmp_
         ('[[models]]\nname = "a"\npath = "{a}"\ndtype = "int3"\n', "dtype 'int3'"),
         ('[[models]]\nname = "a"\npath = "{a}"\n[[units]]\nname = "u"\nmodels = ["b"]\n', "unknown model(s) ['b']"),
         ("this is = not toml = \n", "not valid TOML"),
+        ('compute_shares = "mps"\n[[models]]\nname = "a"\npath = "{a}"\n', "compute_shares 'mps' is not one of auto, streams"),
         ('placement = "magic"\n[[models]]\nname = "a"\npath = "{a}"\n', "placement = 'magic' is not one of manual, auto"),
         ('placement = "auto"\n[[models]]\nname = "a"\npath = "{a}"\n[[units]]\nname = "u"\nmodels = ["a"]\n',
          'placement = "auto" makes the units from a plan'),
