@@ -91,7 +91,7 @@ class Unit:
         self.loads = BackgroundLoads(config.device)
         self.draining: set[str] = set()  # models to unload once their requests have finished
         compute = engine.executor.compute
-        if compute.kind == "streams":  # a GPU whose shares overlap: say so once, where the operator looks
+        if compute.kind == "streams" and config.compute_shares == "auto":  # disjoint SMs asked for, not had
             log.warning("unit %s: compute shares run on plain streams over every SM (%s)", config.name, compute.note)
 
     def model_info(self, name: str, load_s: float = 0.0) -> ipc.ModelInfo:
