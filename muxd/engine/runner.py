@@ -41,6 +41,7 @@ class ModelRunner:
         self.page_tokens = kv_cache.layout.page_tokens
         self.kv = kv_cache.view(loaded.dtype, loaded.spec.head_dim)
         self.null_page = kv_cache.null_page
+        self.pool_pages = kv_cache.usable_pages
         self._seeder = torch.Generator().manual_seed(seed)
         # A sampling generator per live sequence; dropped with the sequence.
         self._generators: weakref.WeakKeyDictionary[Sequence, torch.Generator] = weakref.WeakKeyDictionary()
@@ -55,7 +56,9 @@ class ModelRunner:
         if mode == "off" or (mode == "auto" and not (self.device.type == "cuda" and triton_decode(self.device))):
             return None
         spec = self.spec
-        max_blocks = -(-min(spec.max_position or 8192, 32768) // self.page_tokens)
+        # As wide as the longest table a sequence can have: its context, at most 32k tokens, and what the pool holds.
+        context_blocks = -(-min(spec.max_position or 8192, 32768) // self.page_tokens)
+        max_blocks = max(1, min(context_blocks, self.pool_pages // spec.pages_per_block))
         try:
             return DecodeGraphs(self._logits, max_batch=max_batch, max_blocks=max_blocks, layers=spec.num_layers,
                                 kv_heads=spec.num_kv_heads, page_tokens=self.page_tokens, null_page=self.null_page,

@@ -322,3 +322,16 @@ def test_a_step_that_fails_in_the_graphs_runs_uncaptured_and_so_do_the_next(tiny
     out = engine.generate("m", [prompt], SamplingParams(max_tokens=8, ignore_eos=True))[0]
     assert len(steps) == 3 and runner.graphs is None
     assert out.output_ids == hf_greedy(path, prompt, 8)
+
+
+def test_the_graphs_tables_are_no_wider_than_the_pool_can_fill(tiny_model_dirs):
+    """A table row holds at most the blocks the pool has: a small pool makes narrow buffers."""
+    from muxd.engine.llm_engine import LLMEngine
+    from muxd.models.loader import load_model
+
+    engine = LLMEngine({"m": load_model(tiny_model_dirs["llama"], device="cpu")}, kv_cache_bytes=64 << 10,
+                       page_tokens=4, decode_graphs="eager")  # fmt: skip
+    runner = engine.runners["m"]
+    pool_blocks = engine.kv_cache.usable_pages // runner.spec.pages_per_block
+    assert pool_blocks < -(-runner.spec.max_position // 4)  # the pool, not the context, is the bound here
+    assert runner.graphs.max_blocks == pool_blocks
