@@ -106,11 +106,8 @@ class Shares:
         vs_solo = [round(x / alone[HALF], 3) for x in halves]
         print(f"  two half shares at once: {', '.join(f'{x:.2f}' for x in halves)} TFLOP/s, each / alone: {vs_solo}",
               flush=True)  # fmt: skip
-        compute = getattr(self.executor, "compute", None)  # the executor's account of its shares, where it gives one
-        if compute is not None:
-            compute = compute.model_dump(mode="json") if hasattr(compute, "model_dump") else str(compute)
         return {
-            "compute": compute,
+            "compute": self.executor.compute.model_dump(mode="json"),  # the executor's account of its shares
             "green_sms_by_share": self.executor.green_sms(),
             "tflops_alone_by_share": {level: round(x, 2) for level, x in alone.items()},
             "tflops_two_halves": [round(x, 2) for x in halves],

@@ -173,10 +173,11 @@ class Executor:
             torch.cuda.current_stream().synchronize()
             return result
 
-    def green_sms(self) -> dict[int, int | None]:
-        """CUDA: the SMs a job of each share level (slot count) gets, for the slot sets used so far
-        (None: plain streams, every SM)."""
-        return self._streams.sms_by_level() if self._streams else {}
+    def green_sms(self) -> dict[int, int]:
+        """CUDA with green contexts: the SMs a job of each share level (slot count) got, for the slot
+        sets used so far; {} where jobs run on plain streams (every SM)."""
+        part = self._streams.partition if self._streams else None
+        return {len(ids): part.sms(ids) for ids in part.slot_sets()} if part else {}
 
     def shutdown(self) -> None:
         """Stop and join the workers, then let their CUDA streams go (idempotent).
@@ -217,17 +218,11 @@ class _SlotStreams:
         else:
             self.compute = ComputeShares(kind="green-contexts", slots=slots, sms_total=sms,
                                          sms_by_slot=self.partition.sms_by_slot(), disjoint=self.partition.disjoint)  # fmt: skip
-        self._levels: dict[int, int | None] = {}
 
     def stream(self, ids: list[int]) -> torch.cuda.Stream:
         if self.partition is None or len(ids) >= self.slots:
-            self._levels.setdefault(len(ids), None)
             return self.plain[ids[0]]
-        self._levels[len(ids)] = self.partition.sms(ids)
         return self.partition.stream(ids)  # type: ignore[return-value]
-
-    def sms_by_level(self) -> dict[int, int | None]:
-        return dict(self._levels)
 
     def release(self) -> None:
         """Drop the plain streams, then the green contexts' streams and contexts."""

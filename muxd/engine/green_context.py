@@ -134,8 +134,10 @@ class SmPartition:
                 self._made[key] = (context, stream, self.wrap(stream))
             return self._made[key][2]
 
-    def contexts(self) -> int:
-        return len(self._made)
+    def slot_sets(self) -> list[tuple[int, ...]]:
+        """The slot sets whose green contexts have been made."""
+        with self._lock:
+            return list(self._made)
 
     def release(self) -> None:
         """Destroy every stream, then its context (the caller has synchronised the device)."""

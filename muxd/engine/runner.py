@@ -41,13 +41,12 @@ class ModelRunner:
         self.page_tokens = kv_cache.layout.page_tokens
         self.kv = kv_cache.view(loaded.dtype, loaded.spec.head_dim)
         self.null_page = kv_cache.null_page
-        self.pool_pages = kv_cache.usable_pages
         self._seeder = torch.Generator().manual_seed(seed)
         # A sampling generator per live sequence; dropped with the sequence.
         self._generators: weakref.WeakKeyDictionary[Sequence, torch.Generator] = weakref.WeakKeyDictionary()
-        self.graphs = self._decode_graphs(decode_graphs, max_batch)
+        self.graphs = self._decode_graphs(decode_graphs, max_batch, kv_cache.usable_pages)
 
-    def _decode_graphs(self, mode: str, max_batch: int) -> DecodeGraphs | None:
+    def _decode_graphs(self, mode: str, max_batch: int, pool_pages: int) -> DecodeGraphs | None:
         """Decode steps as CUDA graphs (``decode_graph.py``): ``auto`` on CUDA where attention takes the
         Triton kernels, ``eager`` their fixed buffers without capture (tests), ``off`` none. A capture
         that fails is logged and the step runs uncaptured."""
@@ -58,7 +57,7 @@ class ModelRunner:
         spec = self.spec
         # As wide as the longest table a sequence can have: its context, at most 32k tokens, and what the pool holds.
         context_blocks = -(-min(spec.max_position or 8192, 32768) // self.page_tokens)
-        max_blocks = max(1, min(context_blocks, self.pool_pages // spec.pages_per_block))
+        max_blocks = max(1, min(context_blocks, pool_pages // spec.pages_per_block))
         try:
             return DecodeGraphs(self._logits, max_batch=max_batch, max_blocks=max_blocks, layers=spec.num_layers,
                                 kv_heads=spec.num_kv_heads, page_tokens=self.page_tokens, null_page=self.null_page,

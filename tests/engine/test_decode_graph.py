@@ -222,7 +222,7 @@ def test_greedy_tokens_equal_transformers_while_the_batch_changes(graph_batch, t
                        decode_graphs="eager", scheduler_config=SchedulerConfig(max_batch_seqs=4))  # fmt: skip
     runner = engine.runners["m"]
     if graph_batch != 4:
-        runner.graphs = runner._decode_graphs("eager", graph_batch)
+        runner.graphs = runner._decode_graphs("eager", graph_batch, engine.kv_cache.usable_pages)
     prompts = [[5, 17, 99, 3, 42, 8], list(range(30, 45)), [7], [11, 12, 13], list(range(60, 69)), [2, 4]]
     lengths = [9, 3, 7, 5, 2, 8]
     ids, outputs = {}, {}

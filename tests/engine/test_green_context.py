@@ -84,11 +84,11 @@ def test_a_slot_set_gets_one_green_context_of_its_groups_made_once():
     first = part.stream([0, 1, 2, 3, 4])
     again = part.stream([4, 3, 2, 1, 0])
     second = part.stream([5, 6, 7, 8, 9])
-    assert first is again and first != second and part.contexts() == 2
+    assert first is again and first != second and part.slot_sets() == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
     assert set(driver.made[0]).isdisjoint(driver.made[1])  # two half shares: no SM in common
     assert part.sms([0, 1, 2, 3, 4]) + part.sms([5, 6, 7, 8, 9]) == 132
     part.release()
-    assert driver.destroyed == [(101, 201), (102, 202)] and part.contexts() == 0
+    assert driver.destroyed == [(101, 201), (102, 202)] and part.slot_sets() == []
 
 
 def test_a_cpu_executor_reports_its_shares_as_threads():
